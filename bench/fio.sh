@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Cluster benchmark: fio sequential write and cold read (1 MiB blocks)
+# through a `tessera dev` mount, and on the local disk in the same run;
+# 10,000 empty-file creates; peak resident memory of the FUSE process and
+# the storage nodes. Prints each figure and its ratio to the local disk.
+#
+#   bench/fio.sh [SIZE_MIB] [PROTECTION]      (defaults: 2048 ec:4+2)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE_MIB="${1:-2048}"
+PROT="${2:-ec:4+2}"
+bash scripts/setup.sh >/dev/null
+cargo build --release -p tessera >/dev/null 2>&1
+BIN="$PWD/target/release/tessera"
+WORK="$(mktemp -d /var/tmp/tessera-bench.XXXXXX)"
+PORT=$((20000 + RANDOM % 20000))
+export TESSERA_META="127.0.0.1:$PORT"
+MNT="$WORK/mnt"; LOCAL="$WORK/local"; mkdir -p "$MNT" "$LOCAL"
+
+"$BIN" dev --data "$WORK/cluster" --nodes 6 --port "$PORT" >"$WORK/dev.log" 2>&1 &
+DEV=$!
+MOUNT=""
+cleanup() {
+  if [ -n "$MOUNT" ]; then umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true; wait "$MOUNT" 2>/dev/null || true; fi
+  kill "$DEV" 2>/dev/null || true; wait "$DEV" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+for _ in $(seq 150); do [ "$("$BIN" node ls 2>/dev/null | grep -c ' up ')" -ge 6 ] && break; sleep 0.2; done
+"$BIN" volume create bench --size 100GiB --protection "$PROT" >/dev/null
+
+mount_vol() {
+  "$BIN" mount bench "$MNT" >>"$WORK/mount.log" 2>&1 &
+  MOUNT=$!
+  for _ in $(seq 100); do grep -qs " $MNT fuse" /proc/mounts && return; sleep 0.1; done
+  echo "mount did not appear" >&2; exit 1
+}
+unmount_vol() { umount "$MNT"; wait "$MOUNT"; MOUNT=""; }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+# MiB/s of one fio job.
+fio_bw() { # dir rw
+  fio --name=seq --directory="$1" --rw="$2" --bs=1m --size="${SIZE_MIB}m" --ioengine=psync \
+      --end_fsync=1 --output-format=terse --terse-version=3 | awk -F';' -v rw="$2" \
+      '{ if (rw=="write") print $48/1024; else print $7/1024 }'
+}
+
+peak_rss_mib() { # pids...
+  local max=0
+  for p in "$@"; do
+    r=$(awk '/VmHWM/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+    [ "$r" -gt "$max" ] && max=$r
+  done
+  echo $((max / 1024))
+}
+
+mount_vol
+local_w=$(fio_bw "$LOCAL" write); drop_caches
+local_r=$(fio_bw "$LOCAL" read)
+ts_w=$(fio_bw "$MNT" write)
+unmount_vol; drop_caches; mount_vol
+ts_r=$(fio_bw "$MNT" read)
+mount_rss=$(peak_rss_mib "$MOUNT")
+node_rss=$(peak_rss_mib $(pgrep -f "tessera node --data $WORK" || true))
+
+# Creates: 10,000 empty files through the mount, and on the local disk.
+creates() { python3 - "$1" <<'PY'
+import os, sys, time
+d = os.path.join(sys.argv[1], "creates"); os.makedirs(d, exist_ok=True)
+t = time.monotonic()
+for i in range(10000):
+    os.close(os.open(os.path.join(d, f"f{i}"), os.O_CREAT | os.O_WRONLY, 0o644))
+print(round(10000 / (time.monotonic() - t)))
+PY
+}
+local_c=$(creates "$LOCAL")
+ts_c=$(creates "$MNT")
+unmount_vol
+
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+echo "date:        $(date -u +%F)"
+echo "machine:     $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -r)"
+echo "protection:  $PROT, 6 nodes on one disk, file ${SIZE_MIB} MiB"
+printf "seq write:   tessera %.0f MiB/s, local %.0f MiB/s, ratio %s\n" "$ts_w" "$local_w" "$(ratio "$ts_w" "$local_w")"
+printf "seq read:    tessera %.0f MiB/s, local %.0f MiB/s, ratio %s (cold)\n" "$ts_r" "$local_r" "$(ratio "$ts_r" "$local_r")"
+echo "creates:     tessera $ts_c/s, local $local_c/s"
+echo "peak RSS:    FUSE ${mount_rss} MiB, largest storage node ${node_rss} MiB"

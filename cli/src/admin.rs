@@ -1,0 +1,190 @@
+//! Admin commands: `tessera volume ...` and `tessera node ls`.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use tessera_client::connect_meta;
+use tessera_common::validate;
+use tessera_proto::pb;
+
+use crate::{runtime, MetaAddr};
+
+#[derive(Args)]
+pub struct VolumeCommand {
+    #[command(subcommand)]
+    sub: VolumeSub,
+}
+
+#[derive(Subcommand)]
+enum VolumeSub {
+    /// Create a volume.
+    Create {
+        /// Volume name: [a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}.
+        name: String,
+        /// Size (hard quota), with binary units: 512MiB, 10GiB.
+        #[arg(long)]
+        size: String,
+        /// `ec:K+M` (Reed–Solomon) or `replica:N`.
+        #[arg(long, default_value = "ec:4+2")]
+        protection: String,
+        #[command(flatten)]
+        meta: MetaAddr,
+    },
+    /// List volumes.
+    Ls {
+        #[command(flatten)]
+        meta: MetaAddr,
+    },
+    /// Show one volume.
+    Inspect {
+        name: String,
+        #[command(flatten)]
+        meta: MetaAddr,
+    },
+    /// Delete a volume and all its data.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        meta: MetaAddr,
+    },
+}
+
+/// Bytes in binary units, as the CLI prints them.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+fn print_volume(v: &pb::Volume) {
+    println!("name:        {}", v.name);
+    println!("id:          {}", v.id);
+    println!(
+        "size:        {} ({} bytes)",
+        human(v.size_bytes),
+        v.size_bytes
+    );
+    println!(
+        "used:        {} ({} bytes)",
+        human(v.used_bytes),
+        v.used_bytes
+    );
+    println!("inodes:      {}", v.inodes);
+    println!("protection:  {}", v.protection);
+    println!("created_ms:  {}", v.created_ms);
+}
+
+pub fn volume(c: VolumeCommand) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        match c.sub {
+            VolumeSub::Create {
+                name,
+                size,
+                protection,
+                meta,
+            } => {
+                // Validate locally first for a clear message; the service
+                // validates again.
+                validate::volume_name(&name)?;
+                let size_bytes = validate::volume_size(&size)?;
+                protection.parse::<tessera_common::Protection>()?;
+                let mut m = connect_meta(&meta.meta).await?;
+                let v = m
+                    .create_volume(pb::CreateVolumeRequest {
+                        name: name.clone(),
+                        size_bytes,
+                        protection,
+                        labels: Default::default(),
+                    })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("creating volume {name}: {}", s.message()))?
+                    .into_inner();
+                println!(
+                    "created volume {} ({}, {})",
+                    v.name,
+                    human(v.size_bytes),
+                    v.protection
+                );
+            }
+            VolumeSub::Ls { meta } => {
+                let mut m = connect_meta(&meta.meta).await?;
+                let list = m
+                    .list_volumes(pb::ListVolumesRequest {})
+                    .await?
+                    .into_inner();
+                println!(
+                    "{:<24} {:>10} {:>10} {:>9} {:<12}",
+                    "NAME", "SIZE", "USED", "INODES", "PROTECTION"
+                );
+                for v in list.volumes {
+                    println!(
+                        "{:<24} {:>10} {:>10} {:>9} {:<12}",
+                        v.name,
+                        human(v.size_bytes),
+                        human(v.used_bytes),
+                        v.inodes,
+                        v.protection
+                    );
+                }
+            }
+            VolumeSub::Inspect { name, meta } => {
+                let mut m = connect_meta(&meta.meta).await?;
+                let v = m
+                    .get_volume(pb::GetVolumeRequest { name: name.clone() })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("volume {name}: {}", s.message()))?
+                    .into_inner();
+                print_volume(&v);
+            }
+            VolumeSub::Rm { name, meta } => {
+                let mut m = connect_meta(&meta.meta).await?;
+                m.delete_volume(pb::DeleteVolumeRequest { name: name.clone() })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("removing volume {name}: {}", s.message()))?;
+                println!("removed volume {name}");
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn node_ls(meta: &MetaAddr) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let mut m = connect_meta(&meta.meta).await?;
+        let nodes = m
+            .list_nodes(pb::ListNodesRequest {})
+            .await
+            .context("listing nodes")?
+            .into_inner()
+            .nodes;
+        println!(
+            "{:<4} {:<22} {:<6} {:>10} {:>10} {:>8} {:<}",
+            "ID", "ADDRESS", "STATE", "CAPACITY", "USED", "SHARDS", "LABELS"
+        );
+        for n in nodes {
+            let mut labels: Vec<String> =
+                n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
+            println!(
+                "{:<4} {:<22} {:<6} {:>10} {:>10} {:>8} {}",
+                n.id,
+                n.addr,
+                n.state,
+                human(n.capacity_bytes),
+                human(n.used_bytes),
+                n.shard_count,
+                labels.join(",")
+            );
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,101 @@
+//! `tessera meta` and `tessera node`.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use tessera_metadata::{MetaConfig, MetaOptions};
+use tessera_storage_node::NodeConfig;
+
+use crate::{admin, runtime, signalled, MetaAddr};
+
+#[derive(Args)]
+pub struct MetaArgs {
+    /// Directory of the metadata store.
+    #[arg(long, env = "TESSERA_META_DATA")]
+    data: PathBuf,
+    /// Address to serve gRPC on.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// Seconds without a heartbeat before a node is reported down.
+    #[arg(long, default_value_t = 10)]
+    down_after_secs: u64,
+}
+
+pub fn meta(a: MetaArgs) -> anyhow::Result<()> {
+    let config = MetaConfig {
+        data_dir: a.data,
+        listen: a.listen,
+        options: MetaOptions {
+            down_after: std::time::Duration::from_secs(a.down_after_secs),
+        },
+    };
+    runtime()?.block_on(tessera_metadata::run(config, signalled()))?;
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct NodeCommand {
+    #[command(subcommand)]
+    ls: Option<NodeSub>,
+    #[command(flatten)]
+    run: Option<NodeArgs>,
+}
+
+#[derive(Subcommand)]
+enum NodeSub {
+    /// List storage nodes with their state, capacity and use.
+    Ls(MetaAddr),
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// Directory for this node's shards.
+    #[arg(long)]
+    data: PathBuf,
+    /// Address to serve gRPC on (also what clients are told to dial).
+    #[arg(long)]
+    listen: SocketAddr,
+    #[command(flatten)]
+    meta: MetaAddr,
+    /// Failure-domain labels, e.g. `--label zone=a --label host=h1`.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("label {s:?} is not KEY=VALUE"))?;
+    if k.is_empty()
+        || !k
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b))
+    {
+        return Err(format!(
+            "label key {k:?} must be letters, digits, '_', '.', '-', '/'"
+        ));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+pub fn node(c: NodeCommand) -> anyhow::Result<()> {
+    match (c.ls, c.run) {
+        (Some(NodeSub::Ls(m)), _) => admin::node_ls(&m),
+        (None, Some(a)) => {
+            let config = NodeConfig {
+                data_dir: a.data,
+                listen: a.listen,
+                meta: a.meta.meta,
+                labels: a.labels.into_iter().collect::<BTreeMap<_, _>>(),
+            };
+            runtime()?
+                .block_on(tessera_storage_node::run(config, signalled()))
+                .context("storage node")?;
+            Ok(())
+        }
+        (None, None) => {
+            bail!("usage: tessera node --data DIR --listen ADDR [--meta ADDR] | tessera node ls")
+        }
+    }
+}

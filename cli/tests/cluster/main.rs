@@ -1,0 +1,9 @@
+//! Integration tests: the real `tessera` binary as processes, real RocksDB,
+//! real FUSE mounts, real SIGKILLs. One test binary, a module per area.
+
+mod data;
+mod faults;
+mod fio;
+mod harness;
+mod input;
+mod posix;

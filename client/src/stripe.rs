@@ -1,0 +1,223 @@
+//! One block on the wire: encode and store its K+M shards in parallel;
+//! read a byte range back from the data shards, falling back to parity when
+//! a node is missing, slow, or returns a shard that fails its CRC.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use futures::future::join_all;
+use tessera_common::{crc32, BlockId, Codec, NodeId, ShardKey};
+use tessera_proto::pb;
+use tracing::{debug, warn};
+
+use crate::{cache::BlockCache, nodes::Nodes, ClientError, Result};
+
+const PUT_TIMEOUT: Duration = Duration::from_secs(20);
+const GET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a block lives and how long it is.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BlockRef {
+    pub block: BlockId,
+    pub len: usize,
+}
+
+/// Encodes `data` and stores every shard; succeeds when at least
+/// `min_durable` shards are durable on their nodes.
+pub(crate) async fn put_block(
+    nodes: &Nodes,
+    codec: &Codec,
+    block: BlockId,
+    data: &[u8],
+    min_durable: usize,
+) -> Result<()> {
+    let shards = codec.encode(data);
+    let targets = nodes.shard_nodes(block);
+    let epoch = nodes.epoch();
+    let puts = shards.into_iter().enumerate().map(|(i, shard)| {
+        let key = ShardKey {
+            block,
+            index: i as u8,
+        };
+        let node = targets[i];
+        let crc = crc32(&shard);
+        async move {
+            let res = put_shard(nodes, node, key, Bytes::from(shard), crc, epoch).await;
+            if let Err(e) = &res {
+                warn!(%key, node, error = %e, "shard write failed");
+                nodes.suspect(node);
+            }
+            res
+        }
+    });
+    let results = join_all(puts).await;
+    let durable = results.iter().filter(|r| r.is_ok()).count();
+    if durable < min_durable {
+        return Err(ClientError::NotDurable {
+            block,
+            durable,
+            needed: min_durable,
+        });
+    }
+    if durable < results.len() {
+        // TODO(repair queue, issue 3): record the missing shards for repair.
+        warn!(
+            block,
+            durable,
+            width = results.len(),
+            "block stored degraded"
+        );
+    }
+    Ok(())
+}
+
+async fn put_shard(
+    nodes: &Nodes,
+    node: NodeId,
+    key: ShardKey,
+    data: Bytes,
+    crc: u32,
+    epoch: u64,
+) -> Result<()> {
+    let shard_err = |why: String| ClientError::Shard { key, node, why };
+    let mut conn = nodes
+        .conn(node)
+        .ok_or_else(|| shard_err("node unknown".into()))?;
+    let req = pb::PutShardRequest {
+        key: Some(key.into()),
+        data,
+        crc,
+        epoch,
+    };
+    match tokio::time::timeout(PUT_TIMEOUT, conn.put_shard(req)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(s)) => Err(shard_err(s.message().to_string())),
+        Err(_) => Err(shard_err("timed out".into())),
+    }
+}
+
+async fn get_shard(
+    nodes: &Nodes,
+    node: NodeId,
+    key: ShardKey,
+    offset: u32,
+    len: u32,
+) -> Result<pb::GetShardResponse> {
+    let shard_err = |why: String| ClientError::Shard { key, node, why };
+    let mut conn = nodes
+        .conn(node)
+        .ok_or_else(|| shard_err("node unknown".into()))?;
+    let req = pb::GetShardRequest {
+        key: Some(key.into()),
+        offset,
+        len,
+    };
+    let resp = match tokio::time::timeout(GET_TIMEOUT, conn.get_shard(req)).await {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(s)) => return Err(shard_err(format!("{:?}: {}", s.code(), s.message()))),
+        Err(_) => return Err(shard_err("timed out".into())),
+    };
+    let want = if len == 0 {
+        resp.shard_len.saturating_sub(offset)
+    } else {
+        len
+    };
+    if resp.data.len() != want as usize {
+        return Err(shard_err(format!(
+            "returned {} bytes, asked {want}",
+            resp.data.len()
+        )));
+    }
+    Ok(resp)
+}
+
+/// Reads `len` bytes at `offset` of a block.
+pub(crate) async fn read_range(
+    nodes: &Nodes,
+    codec: &Codec,
+    cache: &BlockCache,
+    b: BlockRef,
+    offset: usize,
+    len: usize,
+) -> Result<Bytes> {
+    if let Some(full) = cache.get(b.block) {
+        return Ok(Bytes::copy_from_slice(&full[offset..offset + len]));
+    }
+    let targets = nodes.shard_nodes(b.block);
+    let ranges = codec.data_ranges(b.len, offset, len);
+    let healthy = ranges
+        .iter()
+        .all(|r| !nodes.is_suspect(targets[r.index as usize]));
+    if healthy {
+        let reads = ranges.iter().map(|r| {
+            let key = ShardKey {
+                block: b.block,
+                index: r.index,
+            };
+            let node = targets[r.index as usize];
+            async move {
+                let res = get_shard(nodes, node, key, r.offset, r.len).await;
+                if let Err(e) = &res {
+                    debug!(error = %e, "systematic read failed; trying parity");
+                    nodes.suspect(node);
+                }
+                res
+            }
+        });
+        let parts = join_all(reads).await;
+        if parts.iter().all(|p| p.is_ok()) {
+            let mut parts = parts.into_iter().map(|p| p.expect("checked").data);
+            if ranges.len() == 1 {
+                return Ok(parts.next().expect("one range"));
+            }
+            let mut out = Vec::with_capacity(len);
+            for p in parts {
+                out.extend_from_slice(&p);
+            }
+            return Ok(Bytes::from(out));
+        }
+    }
+    let full = read_degraded(nodes, codec, b).await?;
+    let out = Bytes::copy_from_slice(&full[offset..offset + len]);
+    cache.put(b.block, full);
+    Ok(out)
+}
+
+/// Reads every reachable shard whole, keeps those whose CRC matches, and
+/// decodes the block from any K of them.
+async fn read_degraded(nodes: &Nodes, codec: &Codec, b: BlockRef) -> Result<Arc<Vec<u8>>> {
+    let targets = nodes.shard_nodes(b.block);
+    let shard_len = codec.shard_len(b.len);
+    let reads = targets.iter().enumerate().map(|(i, &node)| {
+        let key = ShardKey {
+            block: b.block,
+            index: i as u8,
+        };
+        async move {
+            match get_shard(nodes, node, key, 0, 0).await {
+                Ok(r) if r.data.len() == shard_len && crc32(&r.data) == r.shard_crc => {
+                    Some(r.data.to_vec())
+                }
+                Ok(r) => {
+                    warn!(%key, node, len = r.data.len(), "shard failed end-to-end CRC check");
+                    None
+                }
+                Err(e) => {
+                    warn!(error = %e, "shard unavailable");
+                    nodes.suspect(node);
+                    None
+                }
+            }
+        }
+    });
+    let shards: Vec<Option<Vec<u8>>> = join_all(reads).await;
+    let got = shards.iter().filter(|s| s.is_some()).count();
+    let data = codec
+        .decode(b.block, shards, b.len)
+        .map_err(|_| ClientError::NotEnoughShards {
+            block: b.block,
+            needed: codec.protection().k.into(),
+            got,
+        })?;
+    Ok(Arc::new(data))
+}

@@ -1,0 +1,689 @@
+//! `Volume`: one mounted volume as the FUSE adapter and the tools see it:
+//! file-tree calls to the metadata service and the file data path.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use futures::future::join_all;
+use tessera_common::{overlay, Codec, Ino, Protection, VolumeId, MAX_BLOCK};
+use tessera_proto::{pb, FileKind};
+use tokio::sync::Semaphore;
+use tracing::warn;
+
+use crate::{
+    blocks::BlockIds,
+    cache::BlockCache,
+    nodes::Nodes,
+    stripe::{put_block, read_range, BlockRef},
+    write::{Extent, FileState, Pending},
+    ClientError, MetaConn, Result,
+};
+
+/// Attributes of an inode as the client reports them (committed attributes
+/// with the size grown by this mount's uncommitted writes).
+#[derive(Clone, Debug)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: FileKind,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub size: u64,
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: Ino,
+    pub kind: FileKind,
+}
+
+#[derive(Clone, Debug)]
+pub struct VolumeOptions {
+    /// Blocks being stored at once, over all files (memory bound: 4 MiB each).
+    pub max_inflight_blocks: usize,
+    /// Decoded blocks kept for degraded reads.
+    pub cached_blocks: usize,
+}
+
+impl Default for VolumeOptions {
+    fn default() -> Self {
+        VolumeOptions {
+            max_inflight_blocks: 12,
+            cached_blocks: 8,
+        }
+    }
+}
+
+/// Committed slices of one file, as last fetched.
+struct Slices {
+    size: u64,
+    list: Vec<pb::Slice>,
+}
+
+#[derive(Default)]
+struct FileEntry {
+    state: Mutex<FileState>,
+    /// Committed slices, and a generation bumped by every change, so a fetch
+    /// that raced with a commit is not cached.
+    slices: Mutex<(u64, Option<Arc<Slices>>)>,
+}
+
+struct Inner {
+    meta: MetaConn,
+    id: VolumeId,
+    name: String,
+    codec: Codec,
+    min_durable: usize,
+    nodes: Nodes,
+    cache: BlockCache,
+    block_ids: BlockIds,
+    inflight: Arc<Semaphore>,
+    files: Mutex<HashMap<Ino, Arc<FileEntry>>>,
+}
+
+#[derive(Clone)]
+pub struct Volume {
+    inner: Arc<Inner>,
+}
+
+fn attr_from(a: pb::Attr) -> Result<Attr> {
+    Ok(Attr {
+        ino: a.ino,
+        kind: FileKind::try_from(a.kind)?,
+        perm: (a.perm & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        size: a.size,
+        atime_ns: a.atime_ns,
+        mtime_ns: a.mtime_ns,
+        ctime_ns: a.ctime_ns,
+    })
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl Volume {
+    /// Opens volume `name` through the metadata service.
+    pub async fn open(meta: MetaConn, name: &str, options: VolumeOptions) -> Result<Volume> {
+        let v = meta
+            .clone()
+            .get_volume(pb::GetVolumeRequest {
+                name: name.to_string(),
+            })
+            .await?
+            .into_inner();
+        let protection: Protection = v.protection.parse()?;
+        let nodes = Nodes::load(meta.clone(), protection).await?;
+        Ok(Volume {
+            inner: Arc::new(Inner {
+                block_ids: BlockIds::new(meta.clone()),
+                meta,
+                id: v.id,
+                name: v.name,
+                codec: Codec::new(protection),
+                min_durable: protection.min_durable(),
+                nodes,
+                cache: BlockCache::new(options.cached_blocks),
+                inflight: Arc::new(Semaphore::new(options.max_inflight_blocks.max(1))),
+                files: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn id(&self) -> VolumeId {
+        self.inner.id
+    }
+
+    fn meta(&self) -> MetaConn {
+        self.inner.meta.clone()
+    }
+
+    fn entry(&self, ino: Ino) -> Arc<FileEntry> {
+        self.inner
+            .files
+            .lock()
+            .expect("files lock")
+            .entry(ino)
+            .or_default()
+            .clone()
+    }
+
+    fn existing_entry(&self, ino: Ino) -> Option<Arc<FileEntry>> {
+        self.inner
+            .files
+            .lock()
+            .expect("files lock")
+            .get(&ino)
+            .cloned()
+    }
+
+    /// Grows a committed size by this mount's uncommitted writes.
+    fn with_pending(&self, mut a: Attr) -> Attr {
+        if let Some(e) = self.existing_entry(a.ino) {
+            let st = e.state.lock().expect("file state lock");
+            a.size = a.size.max(st.pending_end());
+        }
+        a
+    }
+
+    // ---------- names and attributes ----------
+
+    pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        let req = pb::LookupRequest {
+            volume: self.id(),
+            parent,
+            name: Bytes::copy_from_slice(name),
+        };
+        let a = attr_from(self.meta().lookup(req).await?.into_inner())?;
+        Ok(self.with_pending(a))
+    }
+
+    pub async fn getattr(&self, ino: Ino) -> Result<Attr> {
+        let req = pb::GetAttrRequest {
+            volume: self.id(),
+            ino,
+        };
+        let a = attr_from(self.meta().get_attr(req).await?.into_inner())?;
+        Ok(self.with_pending(a))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn setattr(
+        &self,
+        ino: Ino,
+        perm: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime_ns: Option<i64>,
+        mtime_ns: Option<i64>,
+    ) -> Result<Attr> {
+        if size.is_some() {
+            // Buffered bytes must land before the cut, or they would
+            // reappear on top of it.
+            self.flush(ino).await?;
+        }
+        let req = pb::SetAttrRequest {
+            volume: self.id(),
+            ino,
+            perm,
+            uid,
+            gid,
+            size,
+            atime_ns,
+            mtime_ns,
+        };
+        let a = attr_from(self.meta().set_attr(req).await?.into_inner())?;
+        if size.is_some() {
+            self.invalidate(ino);
+        }
+        Ok(self.with_pending(a))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn make_node(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+        target: &[u8],
+    ) -> Result<Attr> {
+        let req = pb::MakeNodeRequest {
+            volume: self.id(),
+            parent,
+            name: Bytes::copy_from_slice(name),
+            kind: kind as u32,
+            perm,
+            uid,
+            gid,
+            rdev,
+            symlink_target: Bytes::copy_from_slice(target),
+        };
+        attr_from(self.meta().make_node(req).await?.into_inner())
+    }
+
+    pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
+        let req = pb::LinkRequest {
+            volume: self.id(),
+            ino,
+            new_parent,
+            new_name: Bytes::copy_from_slice(new_name),
+        };
+        let a = attr_from(self.meta().link(req).await?.into_inner())?;
+        Ok(self.with_pending(a))
+    }
+
+    pub async fn unlink(&self, parent: Ino, name: &[u8], dir: bool) -> Result<()> {
+        let req = pb::UnlinkRequest {
+            volume: self.id(),
+            parent,
+            name: Bytes::copy_from_slice(name),
+            dir,
+        };
+        self.meta().unlink(req).await?;
+        Ok(())
+    }
+
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Result<()> {
+        let req = pb::RenameRequest {
+            volume: self.id(),
+            parent,
+            name: Bytes::copy_from_slice(name),
+            new_parent,
+            new_name: Bytes::copy_from_slice(new_name),
+            flags,
+        };
+        self.meta().rename(req).await?;
+        Ok(())
+    }
+
+    /// Directory entries after `after` (by name), at most `limit`.
+    pub async fn read_dir(&self, ino: Ino, after: &[u8], limit: u32) -> Result<Vec<DirEntry>> {
+        let req = pb::ReadDirRequest {
+            volume: self.id(),
+            ino,
+            after: Bytes::copy_from_slice(after),
+            limit,
+        };
+        self.meta()
+            .read_dir(req)
+            .await?
+            .into_inner()
+            .entries
+            .into_iter()
+            .map(|e| {
+                Ok(DirEntry {
+                    name: e.name.to_vec(),
+                    ino: e.ino,
+                    kind: FileKind::try_from(e.kind)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn read_link(&self, ino: Ino) -> Result<Vec<u8>> {
+        let req = pb::ReadLinkRequest {
+            volume: self.id(),
+            ino,
+        };
+        Ok(self
+            .meta()
+            .read_link(req)
+            .await?
+            .into_inner()
+            .target
+            .to_vec())
+    }
+
+    pub async fn get_xattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        let req = pb::XattrRequest {
+            volume: self.id(),
+            ino,
+            name: Bytes::copy_from_slice(name),
+        };
+        Ok(self
+            .meta()
+            .get_xattr(req)
+            .await?
+            .into_inner()
+            .value
+            .to_vec())
+    }
+
+    pub async fn set_xattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
+        let req = pb::SetXattrRequest {
+            volume: self.id(),
+            ino,
+            name: Bytes::copy_from_slice(name),
+            value: Bytes::copy_from_slice(value),
+            flags,
+        };
+        self.meta().set_xattr(req).await?;
+        Ok(())
+    }
+
+    pub async fn list_xattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        let req = pb::GetAttrRequest {
+            volume: self.id(),
+            ino,
+        };
+        Ok(self
+            .meta()
+            .list_xattr(req)
+            .await?
+            .into_inner()
+            .names
+            .into_iter()
+            .map(|n| n.to_vec())
+            .collect())
+    }
+
+    pub async fn remove_xattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        let req = pb::XattrRequest {
+            volume: self.id(),
+            ino,
+            name: Bytes::copy_from_slice(name),
+        };
+        self.meta().remove_xattr(req).await?;
+        Ok(())
+    }
+
+    /// (size, used bytes, inodes) of the volume.
+    pub async fn stat_fs(&self) -> Result<(u64, u64, u64)> {
+        let s = self
+            .meta()
+            .stat_fs(pb::StatFsRequest { volume: self.id() })
+            .await?
+            .into_inner();
+        Ok((s.size_bytes, s.used_bytes, s.inodes))
+    }
+
+    // ---------- file data ----------
+
+    /// A file is opened: later reads see what other clients committed
+    /// before (close-to-open consistency).
+    pub fn open_file(&self, ino: Ino) {
+        let e = self.entry(ino);
+        e.state.lock().expect("file state lock").opens += 1;
+        self.invalidate(ino);
+    }
+
+    /// A file handle is closed (after `flush`).
+    pub fn release_file(&self, ino: Ino) {
+        let mut files = self.inner.files.lock().expect("files lock");
+        if let Some(e) = files.get(&ino) {
+            let idle = {
+                let mut st = e.state.lock().expect("file state lock");
+                st.opens = st.opens.saturating_sub(1);
+                st.idle()
+            };
+            if idle {
+                files.remove(&ino);
+            }
+        }
+    }
+
+    fn invalidate(&self, ino: Ino) {
+        if let Some(e) = self.existing_entry(ino) {
+            let mut s = e.slices.lock().expect("slices lock");
+            s.0 += 1;
+            s.1 = None;
+        }
+    }
+
+    /// Buffers a write; stores full blocks in the background.
+    pub async fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<()> {
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|e| e > tessera_common::CHUNK_SIZE << 24)
+        {
+            return Err(ClientError::Invalid(format!(
+                "write at {offset} beyond the largest file"
+            )));
+        }
+        let e = self.entry(ino);
+        let full = {
+            let mut st = e.state.lock().expect("file state lock");
+            st.take_error(ino)?;
+            st.write(offset, data)
+        };
+        if full {
+            self.cut_blocks(ino, &e, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Cuts full blocks (or, with `all`, everything) and starts storing them.
+    /// Waits for room in the in-flight budget: that is the back-pressure.
+    async fn cut_blocks(
+        &self,
+        ino: Ino,
+        e: &Arc<FileEntry>,
+        all: bool,
+    ) -> Result<Option<Arc<Pending>>> {
+        let mut last = None;
+        loop {
+            let permit = self
+                .inner
+                .inflight
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| ClientError::Invalid("volume is shutting down".into()))?;
+            let (pending, prev) = {
+                let mut st = e.state.lock().expect("file state lock");
+                if !all && st.dirty_bytes < MAX_BLOCK {
+                    return Ok(last);
+                }
+                let Some(extents) = st.cut() else {
+                    return Ok(last);
+                };
+                let pending = Pending::new(extents);
+                let prev = st.inflight.last().cloned();
+                st.inflight.push(pending.clone());
+                (pending, prev)
+            };
+            last = Some(pending.clone());
+            let vol = self.clone();
+            let entry = e.clone();
+            tokio::spawn(async move {
+                let result = vol.store_and_commit(ino, &entry, &pending, prev).await;
+                let mut st = entry.state.lock().expect("file state lock");
+                st.inflight.retain(|p| !Arc::ptr_eq(p, &pending));
+                if let Err(err) = &result {
+                    warn!(volume = %vol.name(), ino, error = %err, "write failed");
+                    st.error.get_or_insert_with(|| err.clone());
+                }
+                drop(st);
+                pending.finish(result);
+                drop(permit);
+            });
+        }
+    }
+
+    async fn store_and_commit(
+        &self,
+        ino: Ino,
+        e: &FileEntry,
+        pending: &Pending,
+        prev: Option<Arc<Pending>>,
+    ) -> Result<()> {
+        let block = self.inner.block_ids.next().await?;
+        let mut data = Vec::with_capacity(pending.len());
+        let mut slices = Vec::with_capacity(pending.extents.len());
+        for x in &pending.extents {
+            slices.push(pb::Slice {
+                offset: x.offset,
+                len: x.data.len() as u32,
+                block,
+                block_offset: data.len() as u32,
+                block_len: 0,
+            });
+            data.extend_from_slice(&x.data);
+        }
+        for s in &mut slices {
+            s.block_len = data.len() as u32;
+        }
+        put_block(
+            &self.inner.nodes,
+            &self.inner.codec,
+            block,
+            &data,
+            self.inner.min_durable,
+        )
+        .await?;
+        drop(data);
+        if let Some(prev) = prev {
+            // Commit in cut order; an earlier failure is reported on its own.
+            let _ = prev.wait().await;
+        }
+        let req = pb::CommitWritesRequest {
+            volume: self.id(),
+            files: vec![pb::FileWrite {
+                ino,
+                slices: slices.clone(),
+                mtime_ns: now_ns(),
+            }],
+        };
+        let resp = self.meta().commit_writes(req).await?.into_inner();
+        // Keep the cached slice list current rather than refetching it.
+        let mut cached = e.slices.lock().expect("slices lock");
+        cached.0 += 1;
+        if let (Some(s), Some(a)) = (cached.1.take(), resp.attrs.first()) {
+            let mut list = s.list.clone();
+            list.extend(slices);
+            cached.1 = Some(Arc::new(Slices { size: a.size, list }));
+        }
+        Ok(())
+    }
+
+    /// Makes everything written to `ino` durable and visible.
+    pub async fn flush(&self, ino: Ino) -> Result<()> {
+        let Some(e) = self.existing_entry(ino) else {
+            return Ok(());
+        };
+        self.cut_blocks(ino, &e, true).await?;
+        let last = e
+            .state
+            .lock()
+            .expect("file state lock")
+            .inflight
+            .last()
+            .cloned();
+        if let Some(p) = last {
+            let _ = p.wait().await;
+        }
+        let result = e.state.lock().expect("file state lock").take_error(ino);
+        result
+    }
+
+    async fn slices(&self, ino: Ino, e: &FileEntry) -> Result<Arc<Slices>> {
+        let generation = {
+            let s = e.slices.lock().expect("slices lock");
+            if let Some(cached) = &s.1 {
+                return Ok(cached.clone());
+            }
+            s.0
+        };
+        let resp = self
+            .meta()
+            .get_slices(pb::GetSlicesRequest {
+                volume: self.id(),
+                ino,
+            })
+            .await?
+            .into_inner();
+        let size = resp.attr.map(|a| a.size).unwrap_or(0);
+        let fetched = Arc::new(Slices {
+            size,
+            list: resp.slices,
+        });
+        let mut s = e.slices.lock().expect("slices lock");
+        if s.0 == generation {
+            s.1 = Some(fetched.clone());
+        }
+        Ok(fetched)
+    }
+
+    /// Reads up to `size` bytes at `offset`; short at the end of the file.
+    pub async fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let e = self.entry(ino);
+        // Uncommitted bytes first, then the committed slices: a block that
+        // commits in between is then seen by one or the other.
+        let overlay: Vec<Extent> = e.state.lock().expect("file state lock").overlay();
+        let slices = self.slices(ino, &e).await?;
+        let pending_end = overlay.iter().map(Extent::end).max().unwrap_or(0);
+        let file_size = slices.size.max(pending_end);
+        let end = offset.saturating_add(u64::from(size)).min(file_size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        let extents: Vec<(u64, u64)> = slices
+            .list
+            .iter()
+            .map(|s| (s.offset, u64::from(s.len)))
+            .collect();
+        let pieces = overlay::visible(&extents, offset, end.min(slices.size));
+        let reads = pieces.iter().map(|p| {
+            let s = &slices.list[p.slice];
+            let b = BlockRef {
+                block: s.block,
+                len: s.block_len as usize,
+            };
+            let at = s.block_offset as usize + (p.offset - s.offset) as usize;
+            read_range(
+                &self.inner.nodes,
+                &self.inner.codec,
+                &self.inner.cache,
+                b,
+                at,
+                p.len as usize,
+            )
+        });
+        for (p, data) in pieces.iter().zip(join_all(reads).await) {
+            let data = data?;
+            let at = (p.offset - offset) as usize;
+            buf[at..at + data.len()].copy_from_slice(&data);
+        }
+        for x in &overlay {
+            let (lo, hi) = (x.offset.max(offset), x.end().min(end));
+            if lo < hi {
+                let src = &x.data[(lo - x.offset) as usize..(hi - x.offset) as usize];
+                buf[(lo - offset) as usize..(hi - offset) as usize].copy_from_slice(src);
+            }
+        }
+        Ok(buf)
+    }
+
+    /// Flushes every file with buffered data (unmount).
+    pub async fn flush_all(&self) -> Result<()> {
+        let inos: Vec<Ino> = self
+            .inner
+            .files
+            .lock()
+            .expect("files lock")
+            .keys()
+            .copied()
+            .collect();
+        let mut first_err = None;
+        for ino in inos {
+            if let Err(e) = self.flush(ino).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,274 @@
+//! The erasure codec: one block becomes one stripe of K data shards of
+//! ceil(len/K) bytes (the last zero-padded) plus M parity shards.
+//!
+//! The code is systematic: data shard `i` holds block bytes
+//! `[i*S, (i+1)*S)`, so healthy reads never decode. `replica:N` (K=1) stores N
+//! identical copies and needs no arithmetic at all.
+
+use reed_solomon_erasure::galois_8::ReedSolomon;
+
+use crate::{BlockId, Error, Protection};
+
+pub struct Codec {
+    protection: Protection,
+    /// `None` when there is nothing to compute: replicas, or no parity.
+    rs: Option<ReedSolomon>,
+}
+
+/// One piece of a systematic read: bytes `[offset, offset+len)` of data shard
+/// `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardRange {
+    pub index: u8,
+    pub offset: u32,
+    pub len: u32,
+}
+
+impl Codec {
+    pub fn new(protection: Protection) -> Self {
+        let rs = (protection.k > 1 && protection.m > 0).then(|| {
+            ReedSolomon::new(protection.k.into(), protection.m.into())
+                .expect("Protection::new bounds K and M to what reed-solomon accepts")
+        });
+        Codec { protection, rs }
+    }
+
+    pub fn protection(&self) -> Protection {
+        self.protection
+    }
+
+    /// Bytes in each shard of a block of `block_len` bytes.
+    pub fn shard_len(&self, block_len: usize) -> usize {
+        block_len.div_ceil(self.protection.k.into())
+    }
+
+    /// Splits and encodes `block` into K+M shards of equal length.
+    pub fn encode(&self, block: &[u8]) -> Vec<Vec<u8>> {
+        let k = usize::from(self.protection.k);
+        let width = self.protection.width();
+        if k == 1 {
+            return vec![block.to_vec(); width];
+        }
+        let s = self.shard_len(block.len());
+        let mut shards: Vec<Vec<u8>> = (0..width)
+            .map(|i| {
+                let mut shard = vec![0u8; s];
+                if i < k {
+                    let start = (i * s).min(block.len());
+                    let end = ((i + 1) * s).min(block.len());
+                    shard[..end - start].copy_from_slice(&block[start..end]);
+                }
+                shard
+            })
+            .collect();
+        if let Some(rs) = &self.rs {
+            rs.encode(&mut shards)
+                .expect("shards were built with equal lengths and the right count");
+        }
+        shards
+    }
+
+    /// Rebuilds the block's bytes from any K shards. `shards[i]` is `None` for a
+    /// shard that is missing or failed its CRC; present shards must have been
+    /// verified by the caller.
+    pub fn decode(
+        &self,
+        block: BlockId,
+        mut shards: Vec<Option<Vec<u8>>>,
+        block_len: usize,
+    ) -> Result<Vec<u8>, Error> {
+        let k = usize::from(self.protection.k);
+        let s = self.shard_len(block_len);
+        let got = shards
+            .iter()
+            .filter(|x| x.as_ref().is_some_and(|d| d.len() == s))
+            .count();
+        let not_enough = || Error::NotEnoughShards {
+            block,
+            needed: k,
+            got,
+        };
+        if shards.len() != self.protection.width() || got < k {
+            return Err(not_enough());
+        }
+        // Drop anything of the wrong length: it cannot be a shard of this block.
+        for x in shards.iter_mut() {
+            if x.as_ref().is_some_and(|d| d.len() != s) {
+                *x = None;
+            }
+        }
+        if k == 1 {
+            let mut copy = shards.into_iter().flatten().next().ok_or_else(not_enough)?;
+            copy.truncate(block_len);
+            return Ok(copy);
+        }
+        if shards[..k].iter().any(Option::is_none) {
+            let rs = self.rs.as_ref().ok_or_else(not_enough)?;
+            rs.reconstruct_data(&mut shards).map_err(|_| not_enough())?;
+        }
+        let mut out = Vec::with_capacity(k * s);
+        for shard in shards.into_iter().take(k) {
+            out.extend_from_slice(&shard.expect("reconstructed above"));
+        }
+        out.truncate(block_len);
+        Ok(out)
+    }
+
+    /// Rebuilds every missing shard (data and parity), for repair.
+    pub fn reconstruct_all(
+        &self,
+        block: BlockId,
+        mut shards: Vec<Option<Vec<u8>>>,
+        block_len: usize,
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let k = usize::from(self.protection.k);
+        let data = self.decode(block, shards.clone(), block_len)?;
+        if k == 1 || self.rs.is_none() {
+            let full = self.encode(&data);
+            return Ok(full);
+        }
+        let rs = self.rs.as_ref().expect("checked above");
+        rs.reconstruct(&mut shards)
+            .map_err(|_| Error::NotEnoughShards {
+                block,
+                needed: k,
+                got: 0,
+            })?;
+        Ok(shards
+            .into_iter()
+            .map(|x| x.expect("reconstructed"))
+            .collect())
+    }
+
+    /// Where bytes `[offset, offset+len)` of a block live among the data shards.
+    pub fn data_ranges(&self, block_len: usize, offset: usize, len: usize) -> Vec<ShardRange> {
+        let end = (offset + len).min(block_len);
+        if self.protection.k == 1 {
+            return vec![ShardRange {
+                index: 0,
+                offset: offset as u32,
+                len: end.saturating_sub(offset) as u32,
+            }];
+        }
+        let s = self.shard_len(block_len);
+        let mut out = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / s;
+            let within = pos % s;
+            let take = (s - within).min(end - pos);
+            out.push(ShardRange {
+                index: index as u8,
+                offset: within as u32,
+                len: take as u32,
+            });
+            pos += take;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::crc32;
+
+    fn protections() -> impl Strategy<Value = Protection> {
+        prop_oneof![
+            Just(Protection { k: 4, m: 2 }),
+            Just(Protection { k: 2, m: 1 }),
+            Just(Protection { k: 6, m: 3 }),
+            Just(Protection { k: 1, m: 2 }),
+            Just(Protection { k: 3, m: 0 }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_m_losses_give_the_exact_bytes(
+            p in protections(),
+            data in proptest::collection::vec(any::<u8>(), 1..20_000),
+            seed in any::<u64>(),
+        ) {
+            let codec = Codec::new(p);
+            let shards = codec.encode(&data);
+            prop_assert_eq!(shards.len(), p.width());
+            // Lose M shards chosen by the seed.
+            let mut lost: Vec<usize> = (0..p.width()).collect();
+            let mut s = seed;
+            for i in (1..lost.len()).rev() {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                lost.swap(i, (s >> 33) as usize % (i + 1));
+            }
+            lost.truncate(p.m.into());
+            let partial: Vec<Option<Vec<u8>>> = shards
+                .iter()
+                .enumerate()
+                .map(|(i, x)| (!lost.contains(&i)).then(|| x.clone()))
+                .collect();
+            prop_assert_eq!(&codec.decode(7, partial.clone(), data.len()).unwrap(), &data);
+            let all = codec.reconstruct_all(7, partial, data.len()).unwrap();
+            prop_assert_eq!(all, shards);
+        }
+
+        #[test]
+        fn a_corrupt_shard_is_detected_and_never_returned(
+            data in proptest::collection::vec(any::<u8>(), 1..20_000),
+            victim in 0usize..6,
+            pos in any::<usize>(),
+            flip in 1u8..=255,
+        ) {
+            let codec = Codec::new(Protection { k: 4, m: 2 });
+            let shards = codec.encode(&data);
+            let crcs: Vec<u32> = shards.iter().map(|s| crc32(s)).collect();
+            let mut received = shards.clone();
+            let at = pos % received[victim].len();
+            received[victim][at] ^= flip;
+            // What a reader does: keep only shards whose CRC matches.
+            let verified: Vec<Option<Vec<u8>>> = received
+                .into_iter()
+                .zip(&crcs)
+                .map(|(s, &c)| (crc32(&s) == c).then_some(s))
+                .collect();
+            prop_assert!(verified[victim].is_none(), "flipped byte not detected");
+            prop_assert_eq!(codec.decode(1, verified, data.len()).unwrap(), data);
+        }
+
+        #[test]
+        fn data_ranges_cover_exactly_the_requested_bytes(
+            len in 1usize..50_000, a in any::<usize>(), b in any::<usize>(),
+        ) {
+            let codec = Codec::new(Protection { k: 4, m: 2 });
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+            let shards = codec.encode(&data);
+            let off = a % len;
+            let n = b % (len - off) + 1;
+            let mut got = Vec::new();
+            for r in codec.data_ranges(len, off, n) {
+                let s = &shards[r.index as usize];
+                got.extend_from_slice(&s[r.offset as usize..(r.offset + r.len) as usize]);
+            }
+            prop_assert_eq!(&got[..], &data[off..off + n]);
+        }
+    }
+
+    #[test]
+    fn more_than_m_losses_is_an_error_not_garbage() {
+        let codec = Codec::new(Protection { k: 4, m: 2 });
+        let data = vec![42u8; 10_000];
+        let mut shards: Vec<Option<Vec<u8>>> = codec.encode(&data).into_iter().map(Some).collect();
+        shards[0] = None;
+        shards[3] = None;
+        shards[5] = None;
+        assert_eq!(
+            codec.decode(9, shards, data.len()),
+            Err(Error::NotEnoughShards {
+                block: 9,
+                needed: 4,
+                got: 3
+            })
+        );
+    }
+}

@@ -1,0 +1,31 @@
+//! Shared vocabulary of every Tessera crate: ids, the protection class, the
+//! erasure codec, CRC helpers, placement and input validation.
+//!
+//! This crate depends on no other Tessera crate and does no I/O.
+
+pub mod codec;
+pub mod error;
+pub mod ids;
+pub mod overlay;
+pub mod placement;
+pub mod protection;
+pub mod validate;
+
+pub use codec::Codec;
+pub use error::{Error, Result};
+pub use ids::{BlockId, Ino, NodeId, ShardKey, VolumeId, ROOT_INO};
+pub use protection::Protection;
+
+/// Largest block (one stripe before encoding).
+pub const MAX_BLOCK: usize = 4 << 20;
+
+/// Bytes of a file covered by one chunk (the unit slices are listed by).
+pub const CHUNK_SIZE: u64 = 64 << 20;
+
+/// Number of placement groups per protection class.
+pub const PG_COUNT: u32 = 128;
+
+/// CRC32 (IEEE) of `data`.
+pub fn crc32(data: &[u8]) -> u32 {
+    crc32fast::hash(data)
+}

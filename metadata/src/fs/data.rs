@@ -1,0 +1,182 @@
+//! Where a file's bytes live: its chunks' slice lists. Writers commit new
+//! slices here only after their shards are durable.
+
+use tessera_common::{overlay, Ino, VolumeId, CHUNK_SIZE, MAX_BLOCK};
+
+use super::{Attr, Tree, KIND_FILE};
+use crate::{
+    keys,
+    meta::Meta,
+    records::{decode, load, store, Slice},
+    store::{transact, Txn},
+    MetaError, Result,
+};
+
+/// Largest file: 2^50 bytes (1 PiB).
+pub const MAX_FILE_SIZE: u64 = 1 << 50;
+
+/// A chunk with more slices than this is pruned of fully shadowed ones on
+/// the next commit.
+const PRUNE_AT: usize = 32;
+
+/// Slices written to one file in one flush.
+#[derive(Clone, Debug)]
+pub struct FileWrite {
+    pub ino: Ino,
+    pub slices: Vec<Slice>,
+    pub mtime_ns: i64,
+}
+
+impl Meta {
+    /// Reserves `count` fresh block ids; returns the first.
+    pub fn alloc_blocks(&self, count: u32) -> Result<u64> {
+        if !(1..=65_536).contains(&count) {
+            return Err(MetaError::Invalid(format!(
+                "block count {count} not in 1..=65536"
+            )));
+        }
+        self.block_ids.alloc(self.store.as_ref(), count.into())
+    }
+
+    /// A file's attributes and every slice, oldest first within each chunk.
+    pub fn get_slices(&self, vol: VolumeId, ino: Ino) -> Result<(Attr, Vec<Slice>)> {
+        transact(self.store.as_ref(), |txn| {
+            let mut t = Tree::new(txn, vol);
+            let inode = t.inode(ino)?;
+            let (start, end) = keys::prefix_range(&keys::under(keys::CHUNK, vol, ino));
+            let mut slices = Vec::new();
+            for (k, v) in t.txn().scan(&start, &end, usize::MAX)? {
+                slices.extend(decode::<Vec<Slice>>(&k, &v)?);
+            }
+            Ok((Attr { ino, inode }, slices))
+        })
+    }
+
+    /// Appends slices to files and grows their sizes, in one transaction.
+    pub fn commit_writes(&self, vol: VolumeId, files: &[FileWrite]) -> Result<Vec<Attr>> {
+        for f in files {
+            for s in &f.slices {
+                check_slice(s)?;
+            }
+        }
+        let volume = self.volume_by_id(vol)?;
+        let (attrs, growth) = transact(self.store.as_ref(), |txn| {
+            let mut t = Tree::new(txn, vol);
+            let mut attrs = Vec::with_capacity(files.len());
+            let mut growth = 0u64;
+            for f in files {
+                let mut inode = t.inode(f.ino)?;
+                if inode.kind != KIND_FILE {
+                    return Err(MetaError::Invalid(format!(
+                        "inode {} is not a regular file",
+                        f.ino
+                    )));
+                }
+                for s in &f.slices {
+                    append_slice(t.txn(), vol, f.ino, *s)?;
+                }
+                let end = f.slices.iter().map(Slice::end).max().unwrap_or(0);
+                if end > inode.size {
+                    growth += end - inode.size;
+                    inode.size = end;
+                }
+                inode.mtime_ns = inode.mtime_ns.max(f.mtime_ns);
+                inode.ctime_ns = inode.ctime_ns.max(f.mtime_ns);
+                t.set(f.ino, inode.clone());
+                attrs.push(Attr { ino: f.ino, inode });
+            }
+            let used = self.usage_of(vol).bytes;
+            if growth > 0 && used.saturating_add(growth) > volume.size {
+                return Err(MetaError::Quota {
+                    volume: volume.name.clone(),
+                    used,
+                    size: volume.size,
+                });
+            }
+            t.finish()?;
+            Ok((attrs, growth))
+        })?;
+        self.account(vol, growth as i64, 0);
+        Ok(attrs)
+    }
+}
+
+fn check_slice(s: &Slice) -> Result<()> {
+    let ok = s.len > 0
+        && s.block != 0
+        && (s.block_len as usize) <= MAX_BLOCK
+        && s.block_offset
+            .checked_add(s.len)
+            .is_some_and(|e| e <= s.block_len)
+        && s.offset
+            .checked_add(u64::from(s.len))
+            .is_some_and(|e| e <= MAX_FILE_SIZE);
+    if ok {
+        Ok(())
+    } else {
+        Err(MetaError::Invalid(format!("malformed slice {s:?}")))
+    }
+}
+
+/// Adds a slice on top of its chunk(s), splitting it at chunk boundaries.
+fn append_slice(txn: &mut dyn Txn, vol: VolumeId, ino: Ino, mut s: Slice) -> Result<()> {
+    loop {
+        let index = s.offset / CHUNK_SIZE;
+        let chunk_end = (index + 1) * CHUNK_SIZE;
+        let mut part = s;
+        if s.end() > chunk_end {
+            part.len = (chunk_end - s.offset) as u32;
+        }
+        let key = keys::chunk(vol, ino, index);
+        let mut list: Vec<Slice> = load(txn, &key)?.unwrap_or_default();
+        list.push(part);
+        if list.len() > PRUNE_AT {
+            list = prune(list, index);
+        }
+        store(txn, &key, &list)?;
+        if part.len == s.len {
+            return Ok(());
+        }
+        s.offset += u64::from(part.len);
+        s.block_offset += part.len;
+        s.len -= part.len;
+    }
+}
+
+/// Drops slices that newer ones cover completely: they add no visible byte.
+fn prune(list: Vec<Slice>, index: u64) -> Vec<Slice> {
+    let extents: Vec<(u64, u64)> = list.iter().map(|s| (s.offset, u64::from(s.len))).collect();
+    let mut visible = vec![false; list.len()];
+    for p in overlay::visible(&extents, index * CHUNK_SIZE, (index + 1) * CHUNK_SIZE) {
+        visible[p.slice] = true;
+    }
+    list.into_iter()
+        .zip(visible)
+        .filter_map(|(s, v)| v.then_some(s))
+        .collect()
+}
+
+/// Cuts every slice at `size` so bytes beyond it never reappear.
+pub(super) fn truncate_slices(txn: &mut dyn Txn, vol: VolumeId, ino: Ino, size: u64) -> Result<()> {
+    let first = size / CHUNK_SIZE;
+    let (_, end) = keys::prefix_range(&keys::under(keys::CHUNK, vol, ino));
+    for (k, v) in txn.scan(&keys::chunk(vol, ino, first), &end, usize::MAX)? {
+        let list: Vec<Slice> = decode(&k, &v)?;
+        let kept: Vec<Slice> = list
+            .into_iter()
+            .filter(|s| s.offset < size)
+            .map(|mut s| {
+                if s.end() > size {
+                    s.len = (size - s.offset) as u32;
+                }
+                s
+            })
+            .collect();
+        if kept.is_empty() {
+            txn.delete(&k)?;
+        } else {
+            store(txn, &k, &kept)?;
+        }
+    }
+    Ok(())
+}

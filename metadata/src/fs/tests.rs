@@ -1,0 +1,277 @@
+//! The file tree over the in-memory store (the RocksDB backend passes the
+//! same store conformance suite).
+
+use std::sync::Arc;
+
+use tessera_common::ROOT_INO;
+
+use super::*;
+use crate::{records::Slice, store::MemoryStore, Meta, MetaOptions};
+
+fn meta_with_volume(size: u64) -> (Meta, u64) {
+    let m = Meta::open(Arc::new(MemoryStore::new()), MetaOptions::default()).unwrap();
+    for i in 0..6 {
+        m.register_node(0, format!("127.0.0.1:{}", 9000 + i), Default::default())
+            .unwrap();
+    }
+    let v = m
+        .create_volume("v", size, "ec:4+2", Default::default())
+        .unwrap();
+    (m, v.id)
+}
+
+fn file(perm: u32) -> NewNode {
+    NewNode {
+        kind: KIND_FILE,
+        perm,
+        uid: 1,
+        gid: 2,
+        rdev: 0,
+        target: vec![],
+    }
+}
+
+fn dir() -> NewNode {
+    NewNode {
+        kind: KIND_DIR,
+        ..file(0o755)
+    }
+}
+
+fn slice(offset: u64, len: u32, block: u64) -> Slice {
+    Slice {
+        offset,
+        len,
+        block,
+        block_offset: 0,
+        block_len: len,
+    }
+}
+
+#[test]
+fn create_lookup_and_errors() {
+    let (m, v) = meta_with_volume(1 << 30);
+    let d = m.make_node(v, ROOT_INO, b"d", dir()).unwrap();
+    let f = m.make_node(v, d.ino, b"f", file(0o644)).unwrap();
+    assert_eq!(m.lookup(v, d.ino, b"f").unwrap(), f);
+    assert_eq!(m.get_attr(v, ROOT_INO).unwrap().inode.nlink, 3);
+    assert!(matches!(
+        m.make_node(v, d.ino, b"f", file(0o644)),
+        Err(MetaError::Exists { .. })
+    ));
+    assert!(matches!(
+        m.make_node(v, f.ino, b"x", file(0o644)),
+        Err(MetaError::NotDir { .. })
+    ));
+    assert!(matches!(
+        m.lookup(v, d.ino, b"nope"),
+        Err(MetaError::NotFound { .. })
+    ));
+    for bad in [&b""[..], b".", b"..", b"a/b", b"a\0b"] {
+        assert!(matches!(
+            m.make_node(v, ROOT_INO, bad, file(0o644)),
+            Err(MetaError::Invalid(_))
+        ));
+    }
+    assert!(matches!(
+        m.make_node(v, ROOT_INO, &[b'x'; 300], file(0)),
+        Err(MetaError::NameTooLong(_))
+    ));
+    assert!(matches!(
+        m.unlink(v, ROOT_INO, b"d", true),
+        Err(MetaError::NotEmpty { .. })
+    ));
+    assert!(matches!(
+        m.unlink(v, ROOT_INO, b"d", false),
+        Err(MetaError::IsDir { .. })
+    ));
+    assert!(matches!(
+        m.unlink(v, d.ino, b"f", true),
+        Err(MetaError::NotDir { .. })
+    ));
+    m.unlink(v, d.ino, b"f", false).unwrap();
+    m.unlink(v, ROOT_INO, b"d", true).unwrap();
+    assert_eq!(m.get_attr(v, ROOT_INO).unwrap().inode.nlink, 2);
+    assert_eq!(m.stat_fs(v).unwrap().inodes, 1);
+}
+
+#[test]
+fn rename_overwrites_moves_and_refuses_loops() {
+    let (m, v) = meta_with_volume(1 << 30);
+    let a = m.make_node(v, ROOT_INO, b"a", dir()).unwrap();
+    let b = m.make_node(v, a.ino, b"b", dir()).unwrap();
+    let x = m.make_node(v, ROOT_INO, b"x", file(0o600)).unwrap();
+    m.make_node(v, ROOT_INO, b"y", file(0o600)).unwrap();
+    m.rename(v, ROOT_INO, b"x", ROOT_INO, b"y", 0).unwrap();
+    assert_eq!(m.lookup(v, ROOT_INO, b"y").unwrap().ino, x.ino);
+    assert!(m.lookup(v, ROOT_INO, b"x").is_err());
+    assert_eq!(
+        m.stat_fs(v).unwrap().inodes,
+        4,
+        "the overwritten file was freed"
+    );
+    assert!(matches!(
+        m.rename(v, ROOT_INO, b"a", b.ino, b"a2", 0),
+        Err(MetaError::Invalid(_))
+    ));
+    m.rename(v, a.ino, b"b", ROOT_INO, b"b", 0).unwrap();
+    assert_eq!(m.get_attr(v, a.ino).unwrap().inode.nlink, 2);
+    assert_eq!(m.get_attr(v, ROOT_INO).unwrap().inode.nlink, 4);
+    assert!(matches!(
+        m.rename(v, ROOT_INO, b"y", ROOT_INO, b"a", 0),
+        Err(MetaError::IsDir { .. })
+    ));
+    assert!(matches!(
+        m.rename(v, ROOT_INO, b"y", ROOT_INO, b"b", RENAME_NOREPLACE),
+        Err(MetaError::IsDir { .. }) | Err(MetaError::Exists { .. })
+    ));
+    m.rename(v, ROOT_INO, b"a", ROOT_INO, b"b", RENAME_EXCHANGE)
+        .unwrap();
+    assert_eq!(m.lookup(v, ROOT_INO, b"b").unwrap().ino, a.ino);
+}
+
+#[test]
+fn slices_commit_truncate_and_quota() {
+    let (m, v) = meta_with_volume(1 << 20);
+    let f = m.make_node(v, ROOT_INO, b"f", file(0o644)).unwrap();
+    let w = |slices| FileWrite {
+        ino: f.ino,
+        slices,
+        mtime_ns: 1,
+    };
+    m.commit_writes(v, &[w(vec![slice(0, 1000, 5), slice(500, 100, 6)])])
+        .unwrap();
+    let (a, s) = m.get_slices(v, f.ino).unwrap();
+    assert_eq!(a.inode.size, 1000);
+    assert_eq!(s.len(), 2);
+    m.set_attr(
+        v,
+        f.ino,
+        SetAttr {
+            size: Some(550),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (a, s) = m.get_slices(v, f.ino).unwrap();
+    assert_eq!(a.inode.size, 550);
+    assert!(s.iter().all(|x| x.end() <= 550), "{s:?}");
+    assert_eq!(m.stat_fs(v).unwrap().used, 550);
+    let too_big = m.commit_writes(v, &[w(vec![slice(0, 1 << 20, 7), slice(1 << 20, 10, 8)])]);
+    assert!(matches!(too_big, Err(MetaError::Quota { .. })));
+    assert_eq!(
+        m.get_attr(v, f.ino).unwrap().inode.size,
+        550,
+        "a refused commit changed the file"
+    );
+    assert!(matches!(
+        m.commit_writes(v, &[w(vec![slice(0, 0, 9)])]),
+        Err(MetaError::Invalid(_))
+    ));
+    m.unlink(v, ROOT_INO, b"f", false).unwrap();
+    assert_eq!(m.stat_fs(v).unwrap().used, 0);
+}
+
+#[test]
+fn a_slice_crossing_a_chunk_is_split_and_shadowed_slices_pruned() {
+    let (m, v) = meta_with_volume(1 << 40);
+    let f = m.make_node(v, ROOT_INO, b"f", file(0o644)).unwrap();
+    let start = tessera_common::CHUNK_SIZE - 10;
+    m.commit_writes(
+        v,
+        &[FileWrite {
+            ino: f.ino,
+            slices: vec![slice(start, 20, 3)],
+            mtime_ns: 0,
+        }],
+    )
+    .unwrap();
+    let (_, s) = m.get_slices(v, f.ino).unwrap();
+    assert_eq!(s.len(), 2);
+    assert_eq!(
+        (s[1].offset, s[1].len, s[1].block_offset),
+        (tessera_common::CHUNK_SIZE, 10, 10)
+    );
+    for i in 0..100 {
+        m.commit_writes(
+            v,
+            &[FileWrite {
+                ino: f.ino,
+                slices: vec![slice(0, 4096, 100 + i)],
+                mtime_ns: 0,
+            }],
+        )
+        .unwrap();
+    }
+    let (_, s) = m.get_slices(v, f.ino).unwrap();
+    assert!(s.len() < 40, "shadowed slices were kept: {}", s.len());
+    assert_eq!(
+        s.iter().filter(|x| x.offset == 0).last().unwrap().block,
+        199
+    );
+}
+
+#[test]
+fn xattrs_and_readdir_paging() {
+    let (m, v) = meta_with_volume(1 << 30);
+    let f = m.make_node(v, ROOT_INO, b"f", file(0o644)).unwrap();
+    m.set_xattr(v, f.ino, b"user.a", b"1", 0).unwrap();
+    assert!(matches!(
+        m.set_xattr(v, f.ino, b"user.a", b"2", XATTR_CREATE),
+        Err(MetaError::Exists { .. })
+    ));
+    assert!(matches!(
+        m.set_xattr(v, f.ino, b"user.b", b"2", XATTR_REPLACE),
+        Err(MetaError::NoXattr { .. })
+    ));
+    assert_eq!(m.get_xattr(v, f.ino, b"user.a").unwrap(), b"1");
+    assert_eq!(m.list_xattr(v, f.ino).unwrap(), vec![b"user.a".to_vec()]);
+    m.remove_xattr(v, f.ino, b"user.a").unwrap();
+    assert!(m.get_xattr(v, f.ino, b"user.a").is_err());
+    for i in 0..25 {
+        m.make_node(v, ROOT_INO, format!("n{i:02}").as_bytes(), file(0o644))
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after = Vec::new();
+    loop {
+        let page = m.read_dir(v, ROOT_INO, &after, 7).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().unwrap().0.clone();
+        seen.extend(page.into_iter().map(|(n, _)| n));
+    }
+    assert_eq!(seen.len(), 26);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[test]
+fn volumes_validate_and_delete() {
+    let (m, v) = meta_with_volume(1 << 30);
+    assert!(matches!(
+        m.create_volume("v", 1 << 30, "ec:4+2", Default::default()),
+        Err(MetaError::Exists { .. })
+    ));
+    assert!(m
+        .create_volume("../x", 1 << 30, "ec:4+2", Default::default())
+        .is_err());
+    assert!(m
+        .create_volume("w", 0, "ec:4+2", Default::default())
+        .is_err());
+    assert!(m
+        .create_volume("w", u64::MAX, "ec:4+2", Default::default())
+        .is_err());
+    assert!(m
+        .create_volume("w", 1 << 30, "ec:0+9", Default::default())
+        .is_err());
+    assert!(matches!(
+        m.create_volume("w", 1 << 30, "ec:5+2", Default::default()),
+        Err(MetaError::Unavailable(_))
+    ));
+    assert_eq!(m.list_volumes().unwrap().len(), 1);
+    m.make_node(v, ROOT_INO, b"f", file(0o644)).unwrap();
+    m.delete_volume("v").unwrap();
+    assert!(m.get_volume("v").is_err());
+    assert!(m.get_attr(v, ROOT_INO).is_err());
+}

@@ -1,0 +1,100 @@
+//! Every key prefix of the metadata store, in one place. Integers are
+//! big-endian so keys sort numerically. A retired prefix is never reused.
+
+use tessera_common::{Ino, NodeId, VolumeId};
+
+/// Id allocators' high-water marks: `C` + name.
+pub const COUNTER: u8 = b'C';
+/// Storage nodes: `N` + node id.
+pub const NODE: u8 = b'N';
+/// Placement tables: `P` + K + M.
+pub const PLACEMENT: u8 = b'P';
+/// Volumes by id: `V` + volume id.
+pub const VOLUME: u8 = b'V';
+/// Volume ids by name: `v` + name.
+pub const VOLUME_NAME: u8 = b'v';
+/// Inodes: `I` + volume + ino.
+pub const INODE: u8 = b'I';
+/// Directory entries: `D` + volume + parent ino + name.
+pub const DENTRY: u8 = b'D';
+/// Slices of one chunk: `S` + volume + ino + chunk index.
+pub const CHUNK: u8 = b'S';
+/// Extended attributes: `X` + volume + ino + name.
+pub const XATTR: u8 = b'X';
+
+fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    k.push(prefix);
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+pub fn counter(name: &str) -> Vec<u8> {
+    key(COUNTER, &[name.as_bytes()])
+}
+
+pub fn node(id: NodeId) -> Vec<u8> {
+    key(NODE, &[&id.to_be_bytes()])
+}
+
+pub fn placement(k: u8, m: u8) -> Vec<u8> {
+    key(PLACEMENT, &[&[k, m]])
+}
+
+pub fn volume(id: VolumeId) -> Vec<u8> {
+    key(VOLUME, &[&id.to_be_bytes()])
+}
+
+pub fn volume_name(name: &str) -> Vec<u8> {
+    key(VOLUME_NAME, &[name.as_bytes()])
+}
+
+pub fn inode(vol: VolumeId, ino: Ino) -> Vec<u8> {
+    key(INODE, &[&vol.to_be_bytes(), &ino.to_be_bytes()])
+}
+
+pub fn dentry(vol: VolumeId, parent: Ino, name: &[u8]) -> Vec<u8> {
+    key(DENTRY, &[&vol.to_be_bytes(), &parent.to_be_bytes(), name])
+}
+
+pub fn chunk(vol: VolumeId, ino: Ino, index: u64) -> Vec<u8> {
+    key(
+        CHUNK,
+        &[&vol.to_be_bytes(), &ino.to_be_bytes(), &index.to_be_bytes()],
+    )
+}
+
+pub fn xattr(vol: VolumeId, ino: Ino, name: &[u8]) -> Vec<u8> {
+    key(XATTR, &[&vol.to_be_bytes(), &ino.to_be_bytes(), name])
+}
+
+/// `[start, end)` of every key that starts with `prefix`.
+pub fn prefix_range(prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let start = prefix.to_vec();
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return (start, end);
+        }
+    }
+    (start, vec![0xff; 9])
+}
+
+/// The prefix shared by all keys of one kind under (volume, ino), e.g. all
+/// entries of a directory.
+pub fn under(prefix: u8, vol: VolumeId, ino: Ino) -> Vec<u8> {
+    key(prefix, &[&vol.to_be_bytes(), &ino.to_be_bytes()])
+}
+
+/// The prefix of every key of one kind in a volume.
+pub fn in_volume(prefix: u8, vol: VolumeId) -> Vec<u8> {
+    key(prefix, &[&vol.to_be_bytes()])
+}
+
+/// The bytes after `prefix` in `key` (a name or an index).
+pub fn suffix<'a>(key: &'a [u8], prefix: &[u8]) -> &'a [u8] {
+    &key[prefix.len().min(key.len())..]
+}

@@ -1,0 +1,24 @@
+//! Tessera's metadata service: the `MetaStore` trait with its RocksDB (and
+//! in-memory test) backends, and over it the cluster map, volumes, and every
+//! volume's file tree, served over gRPC.
+//!
+//! Depends on tessera-common and tessera-proto only; never on the client or
+//! storage-node crates.
+
+mod cluster;
+mod error;
+pub mod fs;
+mod ids;
+pub mod keys;
+mod meta;
+pub mod records;
+mod run;
+mod service;
+pub mod store;
+mod volumes;
+
+pub use cluster::{NodeState, NodeView};
+pub use error::{MetaError, Result};
+pub use meta::{Meta, MetaOptions};
+pub use run::{run, MetaConfig};
+pub use service::MetaService;

@@ -1,0 +1,123 @@
+//! `Meta`: the metadata service's state and the entry point of every domain
+//! operation (implemented in cluster.rs, volumes.rs and fs/).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tessera_common::VolumeId;
+
+use crate::{
+    cluster::Cluster,
+    ids::IdAllocator,
+    keys,
+    records::{decode, Inode, VolumeRecord},
+    store::MetaStore,
+    Result,
+};
+
+/// Tunables of the metadata service.
+#[derive(Clone, Debug)]
+pub struct MetaOptions {
+    /// A node that has not sent a heartbeat for this long is `down`.
+    pub down_after: Duration,
+}
+
+impl Default for MetaOptions {
+    fn default() -> Self {
+        MetaOptions {
+            down_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Bytes and inodes a volume uses. Kept in memory, computed from the inodes
+/// at start and updated after each commit: the inodes are the durable truth.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+pub struct Meta {
+    pub(crate) store: Arc<dyn MetaStore>,
+    pub(crate) cluster: Cluster,
+    pub(crate) inode_ids: IdAllocator,
+    pub(crate) block_ids: IdAllocator,
+    pub(crate) volume_ids: IdAllocator,
+    pub(crate) node_ids: IdAllocator,
+    pub(crate) usage: Mutex<HashMap<VolumeId, Usage>>,
+}
+
+impl Meta {
+    pub fn open(store: Arc<dyn MetaStore>, options: MetaOptions) -> Result<Self> {
+        let meta = Meta {
+            cluster: Cluster::new(options.down_after),
+            inode_ids: IdAllocator::new("inode", 2, 4096),
+            block_ids: IdAllocator::new("block", 1, 1 << 16),
+            volume_ids: IdAllocator::new("volume", 1, 16),
+            node_ids: IdAllocator::new("node", 1, 1),
+            usage: Mutex::new(HashMap::new()),
+            store,
+        };
+        meta.load_usage()?;
+        Ok(meta)
+    }
+
+    fn load_usage(&self) -> Result<()> {
+        let mut usage = HashMap::new();
+        for vol in self.list_volumes()? {
+            let mut u = Usage::default();
+            let prefix = keys::in_volume(keys::INODE, vol.id);
+            let (mut start, end) = keys::prefix_range(&prefix);
+            loop {
+                let batch = self.store.begin().scan(&start, &end, 4096)?;
+                let Some(last) = batch.last() else { break };
+                start = last.0.clone();
+                start.push(0);
+                for (k, v) in &batch {
+                    let inode: Inode = decode(k, v)?;
+                    u.inodes += 1;
+                    u.bytes += inode.size;
+                }
+            }
+            usage.insert(vol.id, u);
+        }
+        *self.usage.lock().expect("usage lock") = usage;
+        Ok(())
+    }
+
+    pub(crate) fn usage_of(&self, vol: VolumeId) -> Usage {
+        self.usage
+            .lock()
+            .expect("usage lock")
+            .get(&vol)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Applies a committed change to a volume's usage.
+    pub(crate) fn account(&self, vol: VolumeId, bytes: i64, inodes: i64) {
+        let mut all = self.usage.lock().expect("usage lock");
+        let u = all.entry(vol).or_default();
+        u.bytes = u.bytes.saturating_add_signed(bytes);
+        u.inodes = u.inodes.saturating_add_signed(inodes);
+    }
+
+    pub(crate) fn volume_by_id(&self, vol: VolumeId) -> Result<VolumeRecord> {
+        let key = keys::volume(vol);
+        match self.store.begin().get(&key)? {
+            Some(v) => decode(&key, &v),
+            None => Err(crate::MetaError::not_found(format!("volume {vol}"))),
+        }
+    }
+}
+
+pub(crate) fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,43 @@
+//! `tessera meta`: open the store, serve gRPC until shutdown.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
+
+use tessera_proto::{pb::meta_server::MetaServer, MAX_MESSAGE};
+use tracing::info;
+
+use crate::{store::RocksStore, Meta, MetaError, MetaOptions, MetaService};
+
+#[derive(Clone, Debug)]
+pub struct MetaConfig {
+    /// Directory of the embedded RocksDB store.
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub options: MetaOptions,
+}
+
+pub async fn run(
+    config: MetaConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MetaError> {
+    let path = config.data_dir.join("meta.db");
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        MetaError::Unavailable(format!("creating {}: {e}", config.data_dir.display()))
+    })?;
+    let store = Arc::new(RocksStore::open(&path)?);
+    let meta = Arc::new(Meta::open(store, config.options)?);
+    let service = MetaServer::new(MetaService::new(meta))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| MetaError::Unavailable(format!("listening on {}: {e}", config.listen)))?;
+    info!(listen = %listener.local_addr().map_err(|e| MetaError::Unavailable(e.to_string()))?, "metadata service ready");
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .map_err(|e| MetaError::Unavailable(format!("metadata server: {e}")))
+}

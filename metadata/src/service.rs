@@ -1,0 +1,422 @@
+//! The gRPC face of `Meta`: each handler parses, calls one domain function
+//! on a blocking thread (the store fsyncs), and maps the result.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use tessera_proto::pb::{self, meta_server::Meta as MetaRpc};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    cluster::NodeStats,
+    fs::{Attr, FileWrite, NewNode, SetAttr},
+    records::{Slice, VolumeRecord},
+    Meta, MetaError,
+};
+
+#[derive(Clone)]
+pub struct MetaService {
+    meta: Arc<Meta>,
+}
+
+impl MetaService {
+    pub fn new(meta: Arc<Meta>) -> Self {
+        MetaService { meta }
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Meta) -> Result<T, MetaError> + Send + 'static,
+    ) -> Result<Response<T>, Status> {
+        let meta = self.meta.clone();
+        tokio::task::spawn_blocking(move || f(&meta))
+            .await
+            .map_err(|e| Status::internal(format!("metadata task failed: {e}")))?
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+}
+
+fn attr(a: Attr) -> pb::Attr {
+    let i = a.inode;
+    pb::Attr {
+        ino: a.ino,
+        kind: i.kind,
+        perm: i.perm,
+        nlink: i.nlink,
+        uid: i.uid,
+        gid: i.gid,
+        rdev: i.rdev,
+        size: i.size,
+        atime_ns: i.atime_ns,
+        mtime_ns: i.mtime_ns,
+        ctime_ns: i.ctime_ns,
+    }
+}
+
+fn volume(meta: &Meta, v: VolumeRecord) -> pb::Volume {
+    let usage = meta.usage_of(v.id);
+    pb::Volume {
+        id: v.id,
+        name: v.name,
+        size_bytes: v.size,
+        protection: v.protection.to_string(),
+        used_bytes: usage.bytes,
+        inodes: usage.inodes,
+        created_ms: v.created_ms,
+        labels: v.labels.into_iter().collect(),
+    }
+}
+
+fn slice_to_pb(s: Slice) -> pb::Slice {
+    pb::Slice {
+        offset: s.offset,
+        len: s.len,
+        block: s.block,
+        block_offset: s.block_offset,
+        block_len: s.block_len,
+    }
+}
+
+fn slice_from_pb(s: pb::Slice) -> Slice {
+    Slice {
+        offset: s.offset,
+        len: s.len,
+        block: s.block,
+        block_offset: s.block_offset,
+        block_len: s.block_len,
+    }
+}
+
+type Rpc<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl MetaRpc for MetaService {
+    async fn register_node(
+        &self,
+        r: Request<pb::RegisterNodeRequest>,
+    ) -> Rpc<pb::RegisterNodeResponse> {
+        let r = r.into_inner();
+        self.call(move |m| {
+            let labels: BTreeMap<_, _> = r.labels.into_iter().collect();
+            let id = m.register_node(r.id, r.addr, labels)?;
+            Ok(pb::RegisterNodeResponse { id })
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, r: Request<pb::HeartbeatRequest>) -> Rpc<pb::HeartbeatResponse> {
+        let r = r.into_inner();
+        self.call(move |m| {
+            let stats = NodeStats {
+                capacity: r.capacity_bytes,
+                used: r.used_bytes,
+                shards: r.shard_count,
+            };
+            Ok(pb::HeartbeatResponse {
+                epoch: m.heartbeat(r.id, stats)?,
+            })
+        })
+        .await
+    }
+
+    async fn list_nodes(&self, _: Request<pb::ListNodesRequest>) -> Rpc<pb::ListNodesResponse> {
+        self.call(|m| {
+            Ok(pb::ListNodesResponse {
+                nodes: node_infos(m)?,
+            })
+        })
+        .await
+    }
+
+    async fn get_placement(
+        &self,
+        r: Request<pb::GetPlacementRequest>,
+    ) -> Rpc<pb::GetPlacementResponse> {
+        let r = r.into_inner();
+        self.call(move |m| {
+            let (k, m_) = (u8::try_from(r.k), u8::try_from(r.m));
+            let (Ok(k), Ok(mm)) = (k, m_) else {
+                return Err(MetaError::Invalid(format!("protection {}+{}", r.k, r.m)));
+            };
+            let p = tessera_common::Protection::new(k, mm)?;
+            let table = m.placement(p)?;
+            Ok(pb::GetPlacementResponse {
+                epoch: table.epoch,
+                pgs: table
+                    .pgs
+                    .into_iter()
+                    .map(|nodes| pb::PgNodes { nodes })
+                    .collect(),
+                nodes: node_infos(m)?,
+            })
+        })
+        .await
+    }
+
+    async fn create_volume(&self, r: Request<pb::CreateVolumeRequest>) -> Rpc<pb::Volume> {
+        let r = r.into_inner();
+        self.call(move |m| {
+            let labels = r.labels.into_iter().collect();
+            let v = m.create_volume(&r.name, r.size_bytes, &r.protection, labels)?;
+            Ok(volume(m, v))
+        })
+        .await
+    }
+
+    async fn get_volume(&self, r: Request<pb::GetVolumeRequest>) -> Rpc<pb::Volume> {
+        let r = r.into_inner();
+        self.call(move |m| Ok(volume(m, m.get_volume(&r.name)?)))
+            .await
+    }
+
+    async fn list_volumes(
+        &self,
+        _: Request<pb::ListVolumesRequest>,
+    ) -> Rpc<pb::ListVolumesResponse> {
+        self.call(|m| {
+            let volumes = m
+                .list_volumes()?
+                .into_iter()
+                .map(|v| volume(m, v))
+                .collect();
+            Ok(pb::ListVolumesResponse { volumes })
+        })
+        .await
+    }
+
+    async fn delete_volume(
+        &self,
+        r: Request<pb::DeleteVolumeRequest>,
+    ) -> Rpc<pb::DeleteVolumeResponse> {
+        let r = r.into_inner();
+        self.call(move |m| {
+            m.delete_volume(&r.name)?;
+            Ok(pb::DeleteVolumeResponse {})
+        })
+        .await
+    }
+
+    async fn alloc_blocks(
+        &self,
+        r: Request<pb::AllocBlocksRequest>,
+    ) -> Rpc<pb::AllocBlocksResponse> {
+        let count = r.into_inner().count;
+        self.call(move |m| {
+            Ok(pb::AllocBlocksResponse {
+                first: m.alloc_blocks(count)?,
+                count,
+            })
+        })
+        .await
+    }
+
+    async fn get_slices(&self, r: Request<pb::GetSlicesRequest>) -> Rpc<pb::GetSlicesResponse> {
+        let r = r.into_inner();
+        self.call(move |m| {
+            let (a, slices) = m.get_slices(r.volume, r.ino)?;
+            Ok(pb::GetSlicesResponse {
+                attr: Some(attr(a)),
+                slices: slices.into_iter().map(slice_to_pb).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn commit_writes(
+        &self,
+        r: Request<pb::CommitWritesRequest>,
+    ) -> Rpc<pb::CommitWritesResponse> {
+        let r = r.into_inner();
+        self.call(move |m| {
+            let files: Vec<FileWrite> = r
+                .files
+                .into_iter()
+                .map(|f| FileWrite {
+                    ino: f.ino,
+                    slices: f.slices.into_iter().map(slice_from_pb).collect(),
+                    mtime_ns: f.mtime_ns,
+                })
+                .collect();
+            let attrs = m.commit_writes(r.volume, &files)?;
+            Ok(pb::CommitWritesResponse {
+                attrs: attrs.into_iter().map(attr).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn lookup(&self, r: Request<pb::LookupRequest>) -> Rpc<pb::Attr> {
+        let r = r.into_inner();
+        self.call(move |m| Ok(attr(m.lookup(r.volume, r.parent, &r.name)?)))
+            .await
+    }
+
+    async fn get_attr(&self, r: Request<pb::GetAttrRequest>) -> Rpc<pb::Attr> {
+        let r = r.into_inner();
+        self.call(move |m| Ok(attr(m.get_attr(r.volume, r.ino)?)))
+            .await
+    }
+
+    async fn set_attr(&self, r: Request<pb::SetAttrRequest>) -> Rpc<pb::Attr> {
+        let r = r.into_inner();
+        self.call(move |m| {
+            let change = SetAttr {
+                perm: r.perm,
+                uid: r.uid,
+                gid: r.gid,
+                size: r.size,
+                atime_ns: r.atime_ns,
+                mtime_ns: r.mtime_ns,
+            };
+            Ok(attr(m.set_attr(r.volume, r.ino, change)?))
+        })
+        .await
+    }
+
+    async fn make_node(&self, r: Request<pb::MakeNodeRequest>) -> Rpc<pb::Attr> {
+        let r = r.into_inner();
+        self.call(move |m| {
+            let new = NewNode {
+                kind: r.kind,
+                perm: r.perm,
+                uid: r.uid,
+                gid: r.gid,
+                rdev: r.rdev,
+                target: r.symlink_target.to_vec(),
+            };
+            Ok(attr(m.make_node(r.volume, r.parent, &r.name, new)?))
+        })
+        .await
+    }
+
+    async fn link(&self, r: Request<pb::LinkRequest>) -> Rpc<pb::Attr> {
+        let r = r.into_inner();
+        self.call(move |m| Ok(attr(m.link(r.volume, r.ino, r.new_parent, &r.new_name)?)))
+            .await
+    }
+
+    async fn unlink(&self, r: Request<pb::UnlinkRequest>) -> Rpc<pb::Empty> {
+        let r = r.into_inner();
+        self.call(move |m| {
+            m.unlink(r.volume, r.parent, &r.name, r.dir)?;
+            Ok(pb::Empty {})
+        })
+        .await
+    }
+
+    async fn rename(&self, r: Request<pb::RenameRequest>) -> Rpc<pb::Empty> {
+        let r = r.into_inner();
+        self.call(move |m| {
+            m.rename(
+                r.volume,
+                r.parent,
+                &r.name,
+                r.new_parent,
+                &r.new_name,
+                r.flags,
+            )?;
+            Ok(pb::Empty {})
+        })
+        .await
+    }
+
+    async fn read_dir(&self, r: Request<pb::ReadDirRequest>) -> Rpc<pb::ReadDirResponse> {
+        let r = r.into_inner();
+        self.call(move |m| {
+            let entries = m
+                .read_dir(r.volume, r.ino, &r.after, r.limit as usize)?
+                .into_iter()
+                .map(|(name, d)| pb::DirEntry {
+                    name: name.into(),
+                    ino: d.ino,
+                    kind: d.kind,
+                })
+                .collect();
+            Ok(pb::ReadDirResponse { entries })
+        })
+        .await
+    }
+
+    async fn read_link(&self, r: Request<pb::ReadLinkRequest>) -> Rpc<pb::ReadLinkResponse> {
+        let r = r.into_inner();
+        self.call(move |m| {
+            Ok(pb::ReadLinkResponse {
+                target: m.read_link(r.volume, r.ino)?.into(),
+            })
+        })
+        .await
+    }
+
+    async fn get_xattr(&self, r: Request<pb::XattrRequest>) -> Rpc<pb::XattrValue> {
+        let r = r.into_inner();
+        self.call(move |m| {
+            Ok(pb::XattrValue {
+                value: m.get_xattr(r.volume, r.ino, &r.name)?.into(),
+            })
+        })
+        .await
+    }
+
+    async fn set_xattr(&self, r: Request<pb::SetXattrRequest>) -> Rpc<pb::Empty> {
+        let r = r.into_inner();
+        self.call(move |m| {
+            m.set_xattr(r.volume, r.ino, &r.name, &r.value, r.flags)?;
+            Ok(pb::Empty {})
+        })
+        .await
+    }
+
+    async fn list_xattr(&self, r: Request<pb::GetAttrRequest>) -> Rpc<pb::XattrNames> {
+        let r = r.into_inner();
+        self.call(move |m| {
+            let names = m
+                .list_xattr(r.volume, r.ino)?
+                .into_iter()
+                .map(Into::into)
+                .collect();
+            Ok(pb::XattrNames { names })
+        })
+        .await
+    }
+
+    async fn remove_xattr(&self, r: Request<pb::XattrRequest>) -> Rpc<pb::Empty> {
+        let r = r.into_inner();
+        self.call(move |m| {
+            m.remove_xattr(r.volume, r.ino, &r.name)?;
+            Ok(pb::Empty {})
+        })
+        .await
+    }
+
+    async fn stat_fs(&self, r: Request<pb::StatFsRequest>) -> Rpc<pb::StatFsResponse> {
+        let r = r.into_inner();
+        self.call(move |m| {
+            let s = m.stat_fs(r.volume)?;
+            Ok(pb::StatFsResponse {
+                size_bytes: s.size,
+                used_bytes: s.used,
+                inodes: s.inodes,
+            })
+        })
+        .await
+    }
+}
+
+fn node_infos(m: &Meta) -> Result<Vec<pb::NodeInfo>, MetaError> {
+    Ok(m.list_nodes()?
+        .into_iter()
+        .map(|n| pb::NodeInfo {
+            id: n.record.id,
+            addr: n.record.addr,
+            labels: n.record.labels.into_iter().collect(),
+            state: n.state.as_str().to_string(),
+            capacity_bytes: n.stats.capacity,
+            used_bytes: n.stats.used,
+            shard_count: n.stats.shards,
+            last_seen_ms: n
+                .last_seen
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(u64::MAX),
+        })
+        .collect())
+}

@@ -1,0 +1,118 @@
+//! One suite, every backend.
+
+use super::*;
+
+fn both(test: impl Fn(&dyn MetaStore)) {
+    test(&MemoryStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    test(&RocksStore::open(dir.path()).unwrap());
+}
+
+fn put(store: &dyn MetaStore, k: &[u8], v: &[u8]) {
+    let mut t = store.begin();
+    t.put(k, v).unwrap();
+    t.commit().unwrap();
+}
+
+#[test]
+fn get_put_delete_and_read_your_writes() {
+    both(|s| {
+        put(s, b"a", b"1");
+        let mut t = s.begin();
+        assert_eq!(t.get(b"a").unwrap(), Some(b"1".to_vec()));
+        t.put(b"b", b"2").unwrap();
+        t.delete(b"a").unwrap();
+        assert_eq!(t.get(b"b").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(t.get(b"a").unwrap(), None);
+        t.commit().unwrap();
+        let mut t = s.begin();
+        assert_eq!(t.get(b"a").unwrap(), None);
+        assert_eq!(t.get(b"b").unwrap(), Some(b"2".to_vec()));
+    });
+}
+
+#[test]
+fn scans_are_ordered_bounded_and_see_own_writes() {
+    both(|s| {
+        for k in [&b"k3"[..], b"k1", b"k2", b"l0", b"j9"] {
+            put(s, k, b"v");
+        }
+        let mut t = s.begin();
+        t.put(b"k25", b"new").unwrap();
+        t.delete(b"k1").unwrap();
+        let keys: Vec<Vec<u8>> = t
+            .scan(b"k", b"l", 100)
+            .unwrap()
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
+        assert_eq!(keys, vec![b"k2".to_vec(), b"k25".to_vec(), b"k3".to_vec()]);
+        assert_eq!(t.scan(b"k", b"l", 2).unwrap().len(), 2);
+    });
+}
+
+#[test]
+fn a_read_key_written_by_another_commit_conflicts() {
+    both(|s| {
+        put(s, b"x", b"0");
+        let mut t1 = s.begin();
+        let mut t2 = s.begin();
+        assert_eq!(t1.get(b"x").unwrap(), Some(b"0".to_vec()));
+        let _ = t2.get(b"x");
+        t1.put(b"x", b"1").unwrap();
+        t2.put(b"x", b"2").unwrap();
+        t1.commit().unwrap();
+        assert!(matches!(t2.commit(), Err(StoreError::Conflict)));
+        assert_eq!(s.begin().get(b"x").unwrap(), Some(b"1".to_vec()));
+    });
+}
+
+#[test]
+fn creating_the_same_absent_key_twice_conflicts() {
+    both(|s| {
+        let mut t1 = s.begin();
+        let mut t2 = s.begin();
+        assert_eq!(t1.get(b"new").unwrap(), None);
+        assert_eq!(t2.get(b"new").unwrap(), None);
+        t1.put(b"new", b"1").unwrap();
+        t2.put(b"new", b"2").unwrap();
+        t1.commit().unwrap();
+        assert!(t2.commit().is_err());
+    });
+}
+
+#[test]
+fn transact_retries_until_every_increment_lands() {
+    both(|s| {
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..25 {
+                        transact(s, |t| {
+                            let n = t
+                                .get(b"counter")?
+                                .map(|v| u64::from_be_bytes(v.try_into().unwrap()))
+                                .unwrap_or(0);
+                            t.put(b"counter", &(n + 1).to_be_bytes())?;
+                            Ok(())
+                        })
+                        .unwrap();
+                    }
+                });
+            }
+        });
+        let v = s.begin().get(b"counter").unwrap().unwrap();
+        assert_eq!(u64::from_be_bytes(v.try_into().unwrap()), 100);
+    });
+}
+
+#[test]
+fn rocks_commits_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = RocksStore::open(dir.path()).unwrap();
+        put(&s, b"durable", b"yes");
+    }
+    let s = RocksStore::open(dir.path()).unwrap();
+    assert_eq!(s.begin().get(b"durable").unwrap(), Some(b"yes".to_vec()));
+}

@@ -1,0 +1,79 @@
+//! `MetaStore`: a transactional, ordered key-value store. The file tree, the
+//! cluster map and the volumes are written once over this trait; each backend
+//! passes the same conformance suite (`conformance.rs`).
+//!
+//! Transactions are optimistic: reads through `Txn::get` are tracked, and a
+//! commit fails with `StoreError::Conflict` if another transaction wrote one
+//! of them since; `transact` retries. Range scans are not tracked (phantoms),
+//! so code that depends on a range being empty also reads a guard key that
+//! every writer to that range writes (for directories: the parent inode).
+
+mod memory;
+mod rocks;
+
+#[cfg(test)]
+mod conformance;
+
+pub use memory::MemoryStore;
+pub use rocks::RocksStore;
+
+use crate::MetaError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("transaction conflict")]
+    Conflict,
+    #[error("metadata store: {0}")]
+    Backend(String),
+}
+
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+pub trait MetaStore: Send + Sync + 'static {
+    /// Starts a transaction. Its commit is durable before it returns.
+    fn begin(&self) -> Box<dyn Txn + '_>;
+}
+
+pub trait Txn {
+    /// Reads a key; the commit fails if someone else writes it meanwhile.
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Keys in `[start, end)` in order, at most `limit`; sees this
+    /// transaction's own writes. Not conflict-tracked.
+    fn scan(&mut self, start: &[u8], end: &[u8], limit: usize)
+        -> Result<Vec<KeyValue>, StoreError>;
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    fn delete(&mut self, key: &[u8]) -> Result<(), StoreError>;
+    /// Applies every write atomically and durably, or none.
+    fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// Runs `f` in a transaction, retrying it on conflicts. `f` may run several
+/// times, so it must not have effects outside the transaction.
+pub fn transact<T>(
+    store: &dyn MetaStore,
+    mut f: impl FnMut(&mut dyn Txn) -> Result<T, MetaError>,
+) -> Result<T, MetaError> {
+    let mut attempt = 0u32;
+    loop {
+        let mut txn = store.begin();
+        let out = f(txn.as_mut());
+        let out = match out {
+            Ok(v) => txn.commit().map(|()| v).map_err(MetaError::from),
+            Err(MetaError::Store(StoreError::Conflict)) => {
+                Err(MetaError::Store(StoreError::Conflict))
+            }
+            Err(e) => return Err(e),
+        };
+        match out {
+            Err(MetaError::Store(StoreError::Conflict)) if attempt < 100 => {
+                attempt += 1;
+                // Back off a little so the winner can finish; jitter from the
+                // attempt count is enough for a handful of racers.
+                std::thread::sleep(std::time::Duration::from_micros(
+                    50 * u64::from(attempt.min(20)),
+                ));
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Tessera's gRPC APIs (wire format version 1, package `tessera.v1`).
+//!
+//! `pb` is the generated code. Receivers validate every field once, at the
+//! edge, with the helpers in `convert` before calling a domain function.
+//! This crate depends only on tessera-common.
+
+pub mod convert;
+pub mod errno;
+
+#[allow(clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("tessera.v1");
+}
+
+pub use convert::{shard_key, FileKind, MAX_MESSAGE};

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what building and testing Tessera needs on a fresh Debian 12 machine.
+# Idempotent: skips what is already there. Run as root (or with sudo available).
+set -euo pipefail
+
+need=()
+have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for pkg in libclang-dev clang fuse3 fio build-essential pkg-config; do
+  have "$pkg" || need+=("$pkg")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "${need[@]}"
+fi
+# FUSE needs its device node; containers sometimes lack it.
+[ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing: this machine cannot mount FUSE" >&2; exit 1; }

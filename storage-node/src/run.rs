@@ -1,0 +1,82 @@
+//! Running a storage node: open the store, serve gRPC, heartbeat to meta.
+
+use std::{collections::BTreeMap, future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
+
+use tessera_proto::{pb::node_server::NodeServer, MAX_MESSAGE};
+use tonic::transport::{server::TcpIncoming, Server};
+use tracing::info;
+
+use crate::{
+    error::{Error, Result},
+    heartbeat::{heartbeat_loop, Registration},
+    service::NodeService,
+    store::ShardStore,
+};
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Directory holding `node.id`, `segments/` and `index/`.
+    pub data_dir: PathBuf,
+    /// Address the gRPC service listens on; also the address registered
+    /// with meta, so it must be reachable by clients.
+    pub listen: SocketAddr,
+    /// The metadata service, e.g. "127.0.0.1:7400".
+    pub meta: String,
+    /// Placement labels (zone, rack, host).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Runs a storage node until `shutdown` resolves. Meta being unreachable is
+/// not an error: the node serves shards and keeps trying to register.
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || ShardStore::open(dir))
+        .await
+        .map_err(|e| Error::Task {
+            task: "open shard store",
+            why: e.to_string(),
+        })??;
+    let store = Arc::new(store);
+    let listen = config.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Listen {
+        addr: listen,
+        source,
+    })?;
+    let incoming = TcpIncoming::from_listener(listener, true, None).map_err(|e| Error::Listen {
+        addr,
+        source: std::io::Error::other(e),
+    })?;
+    info!(%addr, data_dir = %config.data_dir.display(), "storage node serving");
+
+    let reg = Registration {
+        meta: config.meta,
+        addr: addr.to_string(),
+        labels: config.labels,
+    };
+    let heartbeats = tokio::spawn(heartbeat_loop(store.clone(), reg));
+    let svc = NodeServer::new(NodeService::new(store))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let served = Server::builder()
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    heartbeats.abort();
+    // Wait for the task to be dropped so the store (and its RocksDB lock)
+    // is released before we return.
+    let _ = heartbeats.await;
+    info!(%addr, "storage node stopped");
+    served.map_err(|source| Error::Serve { addr, source })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,366 @@
+//! Append-only segment files and the group commit that makes them durable.
+//!
+//! One writer appends records to the last segment under a mutex; a put then
+//! waits in [`Segments::wait_synced`] until an fdatasync covers its record.
+//! Whoever finds no sync running starts one covering everything appended so
+//! far; the others wait on a condvar for the "synced up to" watermark, so N
+//! concurrent puts cost about one fsync, not N.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    fs::{File, OpenOptions},
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Condvar, Mutex, MutexGuard, PoisonError,
+    },
+};
+
+use tessera_common::ShardKey;
+
+use crate::{
+    error::{Error, Result},
+    format::{Header, Kind},
+};
+
+/// Size at which the writer rolls to a new segment.
+pub const SEGMENT_SIZE: u64 = 256 << 20;
+
+/// A place in the log: segment number, then byte offset. Ordered as the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pos {
+    pub segment: u32,
+    pub offset: u64,
+}
+
+/// A record to append.
+pub struct NewRecord<'a> {
+    pub kind: Kind,
+    pub key: ShardKey,
+    pub crc: u32,
+    pub data: &'a [u8],
+}
+
+/// Where an append put its records.
+pub struct Appended {
+    pub starts: Vec<Pos>,
+    /// Just past the last record.
+    pub end: Pos,
+}
+
+pub fn segment_path(dir: &Path, n: u32) -> PathBuf {
+    dir.join(format!("seg-{n:08}.tsd"))
+}
+
+/// Segment numbers present in `dir`, ascending. Other files are ignored.
+pub fn list_segments(dir: &Path) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let name = entry.map_err(|e| Error::io(dir, e))?.file_name();
+        let n = name.to_str().and_then(|s| {
+            s.strip_prefix("seg-")?
+                .strip_suffix(".tsd")?
+                .parse::<u32>()
+                .ok()
+        });
+        out.extend(n);
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Makes the entries of `dir` (a created or renamed file) durable.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct Writer {
+    segment: u32,
+    file: Arc<File>,
+    end: u64,
+    /// Starts of records appended whose index update has not finished.
+    inflight: BTreeSet<Pos>,
+}
+
+struct SyncState {
+    synced: Pos,
+    running: bool,
+    /// Set after a failed fsync: the kernel may have dropped dirty pages, so
+    /// a later fsync succeeding proves nothing. Writes stop until a restart
+    /// re-verifies the segments.
+    failed: Option<String>,
+}
+
+pub struct Segments {
+    dir: PathBuf,
+    segment_size: u64,
+    writer: Mutex<Writer>,
+    sync: Mutex<SyncState>,
+    synced_cv: Condvar,
+    readers: Mutex<HashMap<u32, Arc<File>>>,
+    fsyncs: AtomicU64,
+}
+
+fn open_rw(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
+}
+
+impl Segments {
+    /// Opens for appending at the end of segment `last` (already recovered
+    /// and synced), or creates segment 1 in an empty directory.
+    pub fn open(dir: &Path, last: Option<u32>, segment_size: u64) -> Result<Segments> {
+        let segment = last.unwrap_or(1);
+        let path = segment_path(dir, segment);
+        let file = open_rw(&path)?;
+        if last.is_none() {
+            // The new segment's directory entry must survive a crash.
+            fsync_dir(dir)?;
+        }
+        let end = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        let at = Pos {
+            segment,
+            offset: end,
+        };
+        Ok(Segments {
+            dir: dir.to_path_buf(),
+            segment_size,
+            writer: Mutex::new(Writer {
+                segment,
+                file: Arc::new(file),
+                end,
+                inflight: BTreeSet::new(),
+            }),
+            sync: Mutex::new(SyncState {
+                synced: at,
+                running: false,
+                failed: None,
+            }),
+            synced_cv: Condvar::new(),
+            readers: Mutex::new(HashMap::new()),
+            fsyncs: AtomicU64::new(0),
+        })
+    }
+
+    /// fsyncs issued since open.
+    pub fn fsync_count(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        match &lock(&self.sync).failed {
+            Some(reason) => Err(Error::WritesDisabled {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&self, reason: String) {
+        let mut st = lock(&self.sync);
+        st.failed.get_or_insert(reason);
+        self.synced_cv.notify_all();
+    }
+
+    /// Appends `records` contiguously (not yet durable: see `wait_synced`).
+    /// On a write error the partial bytes are truncated away. The starts
+    /// stay "in flight" until [`Segments::done`].
+    pub fn append(&self, records: &[NewRecord<'_>]) -> Result<Appended> {
+        self.check_writable()?;
+        let mut w = lock(&self.writer);
+        let total: u64 = records
+            .iter()
+            .map(|r| {
+                Header {
+                    kind: r.kind,
+                    key: r.key,
+                    segment: 0,
+                    offset: 0,
+                    data_len: r.data.len() as u32,
+                    shard_crc: r.crc,
+                }
+                .record_len()
+            })
+            .sum();
+        if w.end > 0 && w.end + total > self.segment_size {
+            self.roll(&mut w)?;
+        }
+        let (segment, base) = (w.segment, w.end);
+        let path = segment_path(&self.dir, segment);
+        let mut at = base;
+        let mut starts = Vec::with_capacity(records.len());
+        let mut result = Ok(());
+        for r in records {
+            let header = Header {
+                kind: r.kind,
+                key: r.key,
+                segment,
+                offset: at,
+                data_len: r.data.len() as u32,
+                shard_crc: r.crc,
+            };
+            let head = header.encode(r.data);
+            result = w
+                .file
+                .write_all_at(&head, at)
+                .and_then(|()| w.file.write_all_at(r.data, at + head.len() as u64));
+            if result.is_err() {
+                break;
+            }
+            starts.push(Pos {
+                segment,
+                offset: at,
+            });
+            at += header.record_len();
+        }
+        if let Err(e) = result {
+            // Leave no partial record behind: the next append starts at `base`.
+            if let Err(t) = w.file.set_len(base) {
+                self.fail(format!(
+                    "cannot truncate {} after a failed write: {t}",
+                    path.display()
+                ));
+            }
+            return Err(Error::io(path, e));
+        }
+        w.end = at;
+        w.inflight.extend(starts.iter().copied());
+        Ok(Appended {
+            starts,
+            end: Pos {
+                segment,
+                offset: at,
+            },
+        })
+    }
+
+    fn roll(&self, w: &mut Writer) -> Result<()> {
+        let old = segment_path(&self.dir, w.segment);
+        // The group commit only syncs the current segment, so everything
+        // appended to this one must be durable before we move on.
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = w.file.sync_data() {
+            self.fail(format!("fsync of {} failed: {e}", old.display()));
+            return Err(Error::io(old, e));
+        }
+        let synced_to = Pos {
+            segment: w.segment,
+            offset: w.end,
+        };
+        let next = w.segment + 1;
+        let path = segment_path(&self.dir, next);
+        let file = open_rw(&path)?;
+        // The new segment's name must survive a crash before records in it
+        // are acknowledged.
+        fsync_dir(&self.dir)?;
+        let end = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        w.segment = next;
+        w.file = Arc::new(file);
+        w.end = end;
+        let mut st = lock(&self.sync);
+        st.synced = st.synced.max(synced_to);
+        Ok(())
+    }
+
+    /// Blocks until an fdatasync covers everything before `end`.
+    pub fn wait_synced(&self, end: Pos) -> Result<()> {
+        let mut st = lock(&self.sync);
+        loop {
+            if let Some(reason) = &st.failed {
+                return Err(Error::WritesDisabled {
+                    reason: reason.clone(),
+                });
+            }
+            if st.synced >= end {
+                return Ok(());
+            }
+            if st.running {
+                st = self
+                    .synced_cv
+                    .wait(st)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            st.running = true;
+            drop(st);
+            // Everything appended so far is in this file or in older,
+            // already synced segments (see `roll`).
+            let (file, target) = {
+                let w = lock(&self.writer);
+                (
+                    w.file.clone(),
+                    Pos {
+                        segment: w.segment,
+                        offset: w.end,
+                    },
+                )
+            };
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+            let r = file.sync_data();
+            st = lock(&self.sync);
+            st.running = false;
+            match r {
+                Ok(()) => st.synced = st.synced.max(target),
+                Err(e) => {
+                    let path = segment_path(&self.dir, target.segment);
+                    st.failed
+                        .get_or_insert(format!("fsync of {} failed: {e}", path.display()));
+                    self.synced_cv.notify_all();
+                    return Err(Error::io(path, e));
+                }
+            }
+            self.synced_cv.notify_all();
+        }
+    }
+
+    /// How far the index may claim to be complete once the records at
+    /// `own` are indexed: up to the oldest record still in flight elsewhere.
+    pub fn marker_excluding(&self, own: &[Pos]) -> Pos {
+        let w = lock(&self.writer);
+        w.inflight
+            .iter()
+            .find(|p| !own.contains(p))
+            .copied()
+            .unwrap_or(Pos {
+                segment: w.segment,
+                offset: w.end,
+            })
+    }
+
+    /// The records at `starts` are indexed (or abandoned).
+    pub fn done(&self, starts: &[Pos]) {
+        let mut w = lock(&self.writer);
+        for p in starts {
+            w.inflight.remove(p);
+        }
+    }
+
+    /// Reads exactly `buf.len()` bytes at `at`. Reading past the end of the
+    /// file is an `UnexpectedEof` error.
+    pub fn read_at(&self, at: Pos, buf: &mut [u8]) -> std::io::Result<()> {
+        let file = {
+            let mut readers = lock(&self.readers);
+            match readers.get(&at.segment) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = Arc::new(File::open(segment_path(&self.dir, at.segment))?);
+                    readers.insert(at.segment, f.clone());
+                    f
+                }
+            }
+        };
+        file.read_exact_at(buf, at.offset)
+    }
+}

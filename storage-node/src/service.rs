@@ -1,0 +1,129 @@
+//! The Node gRPC service: each handler parses the request, calls one
+//! [`ShardStore`] method on the blocking pool and maps the error.
+
+use std::sync::Arc;
+
+use tessera_common::ShardKey;
+use tessera_proto::pb::{self, node_server::Node};
+use tonic::{Request, Response, Status};
+use tracing::{debug_span, Span};
+
+use crate::{
+    error::{Error, Result},
+    store::ShardStore,
+};
+
+pub struct NodeService {
+    store: Arc<ShardStore>,
+}
+
+impl NodeService {
+    pub fn new(store: Arc<ShardStore>) -> Self {
+        NodeService { store }
+    }
+
+    /// Runs `f` on the blocking pool inside `span`.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        span: Span,
+        f: impl FnOnce(&ShardStore) -> Result<T> + Send + 'static,
+    ) -> Result<T, Status> {
+        let store = self.store.clone();
+        let joined = tokio::task::spawn_blocking(move || span.in_scope(|| f(store.as_ref()))).await;
+        let task = |e: tokio::task::JoinError| Error::Task {
+            task: "shard store call",
+            why: e.to_string(),
+        };
+        Ok(joined.map_err(task)??)
+    }
+}
+
+fn shard_key(k: Option<pb::ShardKey>) -> Result<ShardKey> {
+    Ok(tessera_proto::shard_key(k)?)
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn put_shard(
+        &self,
+        req: Request<pb::PutShardRequest>,
+    ) -> Result<Response<pb::PutShardResponse>, Status> {
+        let r = req.into_inner();
+        let key = shard_key(r.key)?;
+        let span = debug_span!(
+            "put_shard",
+            block = key.block,
+            shard = key.index,
+            len = r.data.len()
+        );
+        self.blocking(span, move |s| s.put(key, &r.data, r.crc))
+            .await?;
+        Ok(Response::new(pb::PutShardResponse {}))
+    }
+
+    async fn get_shard(
+        &self,
+        req: Request<pb::GetShardRequest>,
+    ) -> Result<Response<pb::GetShardResponse>, Status> {
+        let r = req.into_inner();
+        let key = shard_key(r.key)?;
+        let span = debug_span!("get_shard", block = key.block, shard = key.index);
+        let d = self
+            .blocking(span, move |s| s.get(key, r.offset, r.len))
+            .await?;
+        Ok(Response::new(pb::GetShardResponse {
+            data: d.data.into(),
+            shard_crc: d.shard_crc,
+            shard_len: d.shard_len,
+        }))
+    }
+
+    async fn delete_shards(
+        &self,
+        req: Request<pb::DeleteShardsRequest>,
+    ) -> Result<Response<pb::DeleteShardsResponse>, Status> {
+        let keys = req
+            .into_inner()
+            .keys
+            .into_iter()
+            .map(|k| shard_key(Some(k)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let span = debug_span!("delete_shards", count = keys.len());
+        let deleted = self.blocking(span, move |s| s.delete(&keys)).await?;
+        Ok(Response::new(pb::DeleteShardsResponse { deleted }))
+    }
+
+    async fn list_shards(
+        &self,
+        req: Request<pb::ListShardsRequest>,
+    ) -> Result<Response<pb::ListShardsResponse>, Status> {
+        let r = req.into_inner();
+        let after = r.after.map(|k| shard_key(Some(k))).transpose()?;
+        let infos = self
+            .blocking(debug_span!("list_shards"), move |s| s.list(after, r.limit))
+            .await?;
+        let shards = infos
+            .into_iter()
+            .map(|i| pb::ShardInfo {
+                key: Some(i.key.into()),
+                len: i.len,
+                crc: i.crc,
+            })
+            .collect();
+        Ok(Response::new(pb::ListShardsResponse { shards }))
+    }
+
+    async fn stat(
+        &self,
+        _req: Request<pb::StatRequest>,
+    ) -> Result<Response<pb::StatResponse>, Status> {
+        let st = self.blocking(debug_span!("stat"), |s| s.stat()).await?;
+        Ok(Response::new(pb::StatResponse {
+            node_id: st.node_id,
+            capacity_bytes: st.capacity_bytes,
+            used_bytes: st.used_bytes,
+            shard_count: st.shard_count,
+            format_version: st.format_version,
+        }))
+    }
+}

@@ -1,0 +1,415 @@
+use std::{
+    fs::OpenOptions,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use super::*;
+use crate::segment::segment_path;
+
+fn key(block: u64, index: u8) -> ShardKey {
+    ShardKey { block, index }
+}
+
+/// Deterministic, non-repeating test bytes.
+fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn put(s: &ShardStore, k: ShardKey, data: &[u8]) -> PutOutcome {
+    s.put(k, data, crc32(data)).unwrap()
+}
+
+fn full(s: &ShardStore, k: ShardKey) -> Result<Vec<u8>> {
+    s.get(k, 0, 0).map(|d| d.data)
+}
+
+fn seg(dir: &Path, n: u32) -> PathBuf {
+    segment_path(&dir.join("segments"), n)
+}
+
+#[test]
+fn put_get_round_trip_and_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ShardStore::open(dir.path()).unwrap();
+    let data = bytes(1, 3 * PIECE + 1234);
+    assert_eq!(put(&s, key(1, 0), &data), PutOutcome::Stored);
+    let got = s.get(key(1, 0), 0, 0).unwrap();
+    assert_eq!(
+        got,
+        ShardData {
+            data: data.clone(),
+            shard_crc: crc32(&data),
+            shard_len: data.len() as u32
+        }
+    );
+    let p = PIECE as u32;
+    for (off, len) in [
+        (0, 1),
+        (p - 1, 2),
+        (p, p),
+        (p - 10, p + 20),
+        (3 * p, 1234),
+        (3 * p + 1233, 1),
+        (5, 0),
+        (data.len() as u32, 0),
+    ] {
+        let want_end = if len == 0 {
+            data.len()
+        } else {
+            (off + len) as usize
+        };
+        let got = s.get(key(1, 0), off, len).unwrap();
+        assert_eq!(got.data, data[off as usize..want_end], "range {off}+{len}");
+    }
+    let beyond = s.get(key(1, 0), 3 * p, 1235).unwrap_err();
+    assert!(matches!(beyond, Error::RangeOutOfBounds { .. }), "{beyond}");
+    assert!(matches!(
+        s.get(key(1, 0), data.len() as u32 + 1, 0),
+        Err(Error::RangeOutOfBounds { .. })
+    ));
+    assert!(matches!(
+        s.get(key(1, 1), 0, 0),
+        Err(Error::ShardNotFound { .. })
+    ));
+    // An empty shard is a shard too.
+    put(&s, key(2, 0), &[]);
+    assert_eq!(full(&s, key(2, 0)).unwrap(), Vec::<u8>::new());
+    let st = s.stat().unwrap();
+    assert_eq!(
+        (st.shard_count, st.used_bytes, st.format_version),
+        (2, data.len() as u64, 1)
+    );
+    assert!(st.capacity_bytes > 0);
+}
+
+#[test]
+fn idempotent_conflicting_and_bad_crc_puts() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ShardStore::open(dir.path()).unwrap();
+    let data = bytes(2, 1000);
+    assert_eq!(put(&s, key(1, 0), &data), PutOutcome::Stored);
+    let len = std::fs::metadata(seg(dir.path(), 1)).unwrap().len();
+    assert_eq!(put(&s, key(1, 0), &data), PutOutcome::AlreadyStored);
+    assert_eq!(
+        std::fs::metadata(seg(dir.path(), 1)).unwrap().len(),
+        len,
+        "a retried put wrote"
+    );
+    let other = bytes(3, 1000);
+    let e = s.put(key(1, 0), &other, crc32(&other)).unwrap_err();
+    assert!(matches!(e, Error::AlreadyExists { .. }), "{e}");
+    assert_eq!(full(&s, key(1, 0)).unwrap(), data);
+    let e = s.put(key(2, 0), &data, crc32(&data) ^ 1).unwrap_err();
+    assert!(matches!(e, Error::CrcMismatch { .. }), "{e}");
+    assert!(matches!(
+        full(&s, key(2, 0)),
+        Err(Error::ShardNotFound { .. })
+    ));
+    assert_eq!(
+        std::fs::metadata(seg(dir.path(), 1)).unwrap().len(),
+        len,
+        "a refused put wrote"
+    );
+    assert_eq!(s.stat().unwrap().shard_count, 1);
+}
+
+#[test]
+fn reopen_keeps_acknowledged_shards_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        segment_size: 300_000,
+    };
+    let shards: Vec<_> = (0..20)
+        .map(|i| (key(i, (i % 3) as u8), bytes(i, 50_000 + i as usize)))
+        .collect();
+    {
+        let s = ShardStore::open_with(dir.path(), opts.clone()).unwrap();
+        for (k, d) in &shards {
+            put(&s, *k, d);
+        }
+        assert_eq!(
+            s.delete(&[shards[3].0, shards[3].0, key(999, 0)]).unwrap(),
+            1
+        );
+    }
+    assert!(seg(dir.path(), 3).exists(), "segments should have rolled");
+    let s = ShardStore::open_with(dir.path(), opts).unwrap();
+    for (i, (k, d)) in shards.iter().enumerate() {
+        if i == 3 {
+            assert!(matches!(full(&s, *k), Err(Error::ShardNotFound { .. })));
+        } else {
+            assert_eq!(&full(&s, *k).unwrap(), d, "shard {i}");
+        }
+    }
+    let st = s.stat().unwrap();
+    assert_eq!(st.shard_count, 19);
+    assert_eq!(
+        st.used_bytes,
+        shards
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 3)
+            .map(|(_, (_, d))| d.len() as u64)
+            .sum::<u64>()
+    );
+    let listed: Vec<_> = s
+        .list(None, 0)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.key)
+        .collect();
+    let mut want: Vec<_> = shards
+        .iter()
+        .map(|(k, _)| *k)
+        .filter(|k| *k != shards[3].0)
+        .collect();
+    want.sort();
+    assert_eq!(listed, want);
+    let page: Vec<_> = s
+        .list(Some(want[4]), 3)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.key)
+        .collect();
+    assert_eq!(page, want[5..8]);
+}
+
+#[test]
+fn torn_tail_is_truncated() {
+    for garbage in [bytes(9, 10), vec![0u8; 5000], b"TSRD\x01\x00".to_vec()] {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (bytes(4, 70_000), bytes(5, 100));
+        {
+            let s = ShardStore::open(dir.path()).unwrap();
+            put(&s, key(1, 0), &a);
+            put(&s, key(2, 0), &b);
+        }
+        let path = seg(dir.path(), 1);
+        let good_len = std::fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&garbage)
+            .unwrap();
+        let s = ShardStore::open(dir.path()).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), good_len);
+        assert_eq!(full(&s, key(1, 0)).unwrap(), a);
+        assert_eq!(full(&s, key(2, 0)).unwrap(), b);
+        // Appends continue where the valid records end.
+        put(&s, key(3, 0), &b);
+        drop(s);
+        let s = ShardStore::open(dir.path()).unwrap();
+        assert_eq!(full(&s, key(3, 0)).unwrap(), b);
+    }
+}
+
+#[test]
+fn half_written_record_is_dropped_not_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (bytes(6, 1000), bytes(7, 200_000));
+    {
+        let s = ShardStore::open(dir.path()).unwrap();
+        put(&s, key(1, 0), &a);
+        put(&s, key(2, 0), &b);
+    }
+    // Crash mid-append of shard 2: its header and part of its data made it.
+    let path = seg(dir.path(), 1);
+    let len = std::fs::metadata(&path).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 70_000)
+        .unwrap();
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let s = ShardStore::open(dir.path()).unwrap();
+    assert_eq!(full(&s, key(1, 0)).unwrap(), a);
+    assert!(matches!(
+        full(&s, key(2, 0)),
+        Err(Error::ShardNotFound { .. })
+    ));
+    // The retry of the unacknowledged put stores it for real.
+    assert_eq!(put(&s, key(2, 0), &b), PutOutcome::Stored);
+    assert_eq!(full(&s, key(2, 0)).unwrap(), b);
+}
+
+#[test]
+fn index_is_rebuilt_from_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        segment_size: 100_000,
+    };
+    let shards: Vec<_> = (0..12)
+        .map(|i| (key(i / 2, (i % 2) as u8), bytes(100 + i, 30_000)))
+        .collect();
+    {
+        let s = ShardStore::open_with(dir.path(), opts.clone()).unwrap();
+        for (k, d) in &shards {
+            put(&s, *k, d);
+        }
+        s.delete(&[shards[0].0, shards[7].0]).unwrap();
+        // Deleted, then stored again with other bytes: the later record wins.
+        put(&s, shards[7].0, &bytes(7, 10));
+    }
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let s = ShardStore::open_with(dir.path(), opts).unwrap();
+    assert!(matches!(
+        full(&s, shards[0].0),
+        Err(Error::ShardNotFound { .. })
+    ));
+    assert_eq!(full(&s, shards[7].0).unwrap(), bytes(7, 10));
+    for (k, d) in shards
+        .iter()
+        .filter(|(k, _)| *k != shards[0].0 && *k != shards[7].0)
+    {
+        assert_eq!(&full(&s, *k).unwrap(), d);
+    }
+    assert_eq!(s.stat().unwrap().shard_count, 11);
+}
+
+#[test]
+fn flipped_data_byte_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = bytes(8, 3 * PIECE);
+    let before = bytes(9, 500);
+    let s = ShardStore::open(dir.path()).unwrap();
+    put(&s, key(1, 0), &before);
+    put(&s, key(2, 0), &data);
+    let path = seg(dir.path(), 1);
+    // Flip one byte in piece 1 of shard 2 (the data ends the file).
+    let at = std::fs::metadata(&path).unwrap().len() - data.len() as u64 + PIECE as u64 + 17;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, at).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[b[0] ^ 0x10], at).unwrap();
+    let e = full(&s, key(2, 0)).unwrap_err();
+    assert!(
+        matches!(e, Error::CorruptShard { key: k, .. } if k == key(2, 0)),
+        "{e}"
+    );
+    assert_eq!(tonic::Status::from(e).code(), tonic::Code::DataLoss);
+    assert!(matches!(
+        s.get(key(2, 0), PIECE as u32 + 100, 10),
+        Err(Error::CorruptShard { .. })
+    ));
+    let p = PIECE as u32;
+    assert_eq!(s.get(key(2, 0), 10, 100).unwrap().data, data[10..110]);
+    assert_eq!(s.get(key(2, 0), 2 * p, p).unwrap().data, data[2 * PIECE..]);
+    assert_eq!(full(&s, key(1, 0)).unwrap(), before);
+    // A retried put of the right bytes repairs the shard.
+    assert_eq!(put(&s, key(2, 0), &data), PutOutcome::Stored);
+    assert_eq!(full(&s, key(2, 0)).unwrap(), data);
+    assert_eq!(
+        s.stat().unwrap().used_bytes,
+        (data.len() + before.len()) as u64
+    );
+}
+
+#[test]
+fn damaged_header_is_skipped_without_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (bytes(10, 100), bytes(11, 100), bytes(12, 100));
+    {
+        let s = ShardStore::open(dir.path()).unwrap();
+        put(&s, key(1, 0), &a);
+        put(&s, key(2, 0), &b);
+        put(&s, key(3, 0), &c);
+    }
+    let path = seg(dir.path(), 1);
+    let mut file = std::fs::read(&path).unwrap();
+    let rec = file.len() / 3;
+    // Wreck the header of the middle record (magic, length, CRC table).
+    for i in [0, 5, 20, 22, 36] {
+        file[rec + i] ^= 0xff;
+    }
+    std::fs::write(&path, &file).unwrap();
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let s = ShardStore::open(dir.path()).unwrap();
+    assert_eq!(full(&s, key(1, 0)).unwrap(), a);
+    assert!(matches!(
+        full(&s, key(2, 0)),
+        Err(Error::ShardNotFound { .. })
+    ));
+    assert_eq!(
+        full(&s, key(3, 0)).unwrap(),
+        c,
+        "a record after the damage was lost"
+    );
+    drop(s);
+    // With the index intact, the damaged header is found at read time.
+    let dir = tempfile::tempdir().unwrap();
+    let s = ShardStore::open(dir.path()).unwrap();
+    put(&s, key(1, 0), &a);
+    let path = seg(dir.path(), 1);
+    let mut file = std::fs::read(&path).unwrap();
+    file[2] ^= 1;
+    std::fs::write(&path, &file).unwrap();
+    assert!(matches!(
+        full(&s, key(1, 0)),
+        Err(Error::CorruptShard { .. })
+    ));
+}
+
+#[test]
+fn concurrent_puts_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(ShardStore::open(dir.path()).unwrap());
+    let (threads, per) = (8u64, 25u64);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..per {
+                    let d = bytes(t * 1000 + i, 20_000);
+                    s.put(key(t * 1000 + i, 0), &d, crc32(&d)).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let fsyncs = s.fsync_count();
+    assert!(
+        fsyncs < threads * per,
+        "{fsyncs} fsyncs for {} puts",
+        threads * per
+    );
+    drop(s);
+    let s = ShardStore::open(dir.path()).unwrap();
+    for t in 0..threads {
+        for i in 0..per {
+            assert_eq!(
+                full(&s, key(t * 1000 + i, 0)).unwrap(),
+                bytes(t * 1000 + i, 20_000)
+            );
+        }
+    }
+    assert_eq!(s.stat().unwrap().shard_count, threads * per);
+}
+
+#[test]
+fn node_id_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ShardStore::open(dir.path()).unwrap();
+    assert_eq!(s.node_id(), None);
+    s.set_node_id(5).unwrap();
+    drop(s);
+    let s = ShardStore::open(dir.path()).unwrap();
+    assert_eq!((s.node_id(), s.stat().unwrap().node_id), (Some(5), 5));
+}
