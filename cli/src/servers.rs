@@ -35,11 +35,12 @@ pub fn meta(a: MetaArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct NodeCommand {
     #[command(subcommand)]
     ls: Option<NodeSub>,
     #[command(flatten)]
-    run: Option<NodeArgs>,
+    run: NodeArgs,
 }
 
 #[derive(Subcommand)]
@@ -50,12 +51,12 @@ enum NodeSub {
 
 #[derive(Args)]
 struct NodeArgs {
-    /// Directory for this node's shards.
+    /// Directory for this node's shards (required to run a node).
     #[arg(long)]
-    data: PathBuf,
-    /// Address to serve gRPC on (also what clients are told to dial).
+    data: Option<PathBuf>,
+    /// Address to serve gRPC on, also what clients dial (required to run a node).
     #[arg(long)]
-    listen: SocketAddr,
+    listen: Option<SocketAddr>,
     #[command(flatten)]
     meta: MetaAddr,
     /// Failure-domain labels, e.g. `--label zone=a --label host=h1`.
@@ -80,12 +81,13 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 }
 
 pub fn node(c: NodeCommand) -> anyhow::Result<()> {
-    match (c.ls, c.run) {
-        (Some(NodeSub::Ls(m)), _) => admin::node_ls(&m),
-        (None, Some(a)) => {
+    let a = c.run;
+    match (c.ls, a.data, a.listen) {
+        (Some(NodeSub::Ls(m)), _, _) => admin::node_ls(&m),
+        (None, Some(data_dir), Some(listen)) => {
             let config = NodeConfig {
-                data_dir: a.data,
-                listen: a.listen,
+                data_dir,
+                listen,
                 meta: a.meta.meta,
                 labels: a.labels.into_iter().collect::<BTreeMap<_, _>>(),
             };
@@ -94,7 +96,7 @@ pub fn node(c: NodeCommand) -> anyhow::Result<()> {
                 .context("storage node")?;
             Ok(())
         }
-        (None, None) => {
+        _ => {
             bail!("usage: tessera node --data DIR --listen ADDR [--meta ADDR] | tessera node ls")
         }
     }

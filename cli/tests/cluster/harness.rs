@@ -225,6 +225,19 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Show how each process saw the failure.
+            if let Ok(entries) = fs::read_dir(self.dir.path().join("logs")) {
+                for e in entries.flatten() {
+                    let text = fs::read_to_string(e.path()).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                    eprintln!("==== {} (last lines)", e.path().display());
+                    for l in tail.iter().rev() {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        }
         for n in self.nodes.iter_mut() {
             if let Some(mut c) = n.child.take() {
                 sigkill(&mut c);
