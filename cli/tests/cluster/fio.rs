@@ -20,6 +20,7 @@ fn fio_randrw_verifies_through_the_mount() {
             "--verify_fatal=1",
             "--ioengine=psync",
             "--end_fsync=1",
+            "--verify_state_save=0",
         ])
         .arg(format!("--directory={}", m.dir.display()))
         .output()
