@@ -15,6 +15,11 @@ use crate::{cache::BlockCache, nodes::Nodes, ClientError, Result};
 const PUT_TIMEOUT: Duration = Duration::from_secs(20);
 const GET_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Reads at least this large fetch and cache the whole block: a sequential
+/// reader then costs K parallel shard reads per block instead of one round
+/// trip per kernel read.
+const WHOLE_BLOCK_AT: usize = 64 << 10;
+
 /// Where a block lives and how long it is.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct BlockRef {
@@ -142,6 +147,12 @@ pub(crate) async fn read_range(
 ) -> Result<Bytes> {
     if let Some(full) = cache.get(b.block) {
         return Ok(Bytes::copy_from_slice(&full[offset..offset + len]));
+    }
+    if len >= WHOLE_BLOCK_AT && len < b.len {
+        let full = Box::pin(read_range(nodes, codec, cache, b, 0, b.len)).await?;
+        let out = full.slice(offset..offset + len);
+        cache.put(b.block, Arc::new(full.to_vec()));
+        return Ok(out);
     }
     let targets = nodes.shard_nodes(b.block);
     let ranges = codec.data_ranges(b.len, offset, len);

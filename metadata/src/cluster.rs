@@ -171,7 +171,7 @@ impl Meta {
                 weight: 1.0,
             })
             .collect();
-        let seed = u64::from(p.k) << 8 | u64::from(p.m);
+        let seed = (u64::from(p.k) << 8) | u64::from(p.m);
         let pgs = (0..PG_COUNT)
             .map(|pg| place(seed, pg, &candidates, p.width()))
             .collect::<Result<Vec<_>, _>>()
