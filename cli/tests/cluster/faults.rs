@@ -5,7 +5,7 @@
 use std::{
     fs::{self, File},
     io::Write,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -74,9 +74,9 @@ fn fsynced_files_survive_a_sigkilled_fuse_process() {
     m.unmount();
 }
 
-fn segment_files(dir: &PathBuf) -> Vec<PathBuf> {
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let mut stack = vec![dir.clone()];
+    let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).unwrap() {
             let e = e.unwrap();

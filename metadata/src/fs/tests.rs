@@ -205,10 +205,7 @@ fn a_slice_crossing_a_chunk_is_split_and_shadowed_slices_pruned() {
     }
     let (_, s) = m.get_slices(v, f.ino).unwrap();
     assert!(s.len() < 40, "shadowed slices were kept: {}", s.len());
-    assert_eq!(
-        s.iter().filter(|x| x.offset == 0).last().unwrap().block,
-        199
-    );
+    assert_eq!(s.iter().rev().find(|x| x.offset == 0).unwrap().block, 199);
 }
 
 #[test]
