@@ -1,16 +1,14 @@
 //! A small LRU of decoded blocks, so a degraded block is decoded once per
 //! burst of reads rather than once per 128 KiB read.
 
-use std::{
-    collections::VecDeque,
-    sync::{Arc, Mutex},
-};
+use std::{collections::VecDeque, sync::Mutex};
 
+use bytes::Bytes;
 use tessera_common::BlockId;
 
 pub(crate) struct BlockCache {
     capacity: usize,
-    blocks: Mutex<VecDeque<(BlockId, Arc<Vec<u8>>)>>,
+    blocks: Mutex<VecDeque<(BlockId, Bytes)>>,
 }
 
 impl BlockCache {
@@ -21,7 +19,7 @@ impl BlockCache {
         }
     }
 
-    pub fn get(&self, block: BlockId) -> Option<Arc<Vec<u8>>> {
+    pub fn get(&self, block: BlockId) -> Option<Bytes> {
         let mut b = self.blocks.lock().expect("block cache lock");
         let pos = b.iter().position(|(id, _)| *id == block)?;
         let entry = b.remove(pos).expect("position is in range");
@@ -30,7 +28,7 @@ impl BlockCache {
         Some(data)
     }
 
-    pub fn put(&self, block: BlockId, data: Arc<Vec<u8>>) {
+    pub fn put(&self, block: BlockId, data: Bytes) {
         let mut b = self.blocks.lock().expect("block cache lock");
         b.retain(|(id, _)| *id != block);
         b.push_front((block, data));

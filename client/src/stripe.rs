@@ -2,7 +2,7 @@
 //! read a byte range back from the data shards, falling back to parity when
 //! a node is missing, slow, or returns a shard that fails its CRC.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
@@ -146,12 +146,12 @@ pub(crate) async fn read_range(
     len: usize,
 ) -> Result<Bytes> {
     if let Some(full) = cache.get(b.block) {
-        return Ok(Bytes::copy_from_slice(&full[offset..offset + len]));
+        return Ok(full.slice(offset..offset + len));
     }
     if len >= WHOLE_BLOCK_AT && len < b.len {
         let full = Box::pin(read_range(nodes, codec, cache, b, 0, b.len)).await?;
         let out = full.slice(offset..offset + len);
-        cache.put(b.block, Arc::new(full.to_vec()));
+        cache.put(b.block, full.clone());
         return Ok(out);
     }
     let targets = nodes.shard_nodes(b.block);
@@ -189,14 +189,14 @@ pub(crate) async fn read_range(
         }
     }
     let full = read_degraded(nodes, codec, b).await?;
-    let out = Bytes::copy_from_slice(&full[offset..offset + len]);
+    let out = full.slice(offset..offset + len);
     cache.put(b.block, full);
     Ok(out)
 }
 
 /// Reads every reachable shard whole, keeps those whose CRC matches, and
 /// decodes the block from any K of them.
-async fn read_degraded(nodes: &Nodes, codec: &Codec, b: BlockRef) -> Result<Arc<Vec<u8>>> {
+async fn read_degraded(nodes: &Nodes, codec: &Codec, b: BlockRef) -> Result<Bytes> {
     let targets = nodes.shard_nodes(b.block);
     let shard_len = codec.shard_len(b.len);
     let reads = targets.iter().enumerate().map(|(i, &node)| {
@@ -230,5 +230,5 @@ async fn read_degraded(nodes: &Nodes, codec: &Codec, b: BlockRef) -> Result<Arc<
             needed: codec.protection().k.into(),
             got,
         })?;
-    Ok(Arc::new(data))
+    Ok(Bytes::from(data))
 }
