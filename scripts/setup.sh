@@ -5,7 +5,9 @@ set -euo pipefail
 
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in libclang-dev clang fuse3 fio build-essential pkg-config; do
+# docker.io and busybox-static: the Docker volume plugin's tests run a real
+# engine and build their test image from busybox with `docker import`.
+for pkg in libclang-dev clang fuse3 fio build-essential pkg-config docker.io busybox-static; do
   have "$pkg" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

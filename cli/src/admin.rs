@@ -48,21 +48,7 @@ enum VolumeSub {
     },
 }
 
-/// Bytes in binary units, as the CLI prints them.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{v:.1}{}", UNITS[u])
-    }
-}
+use tessera_common::units::human_bytes as human;
 
 fn print_volume(v: &pb::Volume) {
     println!("name:        {}", v.name);

@@ -4,6 +4,7 @@
 mod admin;
 mod dev;
 mod mount;
+mod plugin;
 mod servers;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,8 @@ enum Command {
     Mount(mount::MountArgs),
     /// Run a whole cluster on this machine: metadata + N storage nodes.
     Dev(dev::DevArgs),
+    /// Serve a container runtime's volume plugin protocol.
+    Plugin(plugin::PluginCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Volume(c) => admin::volume(c),
         Command::Mount(a) => mount::mount(a),
         Command::Dev(a) => dev::dev(a),
+        Command::Plugin(c) => plugin::plugin(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

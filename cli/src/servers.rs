@@ -20,6 +20,10 @@ pub struct MetaArgs {
     /// Seconds without a heartbeat before a node is reported down.
     #[arg(long, default_value_t = 10)]
     down_after_secs: u64,
+    /// Milliseconds between garbage collection rounds (freeing the shards of
+    /// removed volumes).
+    #[arg(long, default_value_t = 5000)]
+    gc_interval_ms: u64,
 }
 
 pub fn meta(a: MetaArgs) -> anyhow::Result<()> {
@@ -28,6 +32,7 @@ pub fn meta(a: MetaArgs) -> anyhow::Result<()> {
         listen: a.listen,
         options: MetaOptions {
             down_after: std::time::Duration::from_secs(a.down_after_secs),
+            gc_interval: std::time::Duration::from_millis(a.gc_interval_ms),
         },
     };
     runtime()?.block_on(tessera_metadata::run(config, signalled()))?;

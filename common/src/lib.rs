@@ -9,6 +9,7 @@ pub mod ids;
 pub mod overlay;
 pub mod placement;
 pub mod protection;
+pub mod units;
 pub mod validate;
 
 pub use codec::Codec;

@@ -1,7 +1,7 @@
 //! Every key prefix of the metadata store, in one place. Integers are
 //! big-endian so keys sort numerically. A retired prefix is never reused.
 
-use tessera_common::{Ino, NodeId, VolumeId};
+use tessera_common::{BlockId, Ino, NodeId, VolumeId};
 
 /// Id allocators' high-water marks: `C` + name.
 pub const COUNTER: u8 = b'C';
@@ -21,6 +21,8 @@ pub const DENTRY: u8 = b'D';
 pub const CHUNK: u8 = b'S';
 /// Extended attributes: `X` + volume + ino + name.
 pub const XATTR: u8 = b'X';
+/// Blocks waiting for their shards to be deleted: `G` + block id.
+pub const GC: u8 = b'G';
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
@@ -68,6 +70,21 @@ pub fn chunk(vol: VolumeId, ino: Ino, index: u64) -> Vec<u8> {
 
 pub fn xattr(vol: VolumeId, ino: Ino, name: &[u8]) -> Vec<u8> {
     key(XATTR, &[&vol.to_be_bytes(), &ino.to_be_bytes(), name])
+}
+
+pub fn gc(block: BlockId) -> Vec<u8> {
+    key(GC, &[&block.to_be_bytes()])
+}
+
+/// The block id of a `G` key.
+pub fn gc_block(k: &[u8]) -> crate::Result<BlockId> {
+    suffix(k, &[GC])
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| crate::MetaError::Corrupt {
+            key: k.to_vec(),
+            why: "a GC key holds one block id".into(),
+        })
 }
 
 /// `[start, end)` of every key that starts with `prefix`.

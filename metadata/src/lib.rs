@@ -8,6 +8,7 @@
 mod cluster;
 mod error;
 pub mod fs;
+pub mod gc;
 mod ids;
 pub mod keys;
 mod meta;

@@ -23,12 +23,15 @@ use crate::{
 pub struct MetaOptions {
     /// A node that has not sent a heartbeat for this long is `down`.
     pub down_after: Duration,
+    /// Pause between garbage collection rounds.
+    pub gc_interval: Duration,
 }
 
 impl Default for MetaOptions {
     fn default() -> Self {
         MetaOptions {
             down_after: Duration::from_secs(10),
+            gc_interval: Duration::from_secs(5),
         }
     }
 }

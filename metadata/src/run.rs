@@ -24,7 +24,11 @@ pub async fn run(
         MetaError::Unavailable(format!("creating {}: {e}", config.data_dir.display()))
     })?;
     let store = Arc::new(RocksStore::open(&path)?);
-    let meta = Arc::new(Meta::open(store, config.options)?);
+    let meta = Arc::new(Meta::open(store, config.options.clone())?);
+    let gc = tokio::spawn(crate::gc::collect_forever(
+        meta.clone(),
+        config.options.gc_interval,
+    ));
     let service = MetaServer::new(MetaService::new(meta))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -32,12 +36,14 @@ pub async fn run(
         .await
         .map_err(|e| MetaError::Unavailable(format!("listening on {}: {e}", config.listen)))?;
     info!(listen = %listener.local_addr().map_err(|e| MetaError::Unavailable(e.to_string()))?, "metadata service ready");
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,
         )
         .await
-        .map_err(|e| MetaError::Unavailable(format!("metadata server: {e}")))
+        .map_err(|e| MetaError::Unavailable(format!("metadata server: {e}")));
+    gc.abort();
+    served
 }

@@ -6,9 +6,9 @@ use tessera_common::{validate, Protection, ROOT_INO};
 use tracing::info;
 
 use crate::{
-    keys,
+    gc, keys,
     meta::{now_ns, Meta},
-    records::{decode, load, store, Inode, VolumeRecord},
+    records::{decode, load, store, Inode, Slice, VolumeRecord},
     store::transact,
     MetaError, Result,
 };
@@ -122,12 +122,17 @@ impl Meta {
         })?;
         // The name is gone, so nothing new can reach the tree; remove it in
         // batches so no single transaction grows without bound.
-        for prefix in [keys::INODE, keys::DENTRY, keys::CHUNK, keys::XATTR] {
+        // Each batch of slices queues its blocks for garbage collection in
+        // the transaction that deletes them.
+        for prefix in [keys::CHUNK, keys::INODE, keys::DENTRY, keys::XATTR] {
             let (start, end) = keys::prefix_range(&keys::in_volume(prefix, vol.id));
             loop {
                 let done = transact(self.store.as_ref(), |txn| {
                     let rows = txn.scan(&start, &end, 1024)?;
-                    for (k, _) in &rows {
+                    for (k, v) in &rows {
+                        if prefix == keys::CHUNK {
+                            gc::queue(txn, vol.protection, &decode::<Vec<Slice>>(k, v)?)?;
+                        }
                         txn.delete(k)?;
                     }
                     Ok(rows.is_empty())

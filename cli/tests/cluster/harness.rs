@@ -22,7 +22,7 @@ pub fn init_logs() {
         .try_init();
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -30,7 +30,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn(args: &[String], log: &Path) -> Child {
+pub fn spawn(args: &[String], log: &Path) -> Child {
     let out = File::options().create(true).append(true).open(log).unwrap();
     Command::new(BIN)
         .args(args)
@@ -42,7 +42,7 @@ fn spawn(args: &[String], log: &Path) -> Child {
         .expect("starting tessera")
 }
 
-fn sigkill(child: &mut Child) {
+pub fn sigkill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -114,6 +114,8 @@ impl Cluster {
             self.dir.path().join("meta").display().to_string(),
             "--listen".into(),
             self.meta_addr.clone(),
+            "--gc-interval-ms".into(),
+            "500".into(),
         ];
         self.meta = Some(spawn(&args, &self.log("meta")));
     }
@@ -202,6 +204,15 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Shards stored on all nodes, as `node ls` reports them.
+    pub fn shard_count(&self) -> u64 {
+        self.cli_ok(&["node", "ls"])
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().nth(5).unwrap().parse::<u64>().unwrap())
+            .sum()
     }
 
     pub fn create_volume(&self, name: &str, size: &str, protection: &str) {

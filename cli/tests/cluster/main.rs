@@ -2,6 +2,7 @@
 //! real FUSE mounts, real SIGKILLs. One test binary, a module per area.
 
 mod data;
+mod docker;
 mod faults;
 mod fio;
 mod harness;

@@ -272,3 +272,49 @@ fn volumes_validate_and_delete() {
     assert!(m.get_volume("v").is_err());
     assert!(m.get_attr(v, ROOT_INO).is_err());
 }
+
+#[test]
+fn removing_a_volume_queues_exactly_its_blocks_for_gc() {
+    let (m, v) = meta_with_volume(1 << 30);
+    let other = m
+        .create_volume("other", 1 << 30, "ec:4+2", Default::default())
+        .unwrap();
+    let f = m.make_node(v, ROOT_INO, b"f", file(0o644)).unwrap();
+    let g = m.make_node(other.id, ROOT_INO, b"g", file(0o644)).unwrap();
+    let w = |ino, slices| FileWrite {
+        ino,
+        slices,
+        mtime_ns: 1,
+    };
+    // Two slices share block 5; block 6 alone; a far chunk uses block 7.
+    let far = 3 * tessera_common::CHUNK_SIZE;
+    m.commit_writes(
+        v,
+        &[w(
+            f.ino,
+            vec![
+                slice(0, 100, 5),
+                slice(100, 100, 5),
+                slice(200, 10, 6),
+                slice(far, 10, 7),
+            ],
+        )],
+    )
+    .unwrap();
+    m.commit_writes(other.id, &[w(g.ino, vec![slice(0, 100, 9)])])
+        .unwrap();
+    assert!(m.gc_pending(100).unwrap().is_empty(), "nothing dead yet");
+
+    m.delete_volume("v").unwrap();
+    let mut queued: Vec<u64> = m.gc_pending(100).unwrap().iter().map(|(b, _)| *b).collect();
+    queued.sort();
+    assert_eq!(queued, vec![5, 6, 7], "the other volume's block 9 stays");
+    let (_, rec) = m.gc_pending(1).unwrap()[0];
+    assert_eq!(rec.protection.to_string(), "ec:4+2");
+
+    m.gc_forget(&[5, 7]).unwrap();
+    let left: Vec<u64> = m.gc_pending(100).unwrap().iter().map(|(b, _)| *b).collect();
+    assert_eq!(left, vec![6]);
+    let (_, s) = m.get_slices(other.id, g.ino).unwrap();
+    assert_eq!(s.len(), 1, "the other volume is untouched");
+}
