@@ -508,3 +508,93 @@ fn hostile_names_and_options_are_refused_with_a_clear_err() {
     let err = docker_err(&["volume", "create", "-d", &lost.name, "v"]);
     assert!(err.contains("cannot reach the metadata service"), "{err}");
 }
+
+/// The managed-plugin package: `docker plugin create` from the rootfs and
+/// config.json that scripts/package-docker-plugin.sh builds.
+struct ManagedPlugin {
+    name: String,
+}
+
+impl ManagedPlugin {
+    fn install(c: &Cluster) -> ManagedPlugin {
+        docker_ready();
+        let name = format!("tessera-managed-{}", std::process::id());
+        let pkg = c.dir.path().join("managed-plugin");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/package-docker-plugin.sh");
+        let st = Command::new("bash")
+            .arg(script)
+            .arg(&pkg)
+            .arg(crate::harness::BIN)
+            .status()
+            .unwrap();
+        assert!(st.success(), "packaging the managed plugin failed");
+        let plugin = ManagedPlugin { name };
+        docker_ok(&["plugin", "create", &plugin.name, &pkg.display().to_string()]);
+        docker_ok(&[
+            "plugin",
+            "set",
+            &plugin.name,
+            &format!("TESSERA_META={}", c.meta_addr),
+        ]);
+        docker_ok(&["plugin", "enable", &plugin.name]);
+        plugin
+    }
+}
+
+impl Drop for ManagedPlugin {
+    fn drop(&mut self) {
+        let driver = format!("driver={}:latest", self.name);
+        let vols = docker(&["volume", "ls", "-q", "--filter", &driver]);
+        for v in String::from_utf8_lossy(&vols.stdout).split_whitespace() {
+            let _ = docker(&["volume", "rm", "-f", v]);
+        }
+        let _ = docker(&["plugin", "disable", "-f", &self.name]);
+        let _ = docker(&["plugin", "rm", "-f", &self.name]);
+    }
+}
+
+#[test]
+fn managed_plugin_package_serves_volumes() {
+    let c = Cluster::start(6);
+    let p = ManagedPlugin::install(&c);
+    docker_ok(&[
+        "volume",
+        "create",
+        "-d",
+        &p.name,
+        "-o",
+        "size=1GiB",
+        "-o",
+        "protection=ec:4+2",
+        "managed1",
+    ]);
+    assert!(c.cli_ok(&["volume", "ls"]).contains("managed1"));
+    let run = |script: &str| {
+        docker_ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "managed1:/data",
+            IMAGE,
+            "sh",
+            "-c",
+            script,
+        ])
+    };
+    run("seq 1 20000 > /data/numbers");
+    let expected: String = (1..=20000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(run("cat /data/numbers"), expected);
+    let err = docker_err(&[
+        "volume",
+        "create",
+        "-d",
+        &p.name,
+        "-o",
+        "colour=blue",
+        "bad",
+    ]);
+    assert!(err.contains("unknown option"), "{err}");
+    docker_ok(&["volume", "rm", "managed1"]);
+    assert!(!c.cli_ok(&["volume", "ls"]).contains("managed1"));
+}
