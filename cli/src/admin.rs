@@ -174,3 +174,53 @@ pub fn node_ls(meta: &MetaAddr) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+#[derive(Args)]
+pub struct ClusterCommand {
+    #[command(subcommand)]
+    sub: ClusterSub,
+}
+
+#[derive(Subcommand)]
+enum ClusterSub {
+    /// Nodes up and down, the repair queue and the garbage collection queue.
+    Status {
+        #[command(flatten)]
+        meta: MetaAddr,
+    },
+}
+
+pub fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
+    let ClusterSub::Status { meta } = c.sub;
+    runtime()?.block_on(async {
+        let mut m = connect_meta(&meta.meta).await?;
+        let nodes = m
+            .list_nodes(pb::ListNodesRequest {})
+            .await
+            .context("listing nodes")?
+            .into_inner()
+            .nodes;
+        let s = m
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+            .context("reading the cluster status")?
+            .into_inner();
+        let up = nodes.iter().filter(|n| n.state == "up").count();
+        println!("nodes:       {up} up, {} down", nodes.len() - up);
+        println!(
+            "repair:      {} shards waiting, {} ({} bytes), in {} blocks",
+            s.repair_shards,
+            human(s.repair_bytes),
+            s.repair_bytes,
+            s.repair_blocks
+        );
+        println!(
+            "repaired:    {} shards, {} ({} bytes), since the metadata service started",
+            s.repaired_shards,
+            human(s.repaired_bytes),
+            s.repaired_bytes
+        );
+        println!("gc:          {} blocks waiting", s.gc_blocks);
+        Ok(())
+    })
+}

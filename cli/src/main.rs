@@ -31,6 +31,8 @@ enum Command {
     Dev(dev::DevArgs),
     /// Serve a container runtime's volume plugin protocol.
     Plugin(plugin::PluginCommand),
+    /// Cluster-wide state: nodes, repair and garbage collection queues.
+    Cluster(admin::ClusterCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,6 +51,7 @@ fn main() -> std::process::ExitCode {
         Command::Mount(a) => mount::mount(a),
         Command::Dev(a) => dev::dev(a),
         Command::Plugin(c) => plugin::plugin(c),
+        Command::Cluster(c) => admin::cluster(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

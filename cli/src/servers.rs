@@ -24,6 +24,10 @@ pub struct MetaArgs {
     /// removed volumes).
     #[arg(long, default_value_t = 5000)]
     gc_interval_ms: u64,
+    /// Milliseconds between repair rounds (rebuilding shards that writes
+    /// could not store, once their node is up).
+    #[arg(long, default_value_t = 2000)]
+    repair_interval_ms: u64,
 }
 
 pub fn meta(a: MetaArgs) -> anyhow::Result<()> {
@@ -33,6 +37,7 @@ pub fn meta(a: MetaArgs) -> anyhow::Result<()> {
         options: MetaOptions {
             down_after: std::time::Duration::from_secs(a.down_after_secs),
             gc_interval: std::time::Duration::from_millis(a.gc_interval_ms),
+            repair_interval: std::time::Duration::from_millis(a.repair_interval_ms),
         },
     };
     runtime()?.block_on(tessera_metadata::run(config, signalled()))?;

@@ -28,14 +28,15 @@ pub(crate) struct BlockRef {
 }
 
 /// Encodes `data` and stores every shard; succeeds when at least
-/// `min_durable` shards are durable on their nodes.
+/// `min_durable` shards are durable on their nodes, and returns the indices
+/// of the shards that are not (to be queued for repair with the commit).
 pub(crate) async fn put_block(
     nodes: &Nodes,
     codec: &Codec,
     block: BlockId,
     data: &[u8],
     min_durable: usize,
-) -> Result<()> {
+) -> Result<Vec<u32>> {
     let shards = codec.encode(data);
     let targets = nodes.shard_nodes(block);
     let epoch = nodes.epoch();
@@ -64,16 +65,21 @@ pub(crate) async fn put_block(
             needed: min_durable,
         });
     }
-    if durable < results.len() {
-        // TODO(repair queue, issue 3): record the missing shards for repair.
+    let missing: Vec<u32> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_err())
+        .map(|(i, _)| i as u32)
+        .collect();
+    if !missing.is_empty() {
         warn!(
             block,
             durable,
             width = results.len(),
-            "block stored degraded"
+            "block stored degraded; its missing shards go to the repair queue"
         );
     }
-    Ok(())
+    Ok(missing)
 }
 
 async fn put_shard(

@@ -536,7 +536,7 @@ impl Volume {
         for s in &mut slices {
             s.block_len = data.len() as u32;
         }
-        put_block(
+        let missing = put_block(
             &self.inner.nodes,
             &self.inner.codec,
             block,
@@ -544,6 +544,15 @@ impl Volume {
             self.inner.min_durable,
         )
         .await?;
+        let degraded = if missing.is_empty() {
+            vec![]
+        } else {
+            vec![pb::DegradedBlock {
+                block,
+                block_len: data.len() as u32,
+                missing,
+            }]
+        };
         drop(data);
         if let Some(prev) = prev {
             // Commit in cut order; an earlier failure is reported on its own.
@@ -556,6 +565,7 @@ impl Volume {
                 slices: slices.clone(),
                 mtime_ns: now_ns(),
             }],
+            degraded,
         };
         let resp = self.meta().commit_writes(req).await?.into_inner();
         // Keep the cached slice list current rather than refetching it.

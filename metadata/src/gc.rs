@@ -13,20 +13,20 @@
 //! counts first.
 
 use std::{
-    collections::{btree_map::Entry, hash_map, BTreeMap, HashMap, HashSet},
+    collections::{btree_map::Entry, BTreeMap, HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 use tessera_common::{placement::pg_of, BlockId, NodeId, Protection};
-use tessera_proto::pb::{self, node_client::NodeClient};
-use tonic::transport::{Channel, Endpoint};
+use tessera_proto::pb;
 use tracing::{debug, info, warn};
 
 use crate::{
     keys,
     meta::now_ns,
+    node_clients::NodeClients,
     records::{decode, store, Slice},
     store::{transact, Txn},
     Meta, NodeState, Result,
@@ -62,7 +62,7 @@ impl Meta {
         let rows = self.store.begin().scan(&start, &end, limit)?;
         rows.iter()
             .map(|(k, v)| {
-                let block = keys::gc_block(k)?;
+                let block = keys::block_of(k, keys::GC)?;
                 Ok((block, decode(k, v)?))
             })
             .collect()
@@ -84,11 +84,11 @@ impl Meta {
 
 /// Runs garbage collection every `interval` until the task is dropped.
 pub async fn collect_forever(meta: Arc<Meta>, interval: Duration) {
-    let mut channels = HashMap::new();
+    let mut clients = NodeClients::default();
     loop {
         tokio::time::sleep(interval).await;
         loop {
-            match collect_once(&meta, &mut channels, 4096).await {
+            match collect_once(&meta, &mut clients, 4096).await {
                 Ok(0) => break,
                 Ok(_) => continue,
                 Err(e) => {
@@ -104,7 +104,7 @@ pub async fn collect_forever(meta: Arc<Meta>, interval: Duration) {
 /// how many blocks were freed for good.
 pub async fn collect_once(
     meta: &Arc<Meta>,
-    channels: &mut HashMap<NodeId, NodeClient<Channel>>,
+    clients: &mut NodeClients,
     limit: usize,
 ) -> Result<usize> {
     let m = meta.clone();
@@ -147,9 +147,9 @@ pub async fn collect_once(
             failed.insert(node);
             continue;
         };
-        if let Err(e) = delete_on(channels, node, addr, keys).await {
+        if let Err(e) = delete_on(clients, node, addr, keys).await {
             debug!(node, error = %e, "deleting shards failed; kept queued");
-            channels.remove(&node);
+            clients.forget(node);
             failed.insert(node);
         }
     }
@@ -172,24 +172,12 @@ pub async fn collect_once(
 }
 
 async fn delete_on(
-    channels: &mut HashMap<NodeId, NodeClient<Channel>>,
+    clients: &mut NodeClients,
     node: NodeId,
     addr: &str,
     keys: Vec<pb::ShardKey>,
 ) -> std::result::Result<(), String> {
-    let client = match channels.entry(node) {
-        hash_map::Entry::Occupied(e) => e.into_mut(),
-        hash_map::Entry::Vacant(e) => {
-            let channel = Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| e.to_string())?
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(30))
-                .connect()
-                .await
-                .map_err(|e| e.to_string())?;
-            e.insert(NodeClient::new(channel))
-        }
-    };
+    let mut client = clients.get(node, addr).await?;
     for batch in keys.chunks(DELETE_BATCH) {
         client
             .delete_shards(pb::DeleteShardsRequest {
@@ -201,7 +189,9 @@ async fn delete_on(
     Ok(())
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .expect("garbage collection tasks do not panic")

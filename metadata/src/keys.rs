@@ -23,6 +23,8 @@ pub const CHUNK: u8 = b'S';
 pub const XATTR: u8 = b'X';
 /// Blocks waiting for their shards to be deleted: `G` + block id.
 pub const GC: u8 = b'G';
+/// Blocks with shards waiting for repair: `R` + block id.
+pub const REPAIR: u8 = b'R';
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
@@ -76,14 +78,18 @@ pub fn gc(block: BlockId) -> Vec<u8> {
     key(GC, &[&block.to_be_bytes()])
 }
 
-/// The block id of a `G` key.
-pub fn gc_block(k: &[u8]) -> crate::Result<BlockId> {
-    suffix(k, &[GC])
+pub fn repair(block: BlockId) -> Vec<u8> {
+    key(REPAIR, &[&block.to_be_bytes()])
+}
+
+/// The block id of a `G` or `R` key.
+pub fn block_of(k: &[u8], prefix: u8) -> crate::Result<BlockId> {
+    suffix(k, &[prefix])
         .try_into()
         .map(u64::from_be_bytes)
         .map_err(|_| crate::MetaError::Corrupt {
             key: k.to_vec(),
-            why: "a GC key holds one block id".into(),
+            why: "the key holds one block id".into(),
         })
 }
 

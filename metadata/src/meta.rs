@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{atomic::AtomicU64, Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -25,6 +25,8 @@ pub struct MetaOptions {
     pub down_after: Duration,
     /// Pause between garbage collection rounds.
     pub gc_interval: Duration,
+    /// Pause between repair rounds.
+    pub repair_interval: Duration,
 }
 
 impl Default for MetaOptions {
@@ -32,6 +34,7 @@ impl Default for MetaOptions {
         MetaOptions {
             down_after: Duration::from_secs(10),
             gc_interval: Duration::from_secs(5),
+            repair_interval: Duration::from_secs(2),
         }
     }
 }
@@ -52,6 +55,14 @@ pub struct Meta {
     pub(crate) volume_ids: IdAllocator,
     pub(crate) node_ids: IdAllocator,
     pub(crate) usage: Mutex<HashMap<VolumeId, Usage>>,
+    pub(crate) repair_stats: RepairStats,
+}
+
+/// What repair did since the service started.
+#[derive(Debug, Default)]
+pub struct RepairStats {
+    pub shards: AtomicU64,
+    pub bytes: AtomicU64,
 }
 
 impl Meta {
@@ -63,6 +74,7 @@ impl Meta {
             volume_ids: IdAllocator::new("volume", 1, 16),
             node_ids: IdAllocator::new("node", 1, 1),
             usage: Mutex::new(HashMap::new()),
+            repair_stats: RepairStats::default(),
             store,
         };
         meta.load_usage()?;
@@ -90,6 +102,15 @@ impl Meta {
         }
         *self.usage.lock().expect("usage lock") = usage;
         Ok(())
+    }
+
+    /// Shards and bytes rebuilt by repair since start.
+    pub fn repaired(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.repair_stats.shards.load(Relaxed),
+            self.repair_stats.bytes.load(Relaxed),
+        )
     }
 
     pub(crate) fn usage_of(&self, vol: VolumeId) -> Usage {

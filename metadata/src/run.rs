@@ -29,6 +29,10 @@ pub async fn run(
         meta.clone(),
         config.options.gc_interval,
     ));
+    let repair = tokio::spawn(crate::repair::repair_forever(
+        meta.clone(),
+        config.options.repair_interval,
+    ));
     let service = MetaServer::new(MetaService::new(meta))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -45,5 +49,6 @@ pub async fn run(
         .await
         .map_err(|e| MetaError::Unavailable(format!("metadata server: {e}")));
     gc.abort();
+    repair.abort();
     served
 }

@@ -10,6 +10,7 @@ use crate::{
     cluster::NodeStats,
     fs::{Attr, FileWrite, NewNode, SetAttr},
     records::{Slice, VolumeRecord},
+    repair::Degraded,
     Meta, MetaError,
 };
 
@@ -153,6 +154,25 @@ impl MetaRpc for MetaService {
         .await
     }
 
+    async fn cluster_status(
+        &self,
+        _r: Request<pb::ClusterStatusRequest>,
+    ) -> Rpc<pb::ClusterStatusResponse> {
+        self.call(move |m| {
+            let q = m.queue_status()?;
+            let (repaired_shards, repaired_bytes) = m.repaired();
+            Ok(pb::ClusterStatusResponse {
+                repair_blocks: q.repair_blocks,
+                repair_shards: q.repair_shards,
+                repair_bytes: q.repair_bytes,
+                repaired_shards,
+                repaired_bytes,
+                gc_blocks: q.gc_blocks,
+            })
+        })
+        .await
+    }
+
     async fn create_volume(&self, r: Request<pb::CreateVolumeRequest>) -> Rpc<pb::Volume> {
         let r = r.into_inner();
         self.call(move |m| {
@@ -237,7 +257,29 @@ impl MetaRpc for MetaService {
                     mtime_ns: f.mtime_ns,
                 })
                 .collect();
-            let attrs = m.commit_writes(r.volume, &files)?;
+            let degraded: Vec<Degraded> = r
+                .degraded
+                .into_iter()
+                .map(|d| {
+                    let missing = d
+                        .missing
+                        .iter()
+                        .map(|i| u8::try_from(*i))
+                        .collect::<Result<Vec<u8>, _>>()
+                        .map_err(|_| {
+                            MetaError::Invalid(format!(
+                                "degraded block {}: bad shard index",
+                                d.block
+                            ))
+                        })?;
+                    Ok(Degraded {
+                        block: d.block,
+                        block_len: d.block_len,
+                        missing,
+                    })
+                })
+                .collect::<Result<_, MetaError>>()?;
+            let attrs = m.commit_writes_degraded(r.volume, &files, &degraded)?;
             Ok(pb::CommitWritesResponse {
                 attrs: attrs.into_iter().map(attr).collect(),
             })

@@ -1,7 +1,10 @@
 //! The Node gRPC service: each handler parses the request, calls one
 //! [`ShardStore`] method on the blocking pool and maps the error.
 
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
 
 use tessera_common::ShardKey;
 use tessera_proto::pb::{self, node_server::Node};
@@ -15,11 +18,19 @@ use crate::{
 
 pub struct NodeService {
     store: Arc<ShardStore>,
+    /// Shard bytes and calls received by PutShard since start: what repair
+    /// and catch-up cost this node.
+    put_bytes: AtomicU64,
+    put_count: AtomicU64,
 }
 
 impl NodeService {
     pub fn new(store: Arc<ShardStore>) -> Self {
-        NodeService { store }
+        NodeService {
+            store,
+            put_bytes: AtomicU64::new(0),
+            put_count: AtomicU64::new(0),
+        }
     }
 
     /// Runs `f` on the blocking pool inside `span`.
@@ -56,6 +67,9 @@ impl Node for NodeService {
             shard = key.index,
             len = r.data.len()
         );
+        let len = r.data.len() as u64;
+        self.put_bytes.fetch_add(len, Ordering::Relaxed);
+        self.put_count.fetch_add(1, Ordering::Relaxed);
         self.blocking(span, move |s| s.put(key, &r.data, r.crc))
             .await?;
         Ok(Response::new(pb::PutShardResponse {}))
@@ -124,6 +138,8 @@ impl Node for NodeService {
             used_bytes: st.used_bytes,
             shard_count: st.shard_count,
             format_version: st.format_version,
+            put_bytes: self.put_bytes.load(Ordering::Relaxed),
+            put_count: self.put_count.load(Ordering::Relaxed),
         }))
     }
 }

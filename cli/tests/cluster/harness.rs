@@ -22,12 +22,22 @@ pub fn init_logs() {
         .try_init();
 }
 
+/// A port nothing listens on now and that this test process has not handed
+/// out before: the kernel may return a just-released port twice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn spawn(args: &[String], log: &Path) -> Child {
@@ -115,6 +125,8 @@ impl Cluster {
             "--listen".into(),
             self.meta_addr.clone(),
             "--gc-interval-ms".into(),
+            "500".into(),
+            "--repair-interval-ms".into(),
             "500".into(),
         ];
         self.meta = Some(spawn(&args, &self.log("meta")));
@@ -204,6 +216,34 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Storage node `i`'s own statistics, from its Stat call.
+    pub fn node_stat(&self, i: usize) -> tessera_proto::pb::StatResponse {
+        use tessera_proto::pb;
+        let addr = format!("http://127.0.0.1:{}", self.nodes[i].port);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let mut c = pb::node_client::NodeClient::connect(addr).await.unwrap();
+                c.stat(pb::StatRequest {}).await.unwrap().into_inner()
+            })
+    }
+
+    /// (shards, bytes) waiting for repair, from `cluster status`.
+    pub fn repair_waiting(&self) -> (u64, u64) {
+        let out = self.cli_ok(&["cluster", "status"]);
+        let line = out.lines().find(|l| l.starts_with("repair:")).unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let shards = words[1].parse().unwrap();
+        let bytes = words
+            .iter()
+            .position(|w| w.starts_with("bytes)"))
+            .map(|i| words[i - 1].trim_start_matches('(').parse().unwrap())
+            .unwrap();
+        (shards, bytes)
     }
 
     /// Shards stored on all nodes, as `node ls` reports them.

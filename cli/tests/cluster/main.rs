@@ -8,3 +8,4 @@ mod fio;
 mod harness;
 mod input;
 mod posix;
+mod repair;

@@ -8,6 +8,7 @@ use crate::{
     keys,
     meta::Meta,
     records::{decode, load, store, Slice},
+    repair::{self, Degraded},
     store::{transact, Txn},
     MetaError, Result,
 };
@@ -54,13 +55,41 @@ impl Meta {
 
     /// Appends slices to files and grows their sizes, in one transaction.
     pub fn commit_writes(&self, vol: VolumeId, files: &[FileWrite]) -> Result<Vec<Attr>> {
+        self.commit_writes_degraded(vol, files, &[])
+    }
+
+    /// [`Meta::commit_writes`], queueing the missing shards of `degraded`
+    /// blocks (each one a block of these slices) for repair in the same
+    /// transaction.
+    pub fn commit_writes_degraded(
+        &self,
+        vol: VolumeId,
+        files: &[FileWrite],
+        degraded: &[Degraded],
+    ) -> Result<Vec<Attr>> {
         for f in files {
             for s in &f.slices {
                 check_slice(s)?;
             }
         }
         let volume = self.volume_by_id(vol)?;
+        for d in degraded {
+            repair::check(d, volume.protection)?;
+            if !files
+                .iter()
+                .flat_map(|f| &f.slices)
+                .any(|s| s.block == d.block)
+            {
+                return Err(MetaError::Invalid(format!(
+                    "degraded block {} is not a block of this commit",
+                    d.block
+                )));
+            }
+        }
         let (attrs, growth) = transact(self.store.as_ref(), |txn| {
+            for d in degraded {
+                repair::queue(txn, volume.protection, d)?;
+            }
             let mut t = Tree::new(txn, vol);
             let mut attrs = Vec::with_capacity(files.len());
             let mut growth = 0u64;

@@ -318,3 +318,55 @@ fn removing_a_volume_queues_exactly_its_blocks_for_gc() {
     let (_, s) = m.get_slices(other.id, g.ino).unwrap();
     assert_eq!(s.len(), 1, "the other volume is untouched");
 }
+
+#[test]
+fn degraded_commits_queue_missing_shards_and_refuse_bad_reports() {
+    use crate::repair::Degraded;
+    let (m, v) = meta_with_volume(1 << 30);
+    let f = m.make_node(v, ROOT_INO, b"f", file(0o644)).unwrap();
+    let w = |slices| FileWrite {
+        ino: f.ino,
+        slices,
+        mtime_ns: 1,
+    };
+    let d = |block, missing: Vec<u8>| Degraded {
+        block,
+        block_len: 4 << 20,
+        missing,
+    };
+    // Refused, and nothing committed or queued.
+    for bad in [
+        d(5, vec![6]),       // beyond the 6-shard stripe
+        d(5, vec![0, 1, 2]), // more than M missing
+        d(5, vec![]),
+        d(99, vec![1]), // not a block of this commit
+        Degraded {
+            block_len: 0,
+            ..d(5, vec![1])
+        },
+    ] {
+        let r = m.commit_writes_degraded(v, &[w(vec![slice(0, 100, 5)])], &[bad.clone()]);
+        assert!(matches!(r, Err(MetaError::Invalid(_))), "{bad:?}: {r:?}");
+    }
+    assert_eq!(m.get_slices(v, f.ino).unwrap().1.len(), 0);
+    assert!(m.repair_pending(10).unwrap().is_empty());
+
+    m.commit_writes_degraded(v, &[w(vec![slice(0, 100, 5)])], &[d(5, vec![2])])
+        .unwrap();
+    m.commit_writes_degraded(v, &[w(vec![slice(0, 100, 5)])], &[d(5, vec![4])])
+        .unwrap();
+    let q = m.repair_pending(10).unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].0, 5);
+    assert_eq!(q[0].1.missing, vec![2, 4], "reports of one block merge");
+    let s = m.queue_status().unwrap();
+    assert_eq!(
+        (s.repair_blocks, s.repair_shards, s.repair_bytes),
+        (1, 2, 2 << 20)
+    );
+
+    m.repair_done(5, &[2]).unwrap();
+    assert_eq!(m.repair_pending(10).unwrap()[0].1.missing, vec![4]);
+    m.repair_done(5, &[4]).unwrap();
+    assert!(m.repair_pending(10).unwrap().is_empty());
+}
