@@ -175,6 +175,33 @@ pub fn node_ls(meta: &MetaAddr) -> anyhow::Result<()> {
     })
 }
 
+pub fn node_drain(id: u64, meta: &MetaAddr) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let mut m = connect_meta(&meta.meta).await?;
+        let r = m
+            .drain_node(pb::NodeIdRequest { id })
+            .await
+            .map_err(|s| anyhow::anyhow!("draining node {id}: {}", s.message()))?
+            .into_inner();
+        println!(
+            "draining node {id}: {} placement slots moved; `tessera cluster status` shows the copy",
+            r.moved_slots
+        );
+        Ok(())
+    })
+}
+
+pub fn node_rm(id: u64, meta: &MetaAddr) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let mut m = connect_meta(&meta.meta).await?;
+        m.remove_node(pb::NodeIdRequest { id })
+            .await
+            .map_err(|s| anyhow::anyhow!("removing node {id}: {}", s.message()))?;
+        println!("removed node {id}");
+        Ok(())
+    })
+}
+
 #[derive(Args)]
 pub struct ClusterCommand {
     #[command(subcommand)]

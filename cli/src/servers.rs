@@ -28,6 +28,10 @@ pub struct MetaArgs {
     /// could not store, once their node is up).
     #[arg(long, default_value_t = 2000)]
     repair_interval_ms: u64,
+    /// Seconds without a heartbeat before a node is `out`: its placement
+    /// groups move to other nodes and its shards are rebuilt there.
+    #[arg(long, default_value_t = 600)]
+    out_after_secs: u64,
 }
 
 pub fn meta(a: MetaArgs) -> anyhow::Result<()> {
@@ -38,6 +42,7 @@ pub fn meta(a: MetaArgs) -> anyhow::Result<()> {
             down_after: std::time::Duration::from_secs(a.down_after_secs),
             gc_interval: std::time::Duration::from_millis(a.gc_interval_ms),
             repair_interval: std::time::Duration::from_millis(a.repair_interval_ms),
+            out_after: std::time::Duration::from_secs(a.out_after_secs),
         },
     };
     runtime()?.block_on(tessera_metadata::run(config, signalled()))?;
@@ -57,6 +62,20 @@ pub struct NodeCommand {
 enum NodeSub {
     /// List storage nodes with their state, capacity and use.
     Ls(MetaAddr),
+    /// Move every shard off a node (its placement groups go elsewhere).
+    Drain {
+        /// Node id, as `node ls` shows it.
+        id: u64,
+        #[command(flatten)]
+        meta: MetaAddr,
+    },
+    /// Forget a drained node; refused while it holds anything still needed.
+    Rm {
+        /// Node id, as `node ls` shows it.
+        id: u64,
+        #[command(flatten)]
+        meta: MetaAddr,
+    },
 }
 
 #[derive(Args)]
@@ -94,6 +113,8 @@ pub fn node(c: NodeCommand) -> anyhow::Result<()> {
     let a = c.run;
     match (c.ls, a.data, a.listen) {
         (Some(NodeSub::Ls(m)), _, _) => admin::node_ls(&m),
+        (Some(NodeSub::Drain { id, meta }), _, _) => admin::node_drain(id, &meta),
+        (Some(NodeSub::Rm { id, meta }), _, _) => admin::node_rm(id, &meta),
         (None, Some(data_dir), Some(listen)) => {
             let config = NodeConfig {
                 data_dir,

@@ -20,10 +20,15 @@ use crate::{meta::endpoint, MetaConn, Result};
 /// How long a node that failed a request is skipped by readers.
 const SUSPECT_FOR: Duration = Duration::from_secs(3);
 
+/// Readers and writers fetch the placement table again at least this often,
+/// so moved placement groups are found without waiting for a failure.
+pub(crate) const REFRESH_EVERY: Duration = Duration::from_secs(10);
+
 pub(crate) type NodeConn = NodeClient<Channel>;
 
 struct Table {
     epoch: u64,
+    fetched: Instant,
     pgs: Vec<Vec<NodeId>>,
     conns: HashMap<NodeId, NodeConn>,
 }
@@ -42,6 +47,7 @@ impl Nodes {
             protection,
             table: RwLock::new(Table {
                 epoch: 0,
+                fetched: Instant::now(),
                 pgs: Vec::new(),
                 conns: HashMap::new(),
             }),
@@ -85,19 +91,34 @@ impl Nodes {
             table.conns.entry(id).or_insert(conn);
         }
         table.epoch = resp.epoch;
+        table.fetched = Instant::now();
         table.pgs = resp.pgs.into_iter().map(|p| p.nodes).collect();
         Ok(())
     }
 
-    pub fn epoch(&self) -> u64 {
-        self.table.read().expect("placement lock").epoch
-    }
-
     /// The node of each shard index of `block`.
     pub fn shard_nodes(&self, block: BlockId) -> Vec<NodeId> {
+        self.shard_nodes_at(block).0
+    }
+
+    /// [`Nodes::shard_nodes`] and the epoch of the table they come from.
+    pub fn shard_nodes_at(&self, block: BlockId) -> (Vec<NodeId>, u64) {
         let table = self.table.read().expect("placement lock");
         let pg = pg_of(block, table.pgs.len() as u32) as usize;
-        table.pgs[pg].clone()
+        (table.pgs[pg].clone(), table.epoch)
+    }
+
+    /// Fetches the table again if the metadata service has a newer epoch
+    /// (or the table is older than [`REFRESH_EVERY`]).
+    pub async fn refresh_if_stale(&self, current_epoch: u64) -> Result<()> {
+        let (epoch, at) = {
+            let t = self.table.read().expect("placement lock");
+            (t.epoch, t.fetched)
+        };
+        if current_epoch > epoch || at.elapsed() > REFRESH_EVERY {
+            self.refresh().await?;
+        }
+        Ok(())
     }
 
     pub fn conn(&self, node: NodeId) -> Option<NodeConn> {

@@ -27,19 +27,25 @@ pub(crate) struct BlockRef {
     pub len: usize,
 }
 
+/// A block stored: the placement epoch its shards were placed with, and
+/// the indices of the shards that are not durable (queued for repair with
+/// the commit).
+pub(crate) struct Stored {
+    pub epoch: u64,
+    pub missing: Vec<u32>,
+}
+
 /// Encodes `data` and stores every shard; succeeds when at least
-/// `min_durable` shards are durable on their nodes, and returns the indices
-/// of the shards that are not (to be queued for repair with the commit).
+/// `min_durable` shards are durable on their nodes.
 pub(crate) async fn put_block(
     nodes: &Nodes,
     codec: &Codec,
     block: BlockId,
     data: &[u8],
     min_durable: usize,
-) -> Result<Vec<u32>> {
+) -> Result<Stored> {
     let shards = codec.encode(data);
-    let targets = nodes.shard_nodes(block);
-    let epoch = nodes.epoch();
+    let (targets, epoch) = nodes.shard_nodes_at(block);
     let puts = shards.into_iter().enumerate().map(|(i, shard)| {
         let key = ShardKey {
             block,
@@ -79,7 +85,7 @@ pub(crate) async fn put_block(
             "block stored degraded; its missing shards go to the repair queue"
         );
     }
-    Ok(missing)
+    Ok(Stored { epoch, missing })
 }
 
 async fn put_shard(

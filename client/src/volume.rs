@@ -536,7 +536,7 @@ impl Volume {
         for s in &mut slices {
             s.block_len = data.len() as u32;
         }
-        let missing = put_block(
+        let stored = put_block(
             &self.inner.nodes,
             &self.inner.codec,
             block,
@@ -544,13 +544,13 @@ impl Volume {
             self.inner.min_durable,
         )
         .await?;
-        let degraded = if missing.is_empty() {
+        let degraded = if stored.missing.is_empty() {
             vec![]
         } else {
             vec![pb::DegradedBlock {
                 block,
                 block_len: data.len() as u32,
-                missing,
+                missing: stored.missing,
             }]
         };
         drop(data);
@@ -566,8 +566,17 @@ impl Volume {
                 mtime_ns: now_ns(),
             }],
             degraded,
+            placement_epoch: stored.epoch,
         };
         let resp = self.meta().commit_writes(req).await?.into_inner();
+        if let Err(e) = self
+            .inner
+            .nodes
+            .refresh_if_stale(resp.placement_epoch)
+            .await
+        {
+            warn!(volume = self.name(), error = %e, "refreshing the placement table failed");
+        }
         // Keep the cached slice list current rather than refetching it.
         let mut cached = e.slices.lock().expect("slices lock");
         cached.0 += 1;
@@ -647,6 +656,12 @@ impl Volume {
             .map(|s| (s.offset, u64::from(s.len)))
             .collect();
         let pieces = overlay::visible(&extents, offset, end.min(slices.size));
+        if !pieces.is_empty() {
+            // Moved placement groups are found here, not by failing reads.
+            if let Err(e) = self.inner.nodes.refresh_if_stale(0).await {
+                warn!(volume = self.name(), error = %e, "refreshing the placement table failed");
+            }
+        }
         let reads = pieces.iter().map(|p| {
             let s = &slices.list[p.slice];
             let b = BlockRef {

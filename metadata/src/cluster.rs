@@ -16,6 +16,7 @@ use tracing::info;
 
 use crate::{
     keys,
+    membership::{MemberRecord, Membership},
     meta::{now_ns, Meta},
     records::{decode, load, store, NodeRecord, PlacementRecord},
     store::transact,
@@ -47,14 +48,31 @@ pub struct NodeStats {
 #[derive(Clone, Debug)]
 pub struct NodeView {
     pub record: NodeRecord,
+    /// Up or down, from heartbeats.
     pub state: NodeState,
+    pub membership: Membership,
     pub stats: NodeStats,
     pub last_seen: Option<Duration>,
 }
 
+impl NodeView {
+    /// What `node ls` shows: out and draining first, else up or down.
+    pub fn display_state(&self) -> &'static str {
+        match self.membership {
+            Membership::Out | Membership::Draining | Membership::Removed => {
+                self.membership.as_str()
+            }
+            Membership::Active => self.state.as_str(),
+        }
+    }
+}
+
 pub struct Cluster {
-    down_after: Duration,
-    live: Mutex<HashMap<NodeId, (Instant, NodeStats)>>,
+    pub(crate) down_after: Duration,
+    pub(crate) live: Mutex<HashMap<NodeId, (Instant, NodeStats)>>,
+    /// When this process started: a node never heard from counts as last
+    /// seen then, so a restarted service does not declare everyone out.
+    started: Instant,
 }
 
 impl Cluster {
@@ -62,7 +80,17 @@ impl Cluster {
         Cluster {
             down_after,
             live: Mutex::new(HashMap::new()),
+            started: Instant::now(),
         }
+    }
+}
+
+/// A node as placement sees it.
+pub(crate) fn candidate(n: &NodeView) -> Candidate {
+    Candidate {
+        id: n.record.id,
+        domain: domain(&n.record),
+        weight: 1.0,
     }
 }
 
@@ -94,6 +122,12 @@ impl Meta {
         } else {
             id
         };
+        let was = self.membership(id)?;
+        if was == Membership::Removed {
+            return Err(MetaError::NotPermitted(format!(
+                "node {id} was removed from the cluster; wipe its data directory to join as a new node"
+            )));
+        }
         transact(self.store.as_ref(), |txn| {
             let key = keys::node(id);
             let registered_ms = match load::<NodeRecord>(txn, &key)? {
@@ -114,7 +148,33 @@ impl Meta {
             .expect("liveness lock")
             .insert(id, (Instant::now(), NodeStats::default()));
         info!(node = id, %addr, "node registered");
+        if was == Membership::Out {
+            self.set_membership(id, Membership::Active)?;
+        }
+        // A new node or one back from `out` takes its share of the PGs.
+        if was != Membership::Draining {
+            self.rebalance()?;
+        }
         Ok(id)
+    }
+
+    /// Marks `out` every active node not heard from for `out_after`, and
+    /// remaps its placement groups. Returns the nodes marked.
+    pub fn mark_out(&self, out_after: Duration) -> Result<Vec<NodeId>> {
+        let since_start = self.cluster.started.elapsed();
+        let mut marked = Vec::new();
+        for n in self.list_nodes()? {
+            let silent = n.last_seen.unwrap_or(since_start);
+            if n.membership == Membership::Active && silent >= out_after {
+                self.set_membership(n.record.id, Membership::Out)?;
+                marked.push(n.record.id);
+            }
+        }
+        if !marked.is_empty() {
+            info!(nodes = ?marked, "nodes out: remapping their placement groups");
+            self.rebalance()?;
+        }
+        Ok(marked)
     }
 
     pub fn heartbeat(&self, id: NodeId, stats: NodeStats) -> Result<u64> {
@@ -127,12 +187,30 @@ impl Meta {
             .lock()
             .expect("liveness lock")
             .insert(id, (Instant::now(), stats));
+        if self.membership(id)? == Membership::Out {
+            // Back before anyone removed it: it takes PGs again.
+            self.set_membership(id, Membership::Active)?;
+            self.rebalance()?;
+        }
         Ok(1)
     }
 
     pub fn list_nodes(&self) -> Result<Vec<NodeView>> {
         let (start, end) = keys::prefix_range(&[keys::NODE]);
         let rows = self.store.begin().scan(&start, &end, usize::MAX)?;
+        let (mstart, mend) = keys::prefix_range(&[keys::MEMBER]);
+        let members: HashMap<NodeId, Membership> = self
+            .store
+            .begin()
+            .scan(&mstart, &mend, usize::MAX)?
+            .iter()
+            .map(|(k, v)| {
+                Ok((
+                    keys::block_of(k, keys::MEMBER)?,
+                    decode::<MemberRecord>(k, v)?.state,
+                ))
+            })
+            .collect::<Result<_>>()?;
         let live = self.cluster.live.lock().expect("liveness lock");
         rows.iter()
             .map(|(k, v)| {
@@ -145,6 +223,10 @@ impl Meta {
                 };
                 Ok(NodeView {
                     stats: seen.map(|s| s.1).unwrap_or_default(),
+                    membership: members
+                        .get(&record.id)
+                        .copied()
+                        .unwrap_or(Membership::Active),
                     record,
                     state,
                     last_seen,
@@ -164,12 +246,8 @@ impl Meta {
         let candidates: Vec<Candidate> = self
             .list_nodes()?
             .into_iter()
-            .filter(|n| n.state == NodeState::Up)
-            .map(|n| Candidate {
-                id: n.record.id,
-                domain: domain(&n.record),
-                weight: 1.0,
-            })
+            .filter(|n| n.state == NodeState::Up && n.membership == Membership::Active)
+            .map(|n| candidate(&n))
             .collect();
         let seed = (u64::from(p.k) << 8) | u64::from(p.m);
         let pgs = (0..PG_COUNT)

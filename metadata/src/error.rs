@@ -31,6 +31,9 @@ pub enum MetaError {
     },
     #[error("{0}")]
     Unavailable(String),
+    /// The request is valid but must wait (e.g. a node still holds data).
+    #[error("{0}")]
+    Busy(String),
     #[error("xattr {name} not found on inode {ino}")]
     NoXattr { ino: u64, name: String },
     #[error("corrupt metadata record at key {key:?}: {why}")]
@@ -61,6 +64,7 @@ impl MetaError {
             MetaError::NotPermitted(_) => libc_errno::EPERM,
             MetaError::NameTooLong(_) => libc_errno::ENAMETOOLONG,
             MetaError::Quota { .. } => libc_errno::ENOSPC,
+            MetaError::Busy(_) => libc_errno::EBUSY,
             MetaError::NoXattr { .. } => libc_errno::ENODATA,
             MetaError::Unavailable(_) | MetaError::Corrupt { .. } | MetaError::Store(_) => {
                 libc_errno::EIO
@@ -75,6 +79,7 @@ mod libc_errno {
     pub const EPERM: i32 = 1;
     pub const ENOENT: i32 = 2;
     pub const EIO: i32 = 5;
+    pub const EBUSY: i32 = 16;
     pub const EEXIST: i32 = 17;
     pub const ENOTDIR: i32 = 20;
     pub const EISDIR: i32 = 21;
@@ -97,6 +102,7 @@ impl From<MetaError> for Status {
             MetaError::Invalid(_) | MetaError::NameTooLong(_) => Code::InvalidArgument,
             MetaError::NotPermitted(_) => Code::PermissionDenied,
             MetaError::Quota { .. } => Code::ResourceExhausted,
+            MetaError::Busy(_) => Code::FailedPrecondition,
             MetaError::Unavailable(_) => Code::Unavailable,
             MetaError::Corrupt { .. } => Code::DataLoss,
             MetaError::Store(_) => Code::Internal,

@@ -25,6 +25,12 @@ pub const XATTR: u8 = b'X';
 pub const GC: u8 = b'G';
 /// Blocks with shards waiting for repair: `R` + block id.
 pub const REPAIR: u8 = b'R';
+/// Membership of a node (active, draining, out, removed): `M` + node id.
+pub const MEMBER: u8 = b'M';
+/// Placement tables replaced by a newer epoch: `H` + K + M + epoch.
+pub const PLACEMENT_HISTORY: u8 = b'H';
+/// Remap jobs (blocks of moved PG slots still to be queued): `J` + K + M + epoch.
+pub const REMAP_JOB: u8 = b'J';
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
@@ -76,6 +82,18 @@ pub fn xattr(vol: VolumeId, ino: Ino, name: &[u8]) -> Vec<u8> {
 
 pub fn gc(block: BlockId) -> Vec<u8> {
     key(GC, &[&block.to_be_bytes()])
+}
+
+pub fn member(id: NodeId) -> Vec<u8> {
+    key(MEMBER, &[&id.to_be_bytes()])
+}
+
+pub fn placement_history(k: u8, m: u8, epoch: u64) -> Vec<u8> {
+    key(PLACEMENT_HISTORY, &[&[k, m], &epoch.to_be_bytes()])
+}
+
+pub fn remap_job(k: u8, m: u8, epoch: u64) -> Vec<u8> {
+    key(REMAP_JOB, &[&[k, m], &epoch.to_be_bytes()])
 }
 
 pub fn repair(block: BlockId) -> Vec<u8> {

@@ -11,8 +11,10 @@ pub mod fs;
 pub mod gc;
 mod ids;
 pub mod keys;
+mod membership;
 mod meta;
 mod node_clients;
+pub mod rebalance;
 pub mod records;
 pub mod repair;
 mod run;
@@ -22,6 +24,7 @@ mod volumes;
 
 pub use cluster::{NodeState, NodeView};
 pub use error::{MetaError, Result};
+pub use membership::Membership;
 pub use meta::{Meta, MetaOptions};
 pub use run::{run, MetaConfig};
 pub use service::MetaService;

@@ -27,6 +27,9 @@ pub struct MetaOptions {
     pub gc_interval: Duration,
     /// Pause between repair rounds.
     pub repair_interval: Duration,
+    /// A node not heard from for this long is `out`: its placement groups
+    /// are remapped and its shards rebuilt elsewhere.
+    pub out_after: Duration,
 }
 
 impl Default for MetaOptions {
@@ -35,6 +38,7 @@ impl Default for MetaOptions {
             down_after: Duration::from_secs(10),
             gc_interval: Duration::from_secs(5),
             repair_interval: Duration::from_secs(2),
+            out_after: Duration::from_secs(600),
         }
     }
 }
@@ -56,6 +60,8 @@ pub struct Meta {
     pub(crate) node_ids: IdAllocator,
     pub(crate) usage: Mutex<HashMap<VolumeId, Usage>>,
     pub(crate) repair_stats: RepairStats,
+    /// Serializes placement changes.
+    pub(crate) rebalancing: Mutex<()>,
 }
 
 /// What repair did since the service started.
@@ -75,9 +81,12 @@ impl Meta {
             node_ids: IdAllocator::new("node", 1, 1),
             usage: Mutex::new(HashMap::new()),
             repair_stats: RepairStats::default(),
+            rebalancing: Mutex::new(()),
             store,
         };
         meta.load_usage()?;
+        // Placement changes whose moves were not all queued before a crash.
+        meta.run_remap_jobs()?;
         Ok(meta)
     }
 

@@ -45,6 +45,9 @@ pub struct RepairRecord {
     pub block_len: u32,
     /// Shard indices still to rebuild.
     pub missing: Vec<u8>,
+    /// For shards that moved (remap, drain), the node that held them: they
+    /// are copied from there when it is up, else rebuilt from the others.
+    pub sources: BTreeMap<u8, NodeId>,
     pub queued_ns: i64,
 }
 
@@ -77,16 +80,31 @@ pub(crate) fn check(d: &Degraded, p: Protection) -> Result<()> {
 
 /// Queues `d` in `txn`, merging with what is queued for the block already.
 pub(crate) fn queue(txn: &mut dyn Txn, protection: Protection, d: &Degraded) -> Result<()> {
+    queue_with_sources(txn, protection, d, &[])
+}
+
+/// [`queue`], remembering where moved shards can be copied from.
+pub(crate) fn queue_with_sources(
+    txn: &mut dyn Txn,
+    protection: Protection,
+    d: &Degraded,
+    sources: &[(u8, NodeId)],
+) -> Result<()> {
     let key = keys::repair(d.block);
     let mut rec = load::<RepairRecord>(txn, &key)?.unwrap_or(RepairRecord {
         protection,
         block_len: d.block_len,
         missing: vec![],
+        sources: BTreeMap::new(),
         queued_ns: now_ns(),
     });
     rec.missing.extend(&d.missing);
     rec.missing.sort_unstable();
     rec.missing.dedup();
+    for (i, node) in sources {
+        // The first source recorded is the one that was written to.
+        rec.sources.entry(*i).or_insert(*node);
+    }
     store(txn, &key, &rec)
 }
 
@@ -116,6 +134,7 @@ impl Meta {
                 return Ok(());
             };
             rec.missing.retain(|i| !done.contains(i));
+            rec.sources.retain(|i, _| !done.contains(i));
             if rec.missing.is_empty() {
                 txn.delete(&key)?;
                 Ok(())
@@ -123,6 +142,11 @@ impl Meta {
                 store(txn, &key, &rec)
             }
         })
+    }
+
+    /// Whether `block` waits for garbage collection (nothing refers to it).
+    pub fn is_garbage(&self, block: BlockId) -> Result<bool> {
+        Ok(self.store.begin().get(&keys::gc(block))?.is_some())
     }
 
     pub fn queue_status(&self) -> Result<QueueStatus> {
@@ -170,6 +194,12 @@ pub async fn repair_once(
     let mut tables: BTreeMap<(u8, u8), PlacementRecord> = BTreeMap::new();
     let mut rebuilt = 0;
     for (block, rec) in pending {
+        let m = meta.clone();
+        if blocking(move || m.is_garbage(block)).await? {
+            let (m, all) = (meta.clone(), rec.missing.clone());
+            blocking(move || m.repair_done(block, &all)).await?;
+            continue;
+        }
         let p = rec.protection;
         let table = match tables.entry((p.k, p.m)) {
             Entry::Occupied(e) => e.into_mut(),
@@ -210,8 +240,9 @@ pub async fn repair_once(
     Ok(rebuilt)
 }
 
-/// Reads K good shards of `block` from its PG, rebuilds the `ready` ones
-/// and stores them on their nodes; returns the indices stored.
+/// Stores the `ready` shards of `block` on their PG nodes: a moved shard
+/// is copied from its source when that node is up, the others are rebuilt
+/// from K good shards. Returns the indices stored.
 async fn rebuild(
     clients: &mut NodeClients,
     up: &HashMap<NodeId, String>,
@@ -221,76 +252,161 @@ async fn rebuild(
     rec: &RepairRecord,
     ready: &[u8],
 ) -> std::result::Result<Vec<u8>, String> {
-    let p = rec.protection;
-    let k = usize::from(p.k);
-    let mut shards: Vec<Option<Vec<u8>>> = vec![None; p.width()];
-    let mut got = 0;
-    for (i, node) in pg.iter().enumerate() {
-        if got == k {
-            break;
-        }
-        if rec.missing.contains(&(i as u8)) {
-            continue;
-        }
-        let Some(addr) = up.get(node) else { continue };
-        let mut client = match clients.get(*node, addr).await {
-            Ok(c) => c,
-            Err(_) => {
-                clients.forget(*node);
-                continue;
-            }
-        };
-        let req = pb::GetShardRequest {
-            key: Some(pb::ShardKey {
-                block,
-                index: i as u32,
-            }),
-            offset: 0,
-            len: 0,
-        };
-        match client.get_shard(req).await {
-            Ok(r) => {
-                let r = r.into_inner();
-                if crc32(&r.data) == r.shard_crc {
-                    shards[i] = Some(r.data.to_vec());
-                    got += 1;
-                }
-            }
-            Err(s) => {
-                debug!(block, shard = i, node, error = %s.message(), "shard unreadable for repair")
-            }
-        }
-    }
-    if got < k {
-        return Err(format!("only {got} of the {k} shards needed are readable"));
-    }
-    let all = Codec::new(p)
-        .reconstruct_all(block, shards, rec.block_len as usize)
-        .map_err(|e| e.to_string())?;
     let mut done = Vec::new();
+    let mut decode = Vec::new();
     for &i in ready {
-        let node = pg[usize::from(i)];
-        let data = &all[usize::from(i)];
-        let req = pb::PutShardRequest {
-            key: Some(pb::ShardKey {
-                block,
-                index: u32::from(i),
-            }),
-            data: data.clone().into(),
-            crc: crc32(data),
-            epoch,
+        let target = pg[usize::from(i)];
+        let copied = match rec.sources.get(&i) {
+            Some(&src) if up.contains_key(&src) => match fetch(clients, up, src, block, i).await {
+                Ok(data) => put(clients, up, target, block, i, data, epoch)
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            },
+            _ => false,
         };
-        let Ok(mut client) = clients.get(node, &up[&node]).await else {
-            clients.forget(node);
-            continue;
-        };
-        match client.put_shard(req).await {
-            Ok(_) => done.push(i),
-            Err(s) => {
-                warn!(block, shard = i, node, error = %s.message(), "storing a repaired shard failed");
-                clients.forget(node);
+        if copied {
+            done.push(i);
+        } else {
+            decode.push(i);
+        }
+    }
+    if !decode.is_empty() {
+        let p = rec.protection;
+        let k = usize::from(p.k);
+        let mut shards: Vec<Option<Vec<u8>>> = vec![None; p.width()];
+        let mut got = 0;
+        for j in 0..p.width() {
+            if got == k {
+                break;
+            }
+            let j8 = j as u8;
+            // A shard still to move may be read where it was; one that was
+            // never written is nowhere.
+            let holder = if !rec.missing.contains(&j8) {
+                Some(pg[j])
+            } else {
+                rec.sources.get(&j8).copied()
+            };
+            let Some(node) = holder.filter(|n| up.contains_key(n)) else {
+                continue;
+            };
+            if let Ok(data) = fetch(clients, up, node, block, j8).await {
+                shards[j] = Some(data);
+                got += 1;
+            }
+        }
+        if got < k {
+            return Err(format!("only {got} of the {k} shards needed are readable"));
+        }
+        let all = Codec::new(p)
+            .reconstruct_all(block, shards, rec.block_len as usize)
+            .map_err(|e| e.to_string())?;
+        for i in decode {
+            let data = all[usize::from(i)].clone();
+            if put(clients, up, pg[usize::from(i)], block, i, data, epoch)
+                .await
+                .is_ok()
+            {
+                done.push(i);
+            }
+        }
+    }
+    // The moved shards' old copies are garbage now (best effort: a node
+    // that is down keeps a stale copy nobody reads).
+    for &i in &done {
+        if let Some(&src) = rec.sources.get(&i) {
+            if src != pg[usize::from(i)] {
+                delete(clients, up, src, block, i).await;
             }
         }
     }
     Ok(done)
+}
+
+fn key(block: BlockId, index: u8) -> Option<pb::ShardKey> {
+    Some(pb::ShardKey {
+        block,
+        index: u32::from(index),
+    })
+}
+
+/// A whole shard, CRC-checked end to end.
+async fn fetch(
+    clients: &mut NodeClients,
+    up: &HashMap<NodeId, String>,
+    node: NodeId,
+    block: BlockId,
+    index: u8,
+) -> std::result::Result<Vec<u8>, String> {
+    let addr = up.get(&node).ok_or("node down")?;
+    let mut client = clients
+        .get(node, addr)
+        .await
+        .inspect_err(|_| clients.forget(node))?;
+    let req = pb::GetShardRequest {
+        key: key(block, index),
+        offset: 0,
+        len: 0,
+    };
+    let r = client
+        .get_shard(req)
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    if crc32(&r.data) != r.shard_crc {
+        return Err(format!(
+            "shard {block:#x}/{index} on node {node} fails its CRC"
+        ));
+    }
+    Ok(r.data.to_vec())
+}
+
+async fn put(
+    clients: &mut NodeClients,
+    up: &HashMap<NodeId, String>,
+    node: NodeId,
+    block: BlockId,
+    index: u8,
+    data: Vec<u8>,
+    epoch: u64,
+) -> std::result::Result<(), String> {
+    let addr = up.get(&node).ok_or("node down")?;
+    let mut client = clients
+        .get(node, addr)
+        .await
+        .inspect_err(|_| clients.forget(node))?;
+    let req = pb::PutShardRequest {
+        key: key(block, index),
+        crc: crc32(&data),
+        data: data.into(),
+        epoch,
+    };
+    client.put_shard(req).await.map(|_| ()).map_err(|s| {
+        warn!(block, shard = index, node, error = %s.message(), "storing a repaired shard failed");
+        s.message().to_string()
+    })
+}
+
+async fn delete(
+    clients: &mut NodeClients,
+    up: &HashMap<NodeId, String>,
+    node: NodeId,
+    block: BlockId,
+    index: u8,
+) {
+    let Some(addr) = up.get(&node) else { return };
+    let Ok(mut client) = clients.get(node, addr).await else {
+        clients.forget(node);
+        return;
+    };
+    let req = pb::DeleteShardsRequest {
+        keys: vec![pb::ShardKey {
+            block,
+            index: u32::from(index),
+        }],
+    };
+    if let Err(s) = client.delete_shards(req).await {
+        debug!(block, shard = index, node, error = %s.message(), "deleting a moved shard's old copy failed");
+    }
 }

@@ -33,6 +33,21 @@ pub async fn run(
         meta.clone(),
         config.options.repair_interval,
     ));
+    let out_after = config.options.out_after;
+    let membership = tokio::spawn({
+        let meta = meta.clone();
+        async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let m = meta.clone();
+                match tokio::task::spawn_blocking(move || m.mark_out(out_after)).await {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "marking nodes out failed"),
+                    Err(e) => tracing::warn!(error = %e, "membership task"),
+                    Ok(Ok(_)) => {}
+                }
+            }
+        }
+    });
     let service = MetaServer::new(MetaService::new(meta))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -50,5 +65,6 @@ pub async fn run(
         .map_err(|e| MetaError::Unavailable(format!("metadata server: {e}")));
     gc.abort();
     repair.abort();
+    membership.abort();
     served
 }

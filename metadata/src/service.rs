@@ -154,6 +154,22 @@ impl MetaRpc for MetaService {
         .await
     }
 
+    async fn drain_node(&self, r: Request<pb::NodeIdRequest>) -> Rpc<pb::DrainNodeResponse> {
+        let id = r.into_inner().id;
+        self.call(move |m| {
+            Ok(pb::DrainNodeResponse {
+                moved_slots: m.drain_node(id)? as u64,
+            })
+        })
+        .await
+    }
+
+    async fn remove_node(&self, r: Request<pb::NodeIdRequest>) -> Rpc<pb::Empty> {
+        let id = r.into_inner().id;
+        self.call(move |m| m.remove_node(id).map(|()| pb::Empty {}))
+            .await
+    }
+
     async fn cluster_status(
         &self,
         _r: Request<pb::ClusterStatusRequest>,
@@ -279,9 +295,11 @@ impl MetaRpc for MetaService {
                     })
                 })
                 .collect::<Result<_, MetaError>>()?;
-            let attrs = m.commit_writes_degraded(r.volume, &files, &degraded)?;
+            let (attrs, epoch) =
+                m.commit_writes_placed(r.volume, &files, &degraded, r.placement_epoch)?;
             Ok(pb::CommitWritesResponse {
                 attrs: attrs.into_iter().map(attr).collect(),
+                placement_epoch: epoch,
             })
         })
         .await
@@ -448,10 +466,12 @@ fn node_infos(m: &Meta) -> Result<Vec<pb::NodeInfo>, MetaError> {
     Ok(m.list_nodes()?
         .into_iter()
         .map(|n| pb::NodeInfo {
+            reachable: n.state == crate::NodeState::Up,
+            membership: n.membership.as_str().to_string(),
+            state: n.display_state().to_string(),
             id: n.record.id,
             addr: n.record.addr,
             labels: n.record.labels.into_iter().collect(),
-            state: n.state.as_str().to_string(),
             capacity_bytes: n.stats.capacity,
             used_bytes: n.stats.used,
             shard_count: n.stats.shards,

@@ -14,7 +14,7 @@ use crate::harness::{pattern, Cluster};
 
 const MIB: u64 = 1 << 20;
 
-fn write_big(path: &Path, seed: u64, size: u64) {
+pub fn write_big(path: &Path, seed: u64, size: u64) {
     let mut f = File::create(path).unwrap();
     let mut buf = vec![0u8; MIB as usize];
     let mut off = 0;
@@ -29,7 +29,7 @@ fn write_big(path: &Path, seed: u64, size: u64) {
 
 /// Reads the file and compares it with the pattern; returns the first
 /// error the read hit, if any.
-fn check_big(path: &Path, seed: u64, size: u64) -> std::io::Result<()> {
+pub fn check_big(path: &Path, seed: u64, size: u64) -> std::io::Result<()> {
     let mut f = File::open(path)?;
     assert_eq!(
         f.metadata()?.len(),

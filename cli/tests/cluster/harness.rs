@@ -79,12 +79,19 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub meta_addr: String,
     meta: Option<Child>,
+    /// Extra flags for `tessera meta` (e.g. shorter down/out periods).
+    meta_args: Vec<String>,
     pub nodes: Vec<NodeProc>,
 }
 
 impl Cluster {
     /// Starts metadata + `n` storage nodes and waits until all are up.
     pub fn start(n: usize) -> Cluster {
+        Self::start_with(n, &[])
+    }
+
+    /// [`Cluster::start`] with extra `tessera meta` flags.
+    pub fn start_with(n: usize, meta_args: &[&str]) -> Cluster {
         init_logs();
         let dir = tempfile::Builder::new()
             .prefix("tessera-test")
@@ -103,6 +110,7 @@ impl Cluster {
             dir,
             meta_addr,
             meta: None,
+            meta_args: meta_args.iter().map(|a| a.to_string()).collect(),
             nodes,
         };
         c.start_meta();
@@ -129,6 +137,7 @@ impl Cluster {
             "--repair-interval-ms".into(),
             "500".into(),
         ];
+        let args = [args, self.meta_args.clone()].concat();
         self.meta = Some(spawn(&args, &self.log("meta")));
     }
 
@@ -147,6 +156,55 @@ impl Cluster {
         ];
         let child = spawn(&args, &self.log(&format!("node-{}", i + 1)));
         self.nodes[i].child = Some(child);
+    }
+
+    /// Starts one more storage node (in its own failure domain); returns
+    /// its index.
+    pub fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        self.nodes.push(NodeProc {
+            port: free_port(),
+            dir: self.dir.path().join(format!("node-{}", i + 1)),
+            child: None,
+        });
+        self.start_node(i);
+        i
+    }
+
+    /// The cluster's id of node `i` (started with label host=node-{i+1}).
+    pub fn node_id(&self, i: usize) -> u64 {
+        let label = format!("host=node-{}", i + 1);
+        self.cli_ok(&["node", "ls"])
+            .lines()
+            .find(|l| l.split_whitespace().last() == Some(label.as_str()))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("node {} is not listed", i + 1))
+    }
+
+    /// The state `node ls` shows for node `i`.
+    pub fn node_state(&self, i: usize) -> Option<String> {
+        let label = format!("host=node-{}", i + 1);
+        self.cli_ok(&["node", "ls"])
+            .lines()
+            .find(|l| l.split_whitespace().last() == Some(label.as_str()))
+            .map(|l| l.split_whitespace().nth(2).unwrap().to_string())
+    }
+
+    /// Shards rebuilt or moved by repair so far, from `cluster status`.
+    pub fn repaired(&self) -> u64 {
+        let out = self.cli_ok(&["cluster", "status"]);
+        let line = out.lines().find(|l| l.starts_with("repaired:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Waits until `ok` holds, polling.
+    pub fn wait_for(&self, what: &str, secs: u64, mut ok: impl FnMut(&Cluster) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !ok(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     pub fn kill_node(&mut self, i: usize) {

@@ -7,5 +7,6 @@ mod faults;
 mod fio;
 mod harness;
 mod input;
+mod membership;
 mod posix;
 mod repair;

@@ -7,7 +7,8 @@ use super::{Attr, Tree, KIND_FILE};
 use crate::{
     keys,
     meta::Meta,
-    records::{decode, load, store, Slice},
+    rebalance,
+    records::{decode, load, store, PlacementRecord, Slice},
     repair::{self, Degraded},
     store::{transact, Txn},
     MetaError, Result,
@@ -67,6 +68,20 @@ impl Meta {
         files: &[FileWrite],
         degraded: &[Degraded],
     ) -> Result<Vec<Attr>> {
+        Ok(self.commit_writes_placed(vol, files, degraded, 0)?.0)
+    }
+
+    /// [`Meta::commit_writes_degraded`] for blocks placed with the table of
+    /// `placement_epoch` (0: the current one). Shards placed with an older
+    /// table are queued to move where the current table wants them, in the
+    /// same transaction. Returns the attributes and the current epoch.
+    pub fn commit_writes_placed(
+        &self,
+        vol: VolumeId,
+        files: &[FileWrite],
+        degraded: &[Degraded],
+        placement_epoch: u64,
+    ) -> Result<(Vec<Attr>, u64)> {
         for f in files {
             for s in &f.slices {
                 check_slice(s)?;
@@ -86,9 +101,28 @@ impl Meta {
                 )));
             }
         }
-        let (attrs, growth) = transact(self.store.as_ref(), |txn| {
+        let p = volume.protection;
+        let (attrs, growth, epoch) = transact(self.store.as_ref(), |txn| {
             for d in degraded {
-                repair::queue(txn, volume.protection, d)?;
+                repair::queue(txn, p, d)?;
+            }
+            // Read in the transaction, so a remap that commits first makes
+            // this commit retry and see it.
+            let current: Option<PlacementRecord> = load(txn, &keys::placement(p.k, p.m))?;
+            let epoch = current.as_ref().map_or(0, |c| c.epoch);
+            if placement_epoch != 0 && placement_epoch < epoch {
+                let key = keys::placement_history(p.k, p.m, placement_epoch);
+                let old: PlacementRecord = load(txn, &key)?.ok_or_else(|| {
+                    MetaError::Invalid(format!(
+                        "placement epoch {placement_epoch} of {p} is unknown"
+                    ))
+                })?;
+                let cur = current.as_ref().expect("an epoch above 0 has a table");
+                for s in files.iter().flat_map(|f| &f.slices) {
+                    if let Some((d, sources)) = rebalance::moves_of(&old.pgs, &cur.pgs, *s) {
+                        repair::queue_with_sources(txn, p, &d, &sources)?;
+                    }
+                }
             }
             let mut t = Tree::new(txn, vol);
             let mut attrs = Vec::with_capacity(files.len());
@@ -123,10 +157,10 @@ impl Meta {
                 });
             }
             t.finish()?;
-            Ok((attrs, growth))
+            Ok((attrs, growth, epoch))
         })?;
         self.account(vol, growth as i64, 0);
-        Ok(attrs)
+        Ok((attrs, epoch))
     }
 }
 

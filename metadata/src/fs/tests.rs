@@ -345,7 +345,8 @@ fn degraded_commits_queue_missing_shards_and_refuse_bad_reports() {
             ..d(5, vec![1])
         },
     ] {
-        let r = m.commit_writes_degraded(v, &[w(vec![slice(0, 100, 5)])], &[bad.clone()]);
+        let r =
+            m.commit_writes_degraded(v, &[w(vec![slice(0, 100, 5)])], std::slice::from_ref(&bad));
         assert!(matches!(r, Err(MetaError::Invalid(_))), "{bad:?}: {r:?}");
     }
     assert_eq!(m.get_slices(v, f.ino).unwrap().1.len(), 0);

@@ -228,7 +228,7 @@ impl Driver {
         let down: std::collections::HashSet<u64> = placement
             .nodes
             .iter()
-            .filter(|n| n.state != "up")
+            .filter(|n| !n.reachable)
             .map(|n| n.id)
             .collect();
         let worst = placement
