@@ -241,6 +241,13 @@ pub fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
             s.repair_bytes,
             s.repair_blocks
         );
+        if s.repair_bytes > 0 {
+            let eta = match s.repair_rate {
+                0 => "unknown".to_string(),
+                r => format!("{}s", s.repair_bytes.div_ceil(r)),
+            };
+            println!("rate:        {}/s, done in {eta}", human(s.repair_rate));
+        }
         println!(
             "repaired:    {} shards, {} ({} bytes), since the metadata service started",
             s.repaired_shards,

@@ -28,6 +28,12 @@ pub struct MetaArgs {
     /// could not store, once their node is up).
     #[arg(long, default_value_t = 2000)]
     repair_interval_ms: u64,
+    /// Blocks repair rebuilds at the same time.
+    #[arg(long, default_value_t = 4)]
+    repair_concurrency: usize,
+    /// Most bytes per second repair writes, e.g. 100MiB; 0: unlimited.
+    #[arg(long, default_value = "0")]
+    repair_bandwidth: String,
     /// Seconds without a heartbeat before a node is `out`: its placement
     /// groups move to other nodes and its shards are rebuilt there.
     #[arg(long, default_value_t = 600)]
@@ -41,7 +47,12 @@ pub fn meta(a: MetaArgs) -> anyhow::Result<()> {
         options: MetaOptions {
             down_after: std::time::Duration::from_secs(a.down_after_secs),
             gc_interval: std::time::Duration::from_millis(a.gc_interval_ms),
-            repair_interval: std::time::Duration::from_millis(a.repair_interval_ms),
+            repair: tessera_metadata::repair::RepairOptions {
+                interval: std::time::Duration::from_millis(a.repair_interval_ms),
+                concurrency: a.repair_concurrency,
+                bandwidth: tessera_common::validate::parse_size(&a.repair_bandwidth)
+                    .context("--repair-bandwidth")?,
+            },
             out_after: std::time::Duration::from_secs(a.out_after_secs),
         },
     };

@@ -84,11 +84,11 @@ impl Meta {
 
 /// Runs garbage collection every `interval` until the task is dropped.
 pub async fn collect_forever(meta: Arc<Meta>, interval: Duration) {
-    let mut clients = NodeClients::default();
+    let clients = NodeClients::default();
     loop {
         tokio::time::sleep(interval).await;
         loop {
-            match collect_once(&meta, &mut clients, 4096).await {
+            match collect_once(&meta, &clients, 4096).await {
                 Ok(0) => break,
                 Ok(_) => continue,
                 Err(e) => {
@@ -102,11 +102,7 @@ pub async fn collect_forever(meta: Arc<Meta>, interval: Duration) {
 
 /// One round: deletes the shards of up to `limit` queued blocks and returns
 /// how many blocks were freed for good.
-pub async fn collect_once(
-    meta: &Arc<Meta>,
-    clients: &mut NodeClients,
-    limit: usize,
-) -> Result<usize> {
+pub async fn collect_once(meta: &Arc<Meta>, clients: &NodeClients, limit: usize) -> Result<usize> {
     let m = meta.clone();
     let pending = blocking(move || m.gc_pending(limit)).await?;
     if pending.is_empty() {
@@ -172,7 +168,7 @@ pub async fn collect_once(
 }
 
 async fn delete_on(
-    clients: &mut NodeClients,
+    clients: &NodeClients,
     node: NodeId,
     addr: &str,
     keys: Vec<pb::ShardKey>,

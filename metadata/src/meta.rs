@@ -25,8 +25,8 @@ pub struct MetaOptions {
     pub down_after: Duration,
     /// Pause between garbage collection rounds.
     pub gc_interval: Duration,
-    /// Pause between repair rounds.
-    pub repair_interval: Duration,
+    /// How repair runs: pause, concurrency, bandwidth limit.
+    pub repair: crate::repair::RepairOptions,
     /// A node not heard from for this long is `out`: its placement groups
     /// are remapped and its shards rebuilt elsewhere.
     pub out_after: Duration,
@@ -37,7 +37,7 @@ impl Default for MetaOptions {
         MetaOptions {
             down_after: Duration::from_secs(10),
             gc_interval: Duration::from_secs(5),
-            repair_interval: Duration::from_secs(2),
+            repair: crate::repair::RepairOptions::default(),
             out_after: Duration::from_secs(600),
         }
     }
@@ -64,11 +64,43 @@ pub struct Meta {
     pub(crate) rebalancing: Mutex<()>,
 }
 
-/// What repair did since the service started.
+/// What repair did since the service started, and its recent rate.
 #[derive(Debug, Default)]
 pub struct RepairStats {
     pub shards: AtomicU64,
     pub bytes: AtomicU64,
+    /// (when, bytes) of recent repairs, for the rate.
+    recent: Mutex<std::collections::VecDeque<(std::time::Instant, u64)>>,
+}
+
+/// The window the repair rate is measured over.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+impl RepairStats {
+    pub(crate) fn record(&self, shards: u64, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.shards.fetch_add(shards, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+        let mut r = self.recent.lock().expect("repair stats lock");
+        r.push_back((std::time::Instant::now(), bytes));
+        while r.front().is_some_and(|(t, _)| t.elapsed() > RATE_WINDOW) {
+            r.pop_front();
+        }
+    }
+
+    /// Bytes per second repaired over the last few seconds.
+    pub fn rate(&self) -> u64 {
+        let r = self.recent.lock().expect("repair stats lock");
+        let Some((first, _)) = r.front() else {
+            return 0;
+        };
+        let span = first.elapsed().max(Duration::from_secs(1));
+        if span > RATE_WINDOW {
+            return 0;
+        }
+        let bytes: u64 = r.iter().map(|(_, b)| b).sum();
+        (bytes as f64 / span.as_secs_f64()) as u64
+    }
 }
 
 impl Meta {

@@ -31,7 +31,7 @@ pub async fn run(
     ));
     let repair = tokio::spawn(crate::repair::repair_forever(
         meta.clone(),
-        config.options.repair_interval,
+        config.options.repair.clone(),
     ));
     let out_after = config.options.out_after;
     let membership = tokio::spawn({

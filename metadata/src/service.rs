@@ -184,6 +184,7 @@ impl MetaRpc for MetaService {
                 repaired_shards,
                 repaired_bytes,
                 gc_blocks: q.gc_blocks,
+                repair_rate: m.repair_stats.rate(),
             })
         })
         .await

@@ -1,182 +1,74 @@
-//! The repair queue: shards a write could not make durable, rebuilt later
-//! from K survivors onto the node of their placement group.
-//!
-//! A client that stores a block with some shards missing (a node down, at
-//! least `min_durable` shards durable) names them in its CommitWrites; they
-//! are queued (`R` + block id) in the transaction that commits the slices,
-//! so an acknowledged write is never left under-protected without a record.
-//! A background task rebuilds queued shards once their target node is up:
-//! a node that comes back after a short outage receives exactly the shards
-//! it missed (catch-up), never a full rebuild.
+//! The repair task: rebuilds queued shards once their node is up, several
+//! blocks at a time, within a bandwidth limit.
 
 use std::{
     collections::{btree_map::Entry, BTreeMap, HashMap},
-    sync::{atomic::Ordering, Arc},
+    sync::Arc,
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
-use tessera_common::{crc32, placement::pg_of, BlockId, Codec, NodeId, Protection, MAX_BLOCK};
+use futures::{stream, StreamExt};
+use tessera_common::{crc32, placement::pg_of, BlockId, Codec, NodeId};
 use tessera_proto::pb;
 use tracing::{debug, info, warn};
 
+use super::{RateLimiter, RepairRecord};
 use crate::{
-    gc::blocking,
-    keys,
-    meta::now_ns,
-    node_clients::NodeClients,
-    records::{decode, load, store, PlacementRecord},
-    store::{transact, Txn},
-    Meta, MetaError, NodeState, Result,
+    gc::blocking, node_clients::NodeClients, records::PlacementRecord, Meta, NodeState, Result,
 };
 
-/// A block stored with some shards missing, as a client reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Degraded {
-    pub block: BlockId,
-    pub block_len: u32,
-    pub missing: Vec<u8>,
+/// How repair runs.
+#[derive(Clone, Debug)]
+pub struct RepairOptions {
+    /// Pause between rounds when there was nothing to do.
+    pub interval: Duration,
+    /// Blocks rebuilt at the same time.
+    pub concurrency: usize,
+    /// Bytes per second repair may write; 0: unlimited.
+    pub bandwidth: u64,
 }
 
-/// One queued block.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RepairRecord {
-    pub protection: Protection,
-    pub block_len: u32,
-    /// Shard indices still to rebuild.
-    pub missing: Vec<u8>,
-    /// For shards that moved (remap, drain), the node that held them: they
-    /// are copied from there when it is up, else rebuilt from the others.
-    pub sources: BTreeMap<u8, NodeId>,
-    pub queued_ns: i64,
-}
-
-impl RepairRecord {
-    fn shard_bytes(&self) -> u64 {
-        let len = Codec::new(self.protection).shard_len(self.block_len as usize) as u64;
-        len * self.missing.len() as u64
-    }
-}
-
-/// Checks a client's report against the protection class.
-pub(crate) fn check(d: &Degraded, p: Protection) -> Result<()> {
-    let bad = |why: &str| {
-        Err(MetaError::Invalid(format!(
-            "degraded block {}: {why}",
-            d.block
-        )))
-    };
-    if d.block_len == 0 || d.block_len as usize > MAX_BLOCK {
-        return bad("length out of range");
-    }
-    if d.missing.is_empty() || d.missing.len() > usize::from(p.m) {
-        return bad("must name 1 to M missing shards");
-    }
-    if d.missing.iter().any(|i| usize::from(*i) >= p.width()) {
-        return bad("shard index beyond the stripe");
-    }
-    Ok(())
-}
-
-/// Queues `d` in `txn`, merging with what is queued for the block already.
-pub(crate) fn queue(txn: &mut dyn Txn, protection: Protection, d: &Degraded) -> Result<()> {
-    queue_with_sources(txn, protection, d, &[])
-}
-
-/// [`queue`], remembering where moved shards can be copied from.
-pub(crate) fn queue_with_sources(
-    txn: &mut dyn Txn,
-    protection: Protection,
-    d: &Degraded,
-    sources: &[(u8, NodeId)],
-) -> Result<()> {
-    let key = keys::repair(d.block);
-    let mut rec = load::<RepairRecord>(txn, &key)?.unwrap_or(RepairRecord {
-        protection,
-        block_len: d.block_len,
-        missing: vec![],
-        sources: BTreeMap::new(),
-        queued_ns: now_ns(),
-    });
-    rec.missing.extend(&d.missing);
-    rec.missing.sort_unstable();
-    rec.missing.dedup();
-    for (i, node) in sources {
-        // The first source recorded is the one that was written to.
-        rec.sources.entry(*i).or_insert(*node);
-    }
-    store(txn, &key, &rec)
-}
-
-/// Queue lengths, for `tessera cluster status`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct QueueStatus {
-    pub repair_blocks: u64,
-    pub repair_shards: u64,
-    pub repair_bytes: u64,
-    pub gc_blocks: u64,
-}
-
-impl Meta {
-    pub fn repair_pending(&self, limit: usize) -> Result<Vec<(BlockId, RepairRecord)>> {
-        let (start, end) = keys::prefix_range(&[keys::REPAIR]);
-        let rows = self.store.begin().scan(&start, &end, limit)?;
-        rows.iter()
-            .map(|(k, v)| Ok((keys::block_of(k, keys::REPAIR)?, decode(k, v)?)))
-            .collect()
-    }
-
-    /// Removes `done` from the shards queued for `block`.
-    pub fn repair_done(&self, block: BlockId, done: &[u8]) -> Result<()> {
-        let key = keys::repair(block);
-        transact(self.store.as_ref(), |txn| {
-            let Some(mut rec) = load::<RepairRecord>(txn, &key)? else {
-                return Ok(());
-            };
-            rec.missing.retain(|i| !done.contains(i));
-            rec.sources.retain(|i, _| !done.contains(i));
-            if rec.missing.is_empty() {
-                txn.delete(&key)?;
-                Ok(())
-            } else {
-                store(txn, &key, &rec)
-            }
-        })
-    }
-
-    /// Whether `block` waits for garbage collection (nothing refers to it).
-    pub fn is_garbage(&self, block: BlockId) -> Result<bool> {
-        Ok(self.store.begin().get(&keys::gc(block))?.is_some())
-    }
-
-    pub fn queue_status(&self) -> Result<QueueStatus> {
-        let mut s = QueueStatus::default();
-        for (_, rec) in self.repair_pending(usize::MAX)? {
-            s.repair_blocks += 1;
-            s.repair_shards += rec.missing.len() as u64;
-            s.repair_bytes += rec.shard_bytes();
+impl Default for RepairOptions {
+    fn default() -> Self {
+        RepairOptions {
+            interval: Duration::from_secs(2),
+            concurrency: 4,
+            bandwidth: 0,
         }
-        let (start, end) = keys::prefix_range(&[keys::GC]);
-        s.gc_blocks = self.store.begin().scan(&start, &end, usize::MAX)?.len() as u64;
-        Ok(s)
     }
 }
 
-/// Runs repair every `interval` until the task is dropped.
-pub async fn repair_forever(meta: Arc<Meta>, interval: Duration) {
-    let mut clients = NodeClients::default();
+/// Runs repair until the task is dropped: a round right after a round
+/// that did work, else after `interval`.
+pub async fn repair_forever(meta: Arc<Meta>, opts: RepairOptions) {
+    let clients = NodeClients::default();
+    let limiter = RateLimiter::new(opts.bandwidth);
     loop {
-        tokio::time::sleep(interval).await;
-        if let Err(e) = repair_once(&meta, &mut clients, 256).await {
-            warn!(error = %e, "repair round failed");
+        match repair_once(&meta, &clients, &limiter, &opts, 1024).await {
+            Ok(n) if n > 0 => continue,
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "repair round failed"),
         }
+        tokio::time::sleep(opts.interval).await;
     }
+}
+
+/// One block ready to rebuild: its record, PG nodes, the table's epoch and
+/// the indices whose node is up.
+struct Job {
+    block: BlockId,
+    rec: RepairRecord,
+    pg: Vec<NodeId>,
+    epoch: u64,
+    ready: Vec<u8>,
 }
 
 /// One round over up to `limit` queued blocks; returns the shards rebuilt.
 pub async fn repair_once(
     meta: &Arc<Meta>,
-    clients: &mut NodeClients,
+    clients: &NodeClients,
+    limiter: &RateLimiter,
+    opts: &RepairOptions,
     limit: usize,
 ) -> Result<usize> {
     let m = meta.clone();
@@ -192,7 +84,7 @@ pub async fn repair_once(
         .map(|n| (n.record.id, n.record.addr))
         .collect();
     let mut tables: BTreeMap<(u8, u8), PlacementRecord> = BTreeMap::new();
-    let mut rebuilt = 0;
+    let mut jobs = Vec::new();
     for (block, rec) in pending {
         let m = meta.clone();
         if blocking(move || m.is_garbage(block)).await? {
@@ -216,22 +108,38 @@ pub async fn repair_once(
             .copied()
             .filter(|i| up.contains_key(&pg[usize::from(*i)]))
             .collect();
-        if ready.is_empty() {
-            continue;
+        if !ready.is_empty() {
+            jobs.push(Job {
+                block,
+                rec,
+                pg,
+                epoch: table.epoch,
+                ready,
+            });
         }
-        match rebuild(clients, &up, &pg, table.epoch, block, &rec, &ready).await {
+    }
+    let up = &up;
+    let results: Vec<(Job, std::result::Result<Vec<u8>, String>)> = stream::iter(jobs)
+        .map(|job| async move {
+            let r = rebuild(clients, limiter, up, &job).await;
+            (job, r)
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .collect()
+        .await;
+    let mut rebuilt = 0;
+    for (job, r) in results {
+        match r {
             Ok(done) if !done.is_empty() => {
-                let bytes = rec.shard_bytes() / rec.missing.len() as u64 * done.len() as u64;
+                let per_shard = job.rec.shard_bytes() / job.rec.missing.len() as u64;
                 meta.repair_stats
-                    .shards
-                    .fetch_add(done.len() as u64, Ordering::Relaxed);
-                meta.repair_stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+                    .record(done.len() as u64, per_shard * done.len() as u64);
                 rebuilt += done.len();
-                let m = meta.clone();
+                let (m, block) = (meta.clone(), job.block);
                 blocking(move || m.repair_done(block, &done)).await?;
             }
             Ok(_) => {}
-            Err(e) => debug!(block, error = %e, "repair of block deferred"),
+            Err(e) => debug!(block = job.block, error = %e, "repair of block deferred"),
         }
     }
     if rebuilt > 0 {
@@ -244,21 +152,20 @@ pub async fn repair_once(
 /// is copied from its source when that node is up, the others are rebuilt
 /// from K good shards. Returns the indices stored.
 async fn rebuild(
-    clients: &mut NodeClients,
+    clients: &NodeClients,
+    limiter: &RateLimiter,
     up: &HashMap<NodeId, String>,
-    pg: &[NodeId],
-    epoch: u64,
-    block: BlockId,
-    rec: &RepairRecord,
-    ready: &[u8],
+    job: &Job,
 ) -> std::result::Result<Vec<u8>, String> {
+    let (block, rec, pg, epoch) = (job.block, &job.rec, &job.pg, job.epoch);
+    let ready = &job.ready;
     let mut done = Vec::new();
     let mut decode = Vec::new();
-    for &i in ready {
+    for &i in ready.iter() {
         let target = pg[usize::from(i)];
         let copied = match rec.sources.get(&i) {
             Some(&src) if up.contains_key(&src) => match fetch(clients, up, src, block, i).await {
-                Ok(data) => put(clients, up, target, block, i, data, epoch)
+                Ok(data) => put(clients, limiter, up, target, block, i, data, epoch)
                     .await
                     .is_ok(),
                 Err(_) => false,
@@ -304,9 +211,18 @@ async fn rebuild(
             .map_err(|e| e.to_string())?;
         for i in decode {
             let data = all[usize::from(i)].clone();
-            if put(clients, up, pg[usize::from(i)], block, i, data, epoch)
-                .await
-                .is_ok()
+            if put(
+                clients,
+                limiter,
+                up,
+                pg[usize::from(i)],
+                block,
+                i,
+                data,
+                epoch,
+            )
+            .await
+            .is_ok()
             {
                 done.push(i);
             }
@@ -333,7 +249,7 @@ fn key(block: BlockId, index: u8) -> Option<pb::ShardKey> {
 
 /// A whole shard, CRC-checked end to end.
 async fn fetch(
-    clients: &mut NodeClients,
+    clients: &NodeClients,
     up: &HashMap<NodeId, String>,
     node: NodeId,
     block: BlockId,
@@ -362,8 +278,10 @@ async fn fetch(
     Ok(r.data.to_vec())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn put(
-    clients: &mut NodeClients,
+    clients: &NodeClients,
+    limiter: &RateLimiter,
     up: &HashMap<NodeId, String>,
     node: NodeId,
     block: BlockId,
@@ -376,6 +294,7 @@ async fn put(
         .get(node, addr)
         .await
         .inspect_err(|_| clients.forget(node))?;
+    limiter.acquire(data.len() as u64).await;
     let req = pb::PutShardRequest {
         key: key(block, index),
         crc: crc32(&data),
@@ -389,7 +308,7 @@ async fn put(
 }
 
 async fn delete(
-    clients: &mut NodeClients,
+    clients: &NodeClients,
     up: &HashMap<NodeId, String>,
     node: NodeId,
     block: BlockId,
