@@ -244,7 +244,7 @@ mod tests {
         );
         assert_eq!(
             stable_assign(&[1, 2, 3, 4], &[8, 9, 2, 4]),
-            vec![8, 9, 2, 4]
+            vec![8, 2, 9, 4]
         );
     }
 }
