@@ -7,10 +7,8 @@
 //! placement group, and forgets a block only once every one of those nodes
 //! confirmed; a node that is down keeps its blocks queued until it is back.
 //!
-//! Queued today: every block of a removed volume (blocks never span
-//! volumes). Blocks of deleted files and overwritten slices are not queued
-//! yet: with cross-file packing planned, that needs per-block reference
-//! counts first.
+//! Blocks are queued by [`crate::blocks`] when their reference count drops
+//! to zero: deleted files, truncated or overwritten slices, removed volumes.
 
 use std::{
     collections::{btree_map::Entry, BTreeMap, HashMap, HashSet},
@@ -27,7 +25,7 @@ use crate::{
     keys,
     meta::now_ns,
     node_clients::NodeClients,
-    records::{decode, store, Slice},
+    records::{decode, store},
     store::{transact, Txn},
     Meta, NodeState, Result,
 };
@@ -42,17 +40,13 @@ pub struct GcRecord {
 /// Keys sent to a node in one DeleteShards call.
 const DELETE_BATCH: usize = 1024;
 
-/// Queues the blocks of `slices` in `txn`.
-pub(crate) fn queue(txn: &mut dyn Txn, protection: Protection, slices: &[Slice]) -> Result<()> {
+/// Queues `block` in `txn`; called when its last reference goes.
+pub(crate) fn queue_block(txn: &mut dyn Txn, block: BlockId, protection: Protection) -> Result<()> {
     let rec = GcRecord {
         protection,
         queued_ns: now_ns(),
     };
-    let blocks: HashSet<BlockId> = slices.iter().map(|s| s.block).collect();
-    for b in blocks {
-        store(txn, &keys::gc(b), &rec)?;
-    }
-    Ok(())
+    store(txn, &keys::gc(block), &rec)
 }
 
 impl Meta {

@@ -5,6 +5,7 @@
 //! Depends on tessera-common and tessera-proto only; never on the client or
 //! storage-node crates.
 
+pub mod blocks;
 mod cluster;
 mod error;
 pub mod fs;

@@ -6,7 +6,7 @@ use tessera_common::{validate, Protection, ROOT_INO};
 use tracing::info;
 
 use crate::{
-    gc, keys,
+    blocks, keys,
     meta::{now_ns, Meta},
     records::{decode, load, store, Inode, Slice, VolumeRecord},
     store::transact,
@@ -122,8 +122,8 @@ impl Meta {
         })?;
         // The name is gone, so nothing new can reach the tree; remove it in
         // batches so no single transaction grows without bound.
-        // Each batch of slices queues its blocks for garbage collection in
-        // the transaction that deletes them.
+        // Each batch of slices drops its block references (queueing blocks
+        // left without any for GC) in the transaction that deletes them.
         for prefix in [keys::CHUNK, keys::INODE, keys::DENTRY, keys::XATTR] {
             let (start, end) = keys::prefix_range(&keys::in_volume(prefix, vol.id));
             loop {
@@ -131,7 +131,7 @@ impl Meta {
                     let rows = txn.scan(&start, &end, 1024)?;
                     for (k, v) in &rows {
                         if prefix == keys::CHUNK {
-                            gc::queue(txn, vol.protection, &decode::<Vec<Slice>>(k, v)?)?;
+                            blocks::drop_refs(txn, &decode::<Vec<Slice>>(k, v)?)?;
                         }
                         txn.delete(k)?;
                     }

@@ -1,11 +1,11 @@
 //! Where a file's bytes live: its chunks' slice lists. Writers commit new
 //! slices here only after their shards are durable.
 
-use tessera_common::{overlay, Ino, VolumeId, CHUNK_SIZE, MAX_BLOCK};
+use tessera_common::{overlay, Ino, Protection, VolumeId, CHUNK_SIZE, MAX_BLOCK};
 
 use super::{Attr, Tree, KIND_FILE};
 use crate::{
-    keys,
+    blocks, keys,
     meta::Meta,
     rebalance,
     records::{decode, load, store, PlacementRecord, Slice},
@@ -136,7 +136,7 @@ impl Meta {
                     )));
                 }
                 for s in &f.slices {
-                    append_slice(t.txn(), vol, f.ino, *s)?;
+                    append_slice(t.txn(), p, vol, f.ino, *s)?;
                 }
                 let end = f.slices.iter().map(Slice::end).max().unwrap_or(0);
                 if end > inode.size {
@@ -181,8 +181,15 @@ fn check_slice(s: &Slice) -> Result<()> {
     }
 }
 
-/// Adds a slice on top of its chunk(s), splitting it at chunk boundaries.
-fn append_slice(txn: &mut dyn Txn, vol: VolumeId, ino: Ino, mut s: Slice) -> Result<()> {
+/// Adds a slice on top of its chunk(s), splitting it at chunk boundaries;
+/// each piece references its block.
+fn append_slice(
+    txn: &mut dyn Txn,
+    p: Protection,
+    vol: VolumeId,
+    ino: Ino,
+    mut s: Slice,
+) -> Result<()> {
     loop {
         let index = s.offset / CHUNK_SIZE;
         let chunk_end = (index + 1) * CHUNK_SIZE;
@@ -193,8 +200,11 @@ fn append_slice(txn: &mut dyn Txn, vol: VolumeId, ino: Ino, mut s: Slice) -> Res
         let key = keys::chunk(vol, ino, index);
         let mut list: Vec<Slice> = load(txn, &key)?.unwrap_or_default();
         list.push(part);
+        blocks::add_ref(txn, p, &part)?;
         if list.len() > PRUNE_AT {
-            list = prune(list, index);
+            let (kept, dropped) = prune(list, index);
+            blocks::drop_refs(txn, &dropped)?;
+            list = kept;
         }
         store(txn, &key, &list)?;
         if part.len == s.len {
@@ -206,17 +216,19 @@ fn append_slice(txn: &mut dyn Txn, vol: VolumeId, ino: Ino, mut s: Slice) -> Res
     }
 }
 
-/// Drops slices that newer ones cover completely: they add no visible byte.
-fn prune(list: Vec<Slice>, index: u64) -> Vec<Slice> {
+/// Splits off slices that newer ones cover completely: they add no visible
+/// byte. Returns (kept, dropped).
+fn prune(list: Vec<Slice>, index: u64) -> (Vec<Slice>, Vec<Slice>) {
     let extents: Vec<(u64, u64)> = list.iter().map(|s| (s.offset, u64::from(s.len))).collect();
     let mut visible = vec![false; list.len()];
     for p in overlay::visible(&extents, index * CHUNK_SIZE, (index + 1) * CHUNK_SIZE) {
         visible[p.slice] = true;
     }
-    list.into_iter()
-        .zip(visible)
-        .filter_map(|(s, v)| v.then_some(s))
-        .collect()
+    let (kept, dropped): (Vec<_>, Vec<_>) = list.into_iter().zip(visible).partition(|(_, v)| *v);
+    (
+        kept.into_iter().map(|(s, _)| s).collect(),
+        dropped.into_iter().map(|(s, _)| s).collect(),
+    )
 }
 
 /// Cuts every slice at `size` so bytes beyond it never reappear.
@@ -225,9 +237,11 @@ pub(super) fn truncate_slices(txn: &mut dyn Txn, vol: VolumeId, ino: Ino, size: 
     let (_, end) = keys::prefix_range(&keys::under(keys::CHUNK, vol, ino));
     for (k, v) in txn.scan(&keys::chunk(vol, ino, first), &end, usize::MAX)? {
         let list: Vec<Slice> = decode(&k, &v)?;
-        let kept: Vec<Slice> = list
+        let (kept, gone): (Vec<Slice>, Vec<Slice>) =
+            list.into_iter().partition(|s| s.offset < size);
+        blocks::drop_refs(txn, &gone)?;
+        let kept: Vec<Slice> = kept
             .into_iter()
-            .filter(|s| s.offset < size)
             .map(|mut s| {
                 if s.end() > size {
                     s.len = (size - s.offset) as u32;

@@ -16,7 +16,7 @@ use tessera_common::{validate, Ino, VolumeId};
 
 use crate::{
     keys,
-    records::{load, store, Dentry, Inode},
+    records::{decode, load, store, Dentry, Inode, Slice},
     store::Txn,
     MetaError, Result,
 };
@@ -84,7 +84,10 @@ impl<'t> Tree<'t> {
         self.dirty.insert(ino);
         for prefix in [keys::CHUNK, keys::XATTR] {
             let (start, end) = keys::prefix_range(&keys::under(prefix, self.vol, ino));
-            for (k, _) in self.txn.scan(&start, &end, usize::MAX)? {
+            for (k, v) in self.txn.scan(&start, &end, usize::MAX)? {
+                if prefix == keys::CHUNK {
+                    crate::blocks::drop_refs(self.txn, &decode::<Vec<Slice>>(&k, &v)?)?;
+                }
                 self.txn.delete(&k)?;
             }
         }

@@ -371,3 +371,77 @@ fn degraded_commits_queue_missing_shards_and_refuse_bad_reports() {
     m.repair_done(5, &[4]).unwrap();
     assert!(m.repair_pending(10).unwrap().is_empty());
 }
+
+#[test]
+fn blocks_are_freed_when_their_last_reference_goes() {
+    let (m, v) = meta_with_volume(1 << 30);
+    let gc = |m: &Meta| {
+        let mut b: Vec<u64> = m
+            .gc_pending(1000)
+            .unwrap()
+            .iter()
+            .map(|(b, _)| *b)
+            .collect();
+        b.sort();
+        b
+    };
+    let f = m.make_node(v, ROOT_INO, b"f", file(0o644)).unwrap();
+    let w = |ino, slices| FileWrite {
+        ino,
+        slices,
+        mtime_ns: 1,
+    };
+    // Block 10 backs two slices; 11 overwrites half of one of them.
+    m.commit_writes(v, &[w(f.ino, vec![slice(0, 100, 10), slice(100, 100, 10)])])
+        .unwrap();
+    m.commit_writes(v, &[w(f.ino, vec![slice(0, 100, 11)])])
+        .unwrap();
+    assert_eq!(m.block(10).unwrap().unwrap().refs, 2);
+    // Truncating below 100 drops the slice at 100 and shortens the others.
+    m.set_attr(
+        v,
+        f.ino,
+        SetAttr {
+            size: Some(50),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(m.block(10).unwrap().unwrap().refs, 1);
+    assert!(
+        gc(&m).is_empty(),
+        "block 10 is still referenced (hidden, but present)"
+    );
+
+    // Many overwrites of the same range: pruned slices free their blocks.
+    for b in 20..60 {
+        m.commit_writes(v, &[w(f.ino, vec![slice(0, 50, b)])])
+            .unwrap();
+    }
+    let freed = gc(&m);
+    assert!(freed.contains(&10) && freed.contains(&11), "{freed:?}");
+    assert!(!freed.contains(&59), "the visible block stays");
+    for b in &freed {
+        assert!(m.block(*b).unwrap().is_none());
+    }
+
+    // A hard link keeps the data until the last name goes.
+    let g = m.make_node(v, ROOT_INO, b"g", file(0o644)).unwrap();
+    m.commit_writes(v, &[w(g.ino, vec![slice(0, 10, 70)])])
+        .unwrap();
+    m.link(v, g.ino, ROOT_INO, b"g2").unwrap();
+    m.unlink(v, ROOT_INO, b"g", false).unwrap();
+    assert!(!gc(&m).contains(&70));
+    m.unlink(v, ROOT_INO, b"g2", false).unwrap();
+    assert!(gc(&m).contains(&70));
+
+    // A freed block cannot be referenced again; another class's block
+    // cannot be passed off as this one.
+    let h = m.make_node(v, ROOT_INO, b"h", file(0o644)).unwrap();
+    assert!(m
+        .commit_writes(v, &[w(h.ino, vec![slice(0, 10, 70)])])
+        .is_err());
+    let mut odd = slice(0, 10, 59);
+    odd.block_len = 999;
+    assert!(m.commit_writes(v, &[w(h.ino, vec![odd])]).is_err());
+}
