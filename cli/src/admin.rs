@@ -254,6 +254,10 @@ pub fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
             human(s.repaired_bytes),
             s.repaired_bytes
         );
+        println!(
+            "corrupt:     {} shards reported since the metadata service started",
+            s.corrupt_reported
+        );
         println!("gc:          {} blocks waiting", s.gc_blocks);
         Ok(())
     })

@@ -102,6 +102,13 @@ struct NodeArgs {
     /// Failure-domain labels, e.g. `--label zone=a --label host=h1`.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// Most bytes per second the scrubber reads to verify shards; 0 turns
+    /// scrubbing off.
+    #[arg(long, default_value = "32MiB")]
+    scrub_bandwidth: String,
+    /// Seconds between the end of one scrub pass and the next.
+    #[arg(long, default_value_t = 86400)]
+    scrub_interval_secs: u64,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -132,6 +139,11 @@ pub fn node(c: NodeCommand) -> anyhow::Result<()> {
                 listen,
                 meta: a.meta.meta,
                 labels: a.labels.into_iter().collect::<BTreeMap<_, _>>(),
+                scrub: tessera_storage_node::ScrubConfig {
+                    bandwidth: tessera_common::validate::parse_size(&a.scrub_bandwidth)
+                        .context("--scrub-bandwidth")?,
+                    interval: std::time::Duration::from_secs(a.scrub_interval_secs),
+                },
             };
             runtime()?
                 .block_on(tessera_storage_node::run(config, signalled()))

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tessera_common::{placement::pg_of, BlockId, NodeId, Protection};
+use tessera_common::{placement::pg_of, BlockId, NodeId, Protection, ShardKey};
 use tessera_proto::{
     pb::{self, node_client::NodeClient},
     MAX_MESSAGE,
@@ -128,6 +128,21 @@ impl Nodes {
             .conns
             .get(&node)
             .cloned()
+    }
+
+    /// Tells the metadata service a shard is corrupt, in the background:
+    /// it is queued for repair; the read goes on from the other shards.
+    pub fn report_corrupt(&self, key: ShardKey) {
+        let mut meta = self.meta.clone();
+        tokio::spawn(async move {
+            let req = pb::ReportCorruptRequest {
+                keys: vec![key.into()],
+                node: 0,
+            };
+            if let Err(e) = meta.report_corrupt(req).await {
+                tracing::debug!(%key, error = %e.message(), "reporting a corrupt shard failed");
+            }
+        });
     }
 
     pub fn suspect(&self, node: NodeId) {

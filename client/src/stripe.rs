@@ -131,7 +131,13 @@ async fn get_shard(
     };
     let resp = match tokio::time::timeout(GET_TIMEOUT, conn.get_shard(req)).await {
         Ok(Ok(r)) => r.into_inner(),
-        Ok(Err(s)) => return Err(shard_err(format!("{:?}: {}", s.code(), s.message()))),
+        Ok(Err(s)) => {
+            if s.code() == tonic::Code::DataLoss {
+                // The node found the shard corrupt: have it rebuilt.
+                nodes.report_corrupt(key);
+            }
+            return Err(shard_err(format!("{:?}: {}", s.code(), s.message())));
+        }
         Err(_) => return Err(shard_err("timed out".into())),
     };
     let want = if len == 0 {
@@ -223,6 +229,7 @@ async fn read_degraded(nodes: &Nodes, codec: &Codec, b: BlockRef) -> Result<Byte
                 }
                 Ok(r) => {
                     warn!(%key, node, len = r.data.len(), "shard failed end-to-end CRC check");
+                    nodes.report_corrupt(key);
                     None
                 }
                 Err(e) => {

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod error;
 pub mod ids;
 pub mod overlay;
+pub mod pace;
 pub mod placement;
 pub mod protection;
 pub mod units;

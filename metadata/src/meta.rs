@@ -69,6 +69,8 @@ pub struct Meta {
 pub struct RepairStats {
     pub shards: AtomicU64,
     pub bytes: AtomicU64,
+    /// Corrupt shards reported by scrubbers and readers.
+    pub corrupt: AtomicU64,
     /// (when, bytes) of recent repairs, for the rate.
     recent: Mutex<std::collections::VecDeque<(std::time::Instant, u64)>>,
 }

@@ -170,6 +170,19 @@ impl MetaRpc for MetaService {
             .await
     }
 
+    async fn report_corrupt(&self, r: Request<pb::ReportCorruptRequest>) -> Rpc<pb::Empty> {
+        let r = r.into_inner();
+        self.call(move |m| {
+            let keys = r
+                .keys
+                .into_iter()
+                .map(|k| tessera_proto::shard_key(Some(k)).map_err(MetaError::from))
+                .collect::<Result<Vec<_>, _>>()?;
+            m.report_corrupt(r.node, &keys).map(|_| pb::Empty {})
+        })
+        .await
+    }
+
     async fn cluster_status(
         &self,
         _r: Request<pb::ClusterStatusRequest>,
@@ -185,6 +198,10 @@ impl MetaRpc for MetaService {
                 repaired_bytes,
                 gc_blocks: q.gc_blocks,
                 repair_rate: m.repair_stats.rate(),
+                corrupt_reported: m
+                    .repair_stats
+                    .corrupt
+                    .load(std::sync::atomic::Ordering::Relaxed),
             })
         })
         .await

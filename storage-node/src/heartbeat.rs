@@ -9,7 +9,9 @@ use tessera_proto::pb::{self, meta_client::MetaClient};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, error, info, warn};
 
-use crate::store::ShardStore;
+use tessera_common::ShardKey;
+
+use crate::{scrub::Reports, store::ShardStore};
 
 pub const INTERVAL: Duration = Duration::from_secs(1);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -25,12 +27,13 @@ pub struct Registration {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Registers, then heartbeats every [`INTERVAL`], forever.
-pub async fn heartbeat_loop(store: Arc<ShardStore>, reg: Registration) {
+/// Registers, then heartbeats every [`INTERVAL`], forever; corrupt shards
+/// the scrubber found are reported with the heartbeats.
+pub async fn heartbeat_loop(store: Arc<ShardStore>, reg: Registration, reports: Reports) {
     let mut backoff = MIN_BACKOFF;
     let mut failures = 0u32;
     loop {
-        let e = session(&store, &reg, &mut backoff, &mut failures).await;
+        let e = session(&store, &reg, &reports, &mut backoff, &mut failures).await;
         // WARN once per outage, then quietly keep trying.
         if failures == 0 {
             warn!(meta = %reg.meta, error = %e, "metadata service unreachable; retrying");
@@ -47,6 +50,7 @@ pub async fn heartbeat_loop(store: Arc<ShardStore>, reg: Registration) {
 async fn session(
     store: &Arc<ShardStore>,
     reg: &Registration,
+    reports: &Reports,
     backoff: &mut Duration,
     failures: &mut u32,
 ) -> String {
@@ -92,6 +96,18 @@ async fn session(
         };
         if let Err(e) = client.heartbeat(req).await {
             return format!("heartbeat: {e}");
+        }
+        let corrupt: Vec<ShardKey> = std::mem::take(&mut *reports.lock().expect("reports lock"));
+        if !corrupt.is_empty() {
+            let req = pb::ReportCorruptRequest {
+                keys: corrupt.iter().map(|k| (*k).into()).collect(),
+                node: id,
+            };
+            if let Err(e) = client.report_corrupt(req).await {
+                // Keep them for the next try.
+                reports.lock().expect("reports lock").extend(corrupt);
+                return format!("reporting corrupt shards: {e}");
+            }
         }
     }
 }

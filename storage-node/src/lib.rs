@@ -15,11 +15,13 @@ mod locks;
 mod node_id;
 mod recover;
 pub mod run;
+pub mod scrub;
 pub mod segment;
 pub mod service;
 pub mod store;
 
 pub use error::{Error, Result};
 pub use run::{run, NodeConfig};
+pub use scrub::ScrubConfig;
 pub use service::NodeService;
 pub use store::{PutOutcome, ShardData, ShardInfo, ShardStore, StoreOptions, StoreStat};

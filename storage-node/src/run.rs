@@ -1,6 +1,15 @@
 //! Running a storage node: open the store, serve gRPC, heartbeat to meta.
 
-use std::{collections::BTreeMap, future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
 
 use tessera_proto::{pb::node_server::NodeServer, MAX_MESSAGE};
 use tonic::transport::{server::TcpIncoming, Server};
@@ -9,6 +18,7 @@ use tracing::info;
 use crate::{
     error::{Error, Result},
     heartbeat::{heartbeat_loop, Registration},
+    scrub::{self, Reports, ScrubConfig, ScrubStats},
     service::NodeService,
     store::ShardStore,
 };
@@ -24,6 +34,8 @@ pub struct NodeConfig {
     pub meta: String,
     /// Placement labels (zone, rack, host).
     pub labels: BTreeMap<String, String>,
+    /// Background verification of every shard.
+    pub scrub: ScrubConfig,
 }
 
 /// Runs a storage node until `shutdown` resolves. Meta being unreachable is
@@ -62,8 +74,18 @@ pub async fn run(
         addr: addr.to_string(),
         labels: config.labels,
     };
-    let heartbeats = tokio::spawn(heartbeat_loop(store.clone(), reg));
-    let svc = NodeServer::new(NodeService::new(store))
+    let reports = Reports::default();
+    let scrub_stats = Arc::new(ScrubStats::default());
+    let stop_scrub = Arc::new(AtomicBool::new(false));
+    let scrubber = scrub::spawn(
+        store.clone(),
+        config.scrub,
+        scrub_stats.clone(),
+        reports.clone(),
+        stop_scrub.clone(),
+    );
+    let heartbeats = tokio::spawn(heartbeat_loop(store.clone(), reg, reports));
+    let svc = NodeServer::new(NodeService::new(store).with_scrub_stats(scrub_stats))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let served = Server::builder()
@@ -71,6 +93,10 @@ pub async fn run(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     heartbeats.abort();
+    stop_scrub.store(true, Ordering::Relaxed);
+    if let Some(t) = scrubber {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
     // Wait for the task to be dropped so the store (and its RocksDB lock)
     // is released before we return.
     let _ = heartbeats.await;

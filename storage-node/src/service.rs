@@ -13,6 +13,7 @@ use tracing::{debug_span, Span};
 
 use crate::{
     error::{Error, Result},
+    scrub::ScrubStats,
     store::ShardStore,
 };
 
@@ -22,6 +23,7 @@ pub struct NodeService {
     /// and catch-up cost this node.
     put_bytes: AtomicU64,
     put_count: AtomicU64,
+    scrub: Arc<ScrubStats>,
 }
 
 impl NodeService {
@@ -30,7 +32,14 @@ impl NodeService {
             store,
             put_bytes: AtomicU64::new(0),
             put_count: AtomicU64::new(0),
+            scrub: Arc::default(),
         }
+    }
+
+    /// Reports the scrubber's figures in Stat.
+    pub fn with_scrub_stats(mut self, stats: Arc<ScrubStats>) -> Self {
+        self.scrub = stats;
+        self
     }
 
     /// Runs `f` on the blocking pool inside `span`.
@@ -140,6 +149,9 @@ impl Node for NodeService {
             format_version: st.format_version,
             put_bytes: self.put_bytes.load(Ordering::Relaxed),
             put_count: self.put_count.load(Ordering::Relaxed),
+            scrub_passes: self.scrub.passes.load(Ordering::Relaxed),
+            scrubbed_bytes: self.scrub.bytes.load(Ordering::Relaxed),
+            scrub_corrupt: self.scrub.corrupt.load(Ordering::Relaxed),
         }))
     }
 }

@@ -74,7 +74,7 @@ fn fsynced_files_survive_a_sigkilled_fuse_process() {
     m.unmount();
 }
 
-fn segment_files(dir: &Path) -> Vec<PathBuf> {
+pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

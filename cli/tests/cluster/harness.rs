@@ -81,6 +81,8 @@ pub struct Cluster {
     meta: Option<Child>,
     /// Extra flags for `tessera meta` (e.g. shorter down/out periods).
     meta_args: Vec<String>,
+    /// Extra flags for every `tessera node`.
+    node_args: Vec<String>,
     pub nodes: Vec<NodeProc>,
 }
 
@@ -92,6 +94,11 @@ impl Cluster {
 
     /// [`Cluster::start`] with extra `tessera meta` flags.
     pub fn start_with(n: usize, meta_args: &[&str]) -> Cluster {
+        Self::start_opts(n, meta_args, &[])
+    }
+
+    /// [`Cluster::start`] with extra `tessera meta` and `tessera node` flags.
+    pub fn start_opts(n: usize, meta_args: &[&str], node_args: &[&str]) -> Cluster {
         init_logs();
         let dir = tempfile::Builder::new()
             .prefix("tessera-test")
@@ -111,6 +118,7 @@ impl Cluster {
             meta_addr,
             meta: None,
             meta_args: meta_args.iter().map(|a| a.to_string()).collect(),
+            node_args: node_args.iter().map(|a| a.to_string()).collect(),
             nodes,
         };
         c.start_meta();
@@ -154,6 +162,7 @@ impl Cluster {
             "--label".into(),
             format!("host=node-{}", i + 1),
         ];
+        let args = [args, self.node_args.clone()].concat();
         let child = spawn(&args, &self.log(&format!("node-{}", i + 1)));
         self.nodes[i].child = Some(child);
     }
@@ -189,6 +198,13 @@ impl Cluster {
             .lines()
             .find(|l| l.split_whitespace().last() == Some(label.as_str()))
             .map(|l| l.split_whitespace().nth(2).unwrap().to_string())
+    }
+
+    /// Corrupt shards reported so far, from `cluster status`.
+    pub fn corrupt_reported(&self) -> u64 {
+        let out = self.cli_ok(&["cluster", "status"]);
+        let line = out.lines().find(|l| l.starts_with("corrupt:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
     /// Shards rebuilt or moved by repair so far, from `cluster status`.

@@ -10,3 +10,4 @@ mod input;
 mod membership;
 mod posix;
 mod repair;
+mod scrub;

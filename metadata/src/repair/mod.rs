@@ -9,7 +9,6 @@
 //! a node that comes back after a short outage receives exactly the shards
 //! it missed (catch-up), never a full rebuild.
 
-mod limit;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -17,7 +16,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tessera_common::{BlockId, Codec, NodeId, Protection, MAX_BLOCK};
 
-pub use limit::RateLimiter;
 pub use worker::{repair_forever, repair_once, RepairOptions};
 
 use crate::{
@@ -140,6 +138,45 @@ impl Meta {
                 store(txn, &key, &rec)
             }
         })
+    }
+
+    /// Queues shards found corrupt (by a node's scrubber or a client's read)
+    /// for rebuilding in place. Shards of blocks no longer live are ignored.
+    /// Returns how many were queued.
+    pub fn report_corrupt(
+        &self,
+        reporter: NodeId,
+        keys: &[tessera_common::ShardKey],
+    ) -> Result<usize> {
+        let mut queued = 0;
+        for key in keys {
+            let Some(b) = self.block(key.block)? else {
+                continue;
+            };
+            if usize::from(key.index) >= b.protection.width() {
+                return Err(MetaError::Invalid(format!(
+                    "{key}: no such shard in a {} block",
+                    b.protection
+                )));
+            }
+            let d = Degraded {
+                block: key.block,
+                block_len: b.block_len,
+                missing: vec![key.index],
+            };
+            transact(self.store.as_ref(), |txn| queue(txn, b.protection, &d))?;
+            queued += 1;
+        }
+        self.repair_stats
+            .corrupt
+            .fetch_add(keys.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            reporter,
+            shards = keys.len(),
+            queued,
+            "corrupt shards reported"
+        );
+        Ok(queued)
     }
 
     /// Whether `block` waits for garbage collection (nothing refers to it).

@@ -8,11 +8,11 @@ use std::{
 };
 
 use futures::{stream, StreamExt};
-use tessera_common::{crc32, placement::pg_of, BlockId, Codec, NodeId};
+use tessera_common::{crc32, pace::Pacer, placement::pg_of, BlockId, Codec, NodeId};
 use tessera_proto::pb;
 use tracing::{debug, info, warn};
 
-use super::{RateLimiter, RepairRecord};
+use super::RepairRecord;
 use crate::{
     gc::blocking, node_clients::NodeClients, records::PlacementRecord, Meta, NodeState, Result,
 };
@@ -42,7 +42,7 @@ impl Default for RepairOptions {
 /// that did work, else after `interval`.
 pub async fn repair_forever(meta: Arc<Meta>, opts: RepairOptions) {
     let clients = NodeClients::default();
-    let limiter = RateLimiter::new(opts.bandwidth);
+    let limiter = Pacer::new(opts.bandwidth);
     loop {
         match repair_once(&meta, &clients, &limiter, &opts, 1024).await {
             Ok(n) if n > 0 => continue,
@@ -67,7 +67,7 @@ struct Job {
 pub async fn repair_once(
     meta: &Arc<Meta>,
     clients: &NodeClients,
-    limiter: &RateLimiter,
+    limiter: &Pacer,
     opts: &RepairOptions,
     limit: usize,
 ) -> Result<usize> {
@@ -153,7 +153,7 @@ pub async fn repair_once(
 /// from K good shards. Returns the indices stored.
 async fn rebuild(
     clients: &NodeClients,
-    limiter: &RateLimiter,
+    limiter: &Pacer,
     up: &HashMap<NodeId, String>,
     job: &Job,
 ) -> std::result::Result<Vec<u8>, String> {
@@ -281,7 +281,7 @@ async fn fetch(
 #[allow(clippy::too_many_arguments)]
 async fn put(
     clients: &NodeClients,
-    limiter: &RateLimiter,
+    limiter: &Pacer,
     up: &HashMap<NodeId, String>,
     node: NodeId,
     block: BlockId,
@@ -294,7 +294,10 @@ async fn put(
         .get(node, addr)
         .await
         .inspect_err(|_| clients.forget(node))?;
-    limiter.acquire(data.len() as u64).await;
+    let wait = limiter.reserve(data.len() as u64);
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
     let req = pb::PutShardRequest {
         key: key(block, index),
         crc: crc32(&data),

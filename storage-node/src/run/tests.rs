@@ -27,6 +27,7 @@ async fn serves_shards_over_grpc_while_meta_is_down() {
         // Nothing listens there: the node must serve regardless.
         meta: "127.0.0.1:1".into(),
         labels: BTreeMap::from([("zone".into(), "a".into())]),
+        scrub: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let node = tokio::spawn(run(config, async {
