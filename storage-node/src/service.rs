@@ -9,7 +9,7 @@ use std::sync::{
 use tessera_common::ShardKey;
 use tessera_proto::pb::{self, node_server::Node};
 use tonic::{Request, Response, Status};
-use tracing::{debug_span, Span};
+use tracing::{debug_span, warn, Span};
 
 use crate::{
     error::{Error, Result},
@@ -24,6 +24,8 @@ pub struct NodeService {
     put_bytes: AtomicU64,
     put_count: AtomicU64,
     scrub: Arc<ScrubStats>,
+    /// Seconds since the epoch of the last "disk full" warning.
+    full_warned: AtomicU64,
 }
 
 impl NodeService {
@@ -33,6 +35,17 @@ impl NodeService {
             put_bytes: AtomicU64::new(0),
             put_count: AtomicU64::new(0),
             scrub: Arc::default(),
+            full_warned: AtomicU64::new(0),
+        }
+    }
+
+    /// Says once in a while (not per shard) that the disk is full.
+    fn warn_full(&self, key: ShardKey, why: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.full_warned.swap(now, Ordering::Relaxed) + 10 <= now {
+            warn!(%key, error = why, "disk full: refusing new shards until space is freed");
         }
     }
 
@@ -79,8 +92,15 @@ impl Node for NodeService {
         let len = r.data.len() as u64;
         self.put_bytes.fetch_add(len, Ordering::Relaxed);
         self.put_count.fetch_add(1, Ordering::Relaxed);
-        self.blocking(span, move |s| s.put(key, &r.data, r.crc))
-            .await?;
+        let put = self
+            .blocking(span, move |s| s.put(key, &r.data, r.crc))
+            .await;
+        if let Err(status) = &put {
+            if status.code() == tonic::Code::ResourceExhausted {
+                self.warn_full(key, status.message());
+            }
+        }
+        put?;
         Ok(Response::new(pb::PutShardResponse {}))
     }
 

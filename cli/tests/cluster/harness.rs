@@ -99,6 +99,17 @@ impl Cluster {
 
     /// [`Cluster::start`] with extra `tessera meta` and `tessera node` flags.
     pub fn start_opts(n: usize, meta_args: &[&str], node_args: &[&str]) -> Cluster {
+        Self::start_prepared(n, meta_args, node_args, |_| {})
+    }
+
+    /// [`Cluster::start_opts`], calling `prepare` before any node starts
+    /// (e.g. to mount a small file system at a node's directory).
+    pub fn start_prepared(
+        n: usize,
+        meta_args: &[&str],
+        node_args: &[&str],
+        prepare: impl FnOnce(&Cluster),
+    ) -> Cluster {
         init_logs();
         let dir = tempfile::Builder::new()
             .prefix("tessera-test")
@@ -121,6 +132,7 @@ impl Cluster {
             node_args: node_args.iter().map(|a| a.to_string()).collect(),
             nodes,
         };
+        prepare(&c);
         c.start_meta();
         for i in 0..n {
             c.start_node(i);
@@ -318,6 +330,14 @@ impl Cluster {
             .map(|i| words[i - 1].trim_start_matches('(').parse().unwrap())
             .unwrap();
         (shards, bytes)
+    }
+
+    /// Live shard bytes on all running nodes, from their own Stat.
+    pub fn used_bytes(&self) -> u64 {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].child.is_some())
+            .map(|i| self.node_stat(i).used_bytes)
+            .sum()
     }
 
     /// Shards stored on all nodes, as `node ls` reports them.

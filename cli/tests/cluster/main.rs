@@ -5,6 +5,8 @@ mod data;
 mod docker;
 mod faults;
 mod fio;
+mod full;
+mod gc;
 mod harness;
 mod input;
 mod membership;
