@@ -29,7 +29,7 @@ pub struct MetaArgs {
     #[arg(long, default_value_t = 2000)]
     repair_interval_ms: u64,
     /// Blocks repair rebuilds at the same time.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 16)]
     repair_concurrency: usize,
     /// Most bytes per second repair writes, e.g. 100MiB; 0: unlimited.
     #[arg(long, default_value = "0")]

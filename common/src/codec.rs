@@ -114,7 +114,8 @@ impl Codec {
         Ok(out)
     }
 
-    /// Rebuilds every missing shard (data and parity), for repair.
+    /// Rebuilds every missing shard (data and parity), for repair. Shards of
+    /// the wrong length are treated as missing.
     pub fn reconstruct_all(
         &self,
         block: BlockId,
@@ -122,22 +123,42 @@ impl Codec {
         block_len: usize,
     ) -> Result<Vec<Vec<u8>>, Error> {
         let k = usize::from(self.protection.k);
-        let data = self.decode(block, shards.clone(), block_len)?;
-        if k == 1 || self.rs.is_none() {
-            let full = self.encode(&data);
-            return Ok(full);
+        let s = self.shard_len(block_len);
+        for x in shards.iter_mut() {
+            if x.as_ref().is_some_and(|d| d.len() != s) {
+                *x = None;
+            }
         }
-        let rs = self.rs.as_ref().expect("checked above");
-        rs.reconstruct(&mut shards)
-            .map_err(|_| Error::NotEnoughShards {
-                block,
-                needed: k,
-                got: 0,
-            })?;
-        Ok(shards
-            .into_iter()
-            .map(|x| x.expect("reconstructed"))
-            .collect())
+        let got = shards.iter().filter(|x| x.is_some()).count();
+        let not_enough = || Error::NotEnoughShards {
+            block,
+            needed: k,
+            got,
+        };
+        if shards.len() != self.protection.width() || got < k {
+            return Err(not_enough());
+        }
+        match &self.rs {
+            // Replicas: every shard is a copy of the block.
+            None if k == 1 => {
+                let copy = shards
+                    .iter()
+                    .flatten()
+                    .next()
+                    .ok_or_else(not_enough)?
+                    .clone();
+                Ok(vec![copy; self.protection.width()])
+            }
+            // No parity: all K are present (checked above).
+            None => Ok(shards.into_iter().flatten().collect()),
+            Some(rs) => {
+                rs.reconstruct(&mut shards).map_err(|_| not_enough())?;
+                Ok(shards
+                    .into_iter()
+                    .map(|x| x.expect("reconstructed"))
+                    .collect())
+            }
+        }
     }
 
     /// Where bytes `[offset, offset+len)` of a block live among the data shards.

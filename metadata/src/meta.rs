@@ -62,6 +62,8 @@ pub struct Meta {
     pub(crate) repair_stats: RepairStats,
     /// Serializes placement changes.
     pub(crate) rebalancing: Mutex<()>,
+    /// Wakes the repair task when work is queued.
+    pub(crate) repair_queued: tokio::sync::Notify,
 }
 
 /// What repair did since the service started, and its recent rate.
@@ -116,6 +118,7 @@ impl Meta {
             usage: Mutex::new(HashMap::new()),
             repair_stats: RepairStats::default(),
             rebalancing: Mutex::new(()),
+            repair_queued: tokio::sync::Notify::new(),
             store,
         };
         meta.load_usage()?;

@@ -185,12 +185,16 @@ impl Meta {
                     Ok(())
                 })?;
                 queued += batch.len();
+                if !batch.is_empty() {
+                    self.repair_queued.notify_one();
+                }
                 match (next, done) {
                     (Some(n), false) => job.cursor = n,
                     _ => break,
                 }
             }
             info!(protection = %p, blocks = queued, "remap queued its moves for repair");
+            self.repair_queued.notify_one();
         }
         Ok(())
     }

@@ -160,6 +160,9 @@ impl Meta {
             Ok((attrs, growth, epoch))
         })?;
         self.account(vol, growth as i64, 0);
+        if !degraded.is_empty() || (placement_epoch != 0 && placement_epoch < epoch) {
+            self.repair_queued.notify_one();
+        }
         Ok((attrs, epoch))
     }
 }

@@ -32,7 +32,7 @@ impl Default for RepairOptions {
     fn default() -> Self {
         RepairOptions {
             interval: Duration::from_secs(2),
-            concurrency: 4,
+            concurrency: 16,
             bandwidth: 0,
         }
     }
@@ -49,7 +49,9 @@ pub async fn repair_forever(meta: Arc<Meta>, opts: RepairOptions) {
             Ok(_) => {}
             Err(e) => warn!(error = %e, "repair round failed"),
         }
-        tokio::time::sleep(opts.interval).await;
+        // Queued work wakes the task at once; the interval retries what
+        // waits for a node.
+        let _ = tokio::time::timeout(opts.interval, meta.repair_queued.notified()).await;
     }
 }
 
@@ -164,12 +166,14 @@ async fn rebuild(
     for &i in ready.iter() {
         let target = pg[usize::from(i)];
         let copied = match rec.sources.get(&i) {
-            Some(&src) if up.contains_key(&src) => match fetch(clients, up, src, block, i).await {
-                Ok(data) => put(clients, limiter, up, target, block, i, data, epoch)
-                    .await
-                    .is_ok(),
-                Err(_) => false,
-            },
+            Some(&src) if up.contains_key(&src) => {
+                match fetch(clients, limiter, up, src, block, i).await {
+                    Ok(data) => put(clients, limiter, up, target, block, i, data, epoch)
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                }
+            }
             _ => false,
         };
         if copied {
@@ -181,36 +185,51 @@ async fn rebuild(
     if !decode.is_empty() {
         let p = rec.protection;
         let k = usize::from(p.k);
+        // Where each other shard can be read: its PG node, or for a shard
+        // still to move, where it was. One never written is nowhere.
+        let holders: Vec<(usize, NodeId)> = (0..p.width())
+            .filter_map(|j| {
+                let j8 = j as u8;
+                let holder = if !rec.missing.contains(&j8) {
+                    Some(pg[j])
+                } else {
+                    rec.sources.get(&j8).copied()
+                };
+                holder.filter(|n| up.contains_key(n)).map(|n| (j, n))
+            })
+            .collect();
+        // Read K at once; more only if some of those fail.
         let mut shards: Vec<Option<Vec<u8>>> = vec![None; p.width()];
         let mut got = 0;
-        for j in 0..p.width() {
-            if got == k {
-                break;
-            }
-            let j8 = j as u8;
-            // A shard still to move may be read where it was; one that was
-            // never written is nowhere.
-            let holder = if !rec.missing.contains(&j8) {
-                Some(pg[j])
-            } else {
-                rec.sources.get(&j8).copied()
-            };
-            let Some(node) = holder.filter(|n| up.contains_key(n)) else {
-                continue;
-            };
-            if let Ok(data) = fetch(clients, up, node, block, j8).await {
-                shards[j] = Some(data);
-                got += 1;
+        let mut next = 0;
+        while got < k && next < holders.len() {
+            let wave: Vec<(usize, NodeId)> =
+                holders[next..(next + k - got).min(holders.len())].to_vec();
+            next += wave.len();
+            let reads = wave.iter().map(|&(j, node)| async move {
+                let r = fetch(clients, limiter, up, node, block, j as u8).await;
+                (j, r)
+            });
+            for (j, r) in futures::future::join_all(reads).await {
+                if let Ok(data) = r {
+                    shards[j] = Some(data);
+                    got += 1;
+                }
             }
         }
         if got < k {
             return Err(format!("only {got} of the {k} shards needed are readable"));
         }
-        let all = Codec::new(p)
-            .reconstruct_all(block, shards, rec.block_len as usize)
-            .map_err(|e| e.to_string())?;
+        let block_len = rec.block_len as usize;
+        let all = tokio::task::spawn_blocking(move || {
+            Codec::new(p).reconstruct_all(block, shards, block_len)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let mut all = all;
         for i in decode {
-            let data = all[usize::from(i)].clone();
+            let data = std::mem::take(&mut all[usize::from(i)]);
             if put(
                 clients,
                 limiter,
@@ -240,6 +259,13 @@ async fn rebuild(
     Ok(done)
 }
 
+async fn pace(limiter: &Pacer, bytes: usize) {
+    let wait = limiter.reserve(bytes as u64);
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+}
+
 fn key(block: BlockId, index: u8) -> Option<pb::ShardKey> {
     Some(pb::ShardKey {
         block,
@@ -250,6 +276,7 @@ fn key(block: BlockId, index: u8) -> Option<pb::ShardKey> {
 /// A whole shard, CRC-checked end to end.
 async fn fetch(
     clients: &NodeClients,
+    limiter: &Pacer,
     up: &HashMap<NodeId, String>,
     node: NodeId,
     block: BlockId,
@@ -275,6 +302,8 @@ async fn fetch(
             "shard {block:#x}/{index} on node {node} fails its CRC"
         ));
     }
+    // Reads count against the limit too: repair's bandwidth is all it moves.
+    pace(limiter, r.data.len()).await;
     Ok(r.data.to_vec())
 }
 
@@ -294,10 +323,7 @@ async fn put(
         .get(node, addr)
         .await
         .inspect_err(|_| clients.forget(node))?;
-    let wait = limiter.reserve(data.len() as u64);
-    if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
-    }
+    pace(limiter, data.len()).await;
     let req = pb::PutShardRequest {
         key: key(block, index),
         crc: crc32(&data),
