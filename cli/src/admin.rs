@@ -26,6 +26,10 @@ enum VolumeSub {
         /// `ec:K+M` (Reed–Solomon) or `replica:N`.
         #[arg(long, default_value = "ec:4+2")]
         protection: String,
+        /// Shards that must be durable before a write is acknowledged
+        /// (default K+1; never below K+1 when M >= 2).
+        #[arg(long)]
+        min_durable: Option<u8>,
         #[command(flatten)]
         meta: MetaAddr,
     },
@@ -65,6 +69,7 @@ fn print_volume(v: &pb::Volume) {
     );
     println!("inodes:      {}", v.inodes);
     println!("protection:  {}", v.protection);
+    println!("min_durable: {}", v.min_durable);
     println!("created_ms:  {}", v.created_ms);
 }
 
@@ -76,13 +81,17 @@ pub fn volume(c: VolumeCommand) -> anyhow::Result<()> {
                 name,
                 size,
                 protection,
+                min_durable,
                 meta,
             } => {
                 // Validate locally first for a clear message; the service
                 // validates again.
                 validate::volume_name(&name)?;
                 let size_bytes = validate::volume_size(&size)?;
-                protection.parse::<tessera_common::Protection>()?;
+                let p = protection.parse::<tessera_common::Protection>()?;
+                if let Some(n) = min_durable {
+                    p.check_min_durable(n.into())?;
+                }
                 let mut m = connect_meta(&meta.meta).await?;
                 let v = m
                     .create_volume(pb::CreateVolumeRequest {
@@ -90,6 +99,7 @@ pub fn volume(c: VolumeCommand) -> anyhow::Result<()> {
                         size_bytes,
                         protection,
                         labels: Default::default(),
+                        min_durable: min_durable.unwrap_or(0).into(),
                     })
                     .await
                     .map_err(|s| anyhow::anyhow!("creating volume {name}: {}", s.message()))?

@@ -138,7 +138,10 @@ impl Volume {
                 id: v.id,
                 name: v.name,
                 codec: Codec::new(protection),
-                min_durable: protection.min_durable(),
+                min_durable: match v.min_durable {
+                    0 => protection.min_durable(),
+                    n => n as usize,
+                },
                 nodes,
                 cache: BlockCache::new(options.cached_blocks),
                 inflight: Arc::new(Semaphore::new(options.max_inflight_blocks.max(1))),

@@ -45,6 +45,22 @@ impl Protection {
         self.k == 1
     }
 
+    /// Checks a chosen minimum of durable shards: K..=K+M, and never below
+    /// K+1 when M >= 2 (an acknowledged write must survive one more loss).
+    pub fn check_min_durable(&self, n: usize) -> Result<(), Error> {
+        let (k, w) = (usize::from(self.k), self.width());
+        let floor = if self.m >= 2 { k + 1 } else { k };
+        if (floor..=w).contains(&n) {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                "min_durable",
+                n.to_string(),
+                &format!("must be {floor}..={w} for {self}"),
+            ))
+        }
+    }
+
     /// Fewest shards that must be durable before a write is acknowledged:
     /// K+1 when there is parity to spare, so one more loss never loses data.
     pub fn min_durable(&self) -> usize {
@@ -100,6 +116,20 @@ impl FromStr for Protection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn min_durable_bounds() {
+        let p: Protection = "ec:4+2".parse().unwrap();
+        assert!(p.check_min_durable(4).is_err(), "below K+1 with M >= 2");
+        assert!(p.check_min_durable(5).is_ok());
+        assert!(p.check_min_durable(6).is_ok());
+        assert!(p.check_min_durable(7).is_err());
+        let p: Protection = "ec:4+1".parse().unwrap();
+        assert!(p.check_min_durable(4).is_ok(), "K allowed with M = 1");
+        let p: Protection = "replica:3".parse().unwrap();
+        assert!(p.check_min_durable(1).is_err());
+        assert!(p.check_min_durable(2).is_ok());
+    }
 
     #[test]
     fn parses_and_prints() {

@@ -25,6 +25,8 @@ pub const XATTR: u8 = b'X';
 pub const GC: u8 = b'G';
 /// Blocks with shards waiting for repair: `R` + block id.
 pub const REPAIR: u8 = b'R';
+/// Volume settings added after the volume record (min_durable): `Q` + volume id.
+pub const VOLUME_SETTINGS: u8 = b'Q';
 /// Live blocks (class, length, references): `B` + block id.
 pub const BLOCK: u8 = b'B';
 /// Membership of a node (active, draining, out, removed): `M` + node id.
@@ -84,6 +86,10 @@ pub fn xattr(vol: VolumeId, ino: Ino, name: &[u8]) -> Vec<u8> {
 
 pub fn gc(block: BlockId) -> Vec<u8> {
     key(GC, &[&block.to_be_bytes()])
+}
+
+pub fn volume_settings(id: VolumeId) -> Vec<u8> {
+    key(VOLUME_SETTINGS, &[&id.to_be_bytes()])
 }
 
 pub fn block(id: BlockId) -> Vec<u8> {

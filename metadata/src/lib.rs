@@ -21,7 +21,7 @@ pub mod repair;
 mod run;
 mod service;
 pub mod store;
-mod volumes;
+pub mod volumes;
 
 pub use cluster::{NodeState, NodeView};
 pub use error::{MetaError, Result};

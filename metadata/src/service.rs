@@ -56,7 +56,12 @@ fn attr(a: Attr) -> pb::Attr {
 
 fn volume(meta: &Meta, v: VolumeRecord) -> pb::Volume {
     let usage = meta.usage_of(v.id);
+    let min_durable = meta
+        .volume_settings(v.id)
+        .map(|s| s.min_durable_for(v.protection))
+        .unwrap_or_else(|_| v.protection.min_durable());
     pb::Volume {
+        min_durable: min_durable as u32,
         id: v.id,
         name: v.name,
         size_bytes: v.size,
@@ -211,7 +216,11 @@ impl MetaRpc for MetaService {
         let r = r.into_inner();
         self.call(move |m| {
             let labels = r.labels.into_iter().collect();
-            let v = m.create_volume(&r.name, r.size_bytes, &r.protection, labels)?;
+            let min_durable = u8::try_from(r.min_durable).map_err(|_| {
+                MetaError::Invalid(format!("min_durable {} is out of range", r.min_durable))
+            })?;
+            let settings = crate::volumes::VolumeSettings { min_durable };
+            let v = m.create_volume_with(&r.name, r.size_bytes, &r.protection, labels, settings)?;
             Ok(volume(m, v))
         })
         .await

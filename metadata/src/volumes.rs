@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use tessera_common::{validate, Protection, ROOT_INO};
+use serde::{Deserialize, Serialize};
+use tessera_common::{validate, Protection, VolumeId, ROOT_INO};
 use tracing::info;
 
 use crate::{
@@ -17,6 +18,24 @@ use crate::{
 const MAX_LABELS: usize = 64;
 const MAX_LABEL_LEN: usize = 256;
 
+/// Settings of a volume kept beside its record (`Q`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSettings {
+    /// Shards that must be durable before a write is acknowledged; 0: the
+    /// protection's default (K+1 when M >= 1).
+    pub min_durable: u8,
+}
+
+impl VolumeSettings {
+    /// The effective minimum for `p`.
+    pub fn min_durable_for(&self, p: Protection) -> usize {
+        match self.min_durable {
+            0 => p.min_durable(),
+            n => usize::from(n),
+        }
+    }
+}
+
 impl Meta {
     pub fn create_volume(
         &self,
@@ -24,6 +43,18 @@ impl Meta {
         size: u64,
         protection: &str,
         labels: BTreeMap<String, String>,
+    ) -> Result<VolumeRecord> {
+        self.create_volume_with(name, size, protection, labels, VolumeSettings::default())
+    }
+
+    /// [`Meta::create_volume`] with settings.
+    pub fn create_volume_with(
+        &self,
+        name: &str,
+        size: u64,
+        protection: &str,
+        labels: BTreeMap<String, String>,
+        settings: VolumeSettings,
     ) -> Result<VolumeRecord> {
         validate::volume_name(name)?;
         if !(validate::MIN_VOLUME_SIZE..=validate::MAX_VOLUME_SIZE).contains(&size) {
@@ -34,6 +65,9 @@ impl Meta {
             )));
         }
         let protection: Protection = protection.parse()?;
+        if settings.min_durable != 0 {
+            protection.check_min_durable(usize::from(settings.min_durable))?;
+        }
         if labels.len() > MAX_LABELS
             || labels
                 .iter()
@@ -83,6 +117,7 @@ impl Meta {
             }
             txn.put(&name_key, &id.to_be_bytes())?;
             store(txn, &keys::volume(id), &record)?;
+            store(txn, &keys::volume_settings(id), &settings)?;
             store(txn, &keys::inode(id, ROOT_INO), &root)
         })?;
         self.account(id, 0, 1);
@@ -104,6 +139,15 @@ impl Meta {
         self.volume_by_id(id)
     }
 
+    /// A volume's settings (the defaults for a volume created without).
+    pub fn volume_settings(&self, id: VolumeId) -> Result<VolumeSettings> {
+        let key = keys::volume_settings(id);
+        match self.store.begin().get(&key)? {
+            Some(v) => decode(&key, &v),
+            None => Ok(VolumeSettings::default()),
+        }
+    }
+
     pub fn list_volumes(&self) -> Result<Vec<VolumeRecord>> {
         let (start, end) = keys::prefix_range(&[keys::VOLUME]);
         let rows = self.store.begin().scan(&start, &end, usize::MAX)?;
@@ -118,6 +162,7 @@ impl Meta {
             if load::<VolumeRecord>(txn, &keys::volume(vol.id))?.is_none() {
                 return Err(MetaError::not_found(format!("volume {name}")));
             }
+            txn.delete(&keys::volume_settings(vol.id))?;
             txn.delete(&keys::volume(vol.id)).map_err(MetaError::from)
         })?;
         // The name is gone, so nothing new can reach the tree; remove it in

@@ -66,3 +66,49 @@ fn a_returning_node_catches_up_with_exactly_the_shards_it_missed() {
     );
     m.unmount();
 }
+
+#[test]
+fn min_durable_is_a_volume_setting_and_a_write_below_it_fails() {
+    use std::io::Write;
+    let mut c = Cluster::start(6);
+    let out = c.cli(&[
+        "volume",
+        "create",
+        "weak",
+        "--size",
+        "1GiB",
+        "--min-durable",
+        "4",
+    ]);
+    assert!(
+        !out.status.success(),
+        "K durable shards with M = 2 is refused"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("min_durable"));
+    c.cli_ok(&[
+        "volume",
+        "create",
+        "strict",
+        "--size",
+        "1GiB",
+        "--min-durable",
+        "6",
+    ]);
+    assert!(c
+        .cli_ok(&["volume", "inspect", "strict"])
+        .contains("min_durable: 6"));
+
+    let m = c.mount("strict");
+    c.kill_node(0);
+    let mut f = fs::File::create(m.path("f")).unwrap();
+    f.write_all(&blob(3, 8 << 20)).unwrap();
+    let err = f.sync_all().expect_err("5 durable shards are fewer than 6");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    drop(f);
+    m.unmount();
+    assert_eq!(
+        c.repair_waiting(),
+        (0, 0),
+        "nothing was acknowledged, nothing queued"
+    );
+}

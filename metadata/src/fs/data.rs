@@ -88,8 +88,19 @@ impl Meta {
             }
         }
         let volume = self.volume_by_id(vol)?;
+        let min_durable = self
+            .volume_settings(vol)?
+            .min_durable_for(volume.protection);
         for d in degraded {
             repair::check(d, volume.protection)?;
+            if volume.protection.width() - d.missing.len() < min_durable {
+                return Err(MetaError::Invalid(format!(
+                    "block {} has {} durable shards; volume {} needs {min_durable}",
+                    d.block,
+                    volume.protection.width() - d.missing.len(),
+                    volume.name
+                )));
+            }
             if !files
                 .iter()
                 .flat_map(|f| &f.slices)

@@ -445,3 +445,36 @@ fn blocks_are_freed_when_their_last_reference_goes() {
     odd.block_len = 999;
     assert!(m.commit_writes(v, &[w(h.ino, vec![odd])]).is_err());
 }
+
+#[test]
+fn a_volume_min_durable_bounds_degraded_commits() {
+    use crate::{repair::Degraded, volumes::VolumeSettings};
+    let (m, _) = meta_with_volume(1 << 30);
+    let strict = |n| VolumeSettings { min_durable: n };
+    assert!(m
+        .create_volume_with("weak", 1 << 30, "ec:4+2", Default::default(), strict(4))
+        .is_err());
+    let v = m
+        .create_volume_with("strict", 1 << 30, "ec:4+2", Default::default(), strict(6))
+        .unwrap();
+    assert_eq!(
+        m.volume_settings(v.id)
+            .unwrap()
+            .min_durable_for(v.protection),
+        6
+    );
+    let f = m.make_node(v.id, ROOT_INO, b"f", file(0o644)).unwrap();
+    let w = FileWrite {
+        ino: f.ino,
+        slices: vec![slice(0, 100, 5)],
+        mtime_ns: 1,
+    };
+    let d = Degraded {
+        block: 5,
+        block_len: 100,
+        missing: vec![1],
+    };
+    assert!(m.commit_writes_degraded(v.id, &[w.clone()], &[d]).is_err());
+    assert!(m.repair_pending(10).unwrap().is_empty());
+    m.commit_writes(v.id, &[w]).unwrap();
+}

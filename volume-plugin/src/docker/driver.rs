@@ -113,6 +113,7 @@ impl Driver {
             size_bytes: size,
             protection: protection.to_string(),
             labels: Default::default(),
+            min_durable: asked.min_durable.unwrap_or(0).into(),
         };
         match meta.create_volume(req).await {
             Ok(_) => {
@@ -188,6 +189,7 @@ impl Driver {
                 "used_bytes": v.used_bytes,
                 "inodes": v.inodes,
                 "protection": v.protection,
+                "min_durable": v.min_durable,
                 "health": health,
                 "mounts_on_this_host": mounts.callers(name),
             },
@@ -291,7 +293,10 @@ fn same_settings(name: &str, asked: &VolumeOptions, v: &pb::Volume) -> Result<()
     let prot_ok = asked
         .protection
         .is_none_or(|p| Some(p) == v.protection.parse().ok());
-    if size_ok && prot_ok {
+    let durable_ok = asked
+        .min_durable
+        .is_none_or(|n| u32::from(n) == v.min_durable);
+    if size_ok && prot_ok && durable_ok {
         return Ok(());
     }
     Err(PluginError::Invalid(format!(

@@ -7,7 +7,7 @@ use tessera_common::{validate, Protection};
 use crate::{PluginError, Result};
 
 /// Every option key a volume accepts.
-pub const KNOWN: [&str; 2] = ["size", "protection"];
+pub const KNOWN: [&str; 3] = ["size", "protection", "min_durable"];
 
 /// A volume's settings as `docker volume create` asked for them; `None`
 /// where the caller gave no value.
@@ -15,6 +15,7 @@ pub const KNOWN: [&str; 2] = ["size", "protection"];
 pub struct VolumeOptions {
     pub size: Option<u64>,
     pub protection: Option<Protection>,
+    pub min_durable: Option<u8>,
 }
 
 impl VolumeOptions {
@@ -28,6 +29,12 @@ impl VolumeOptions {
             match key.as_str() {
                 "size" => o.size = Some(validate::volume_size(value)?),
                 "protection" => o.protection = Some(value.parse()?),
+                "min_durable" => {
+                    let n = value.parse::<u8>().map_err(|_| {
+                        PluginError::Invalid(format!("min_durable {value:?} is not a small number"))
+                    })?;
+                    o.min_durable = Some(n);
+                }
                 _ => {
                     return Err(PluginError::Invalid(format!(
                         "unknown option {:?}; known options: {}",
@@ -36,6 +43,11 @@ impl VolumeOptions {
                     )))
                 }
             }
+        }
+        if let Some(n) = o.min_durable {
+            o.protection
+                .unwrap_or(Protection::DEFAULT)
+                .check_min_durable(n.into())?;
         }
         Ok(o)
     }
@@ -56,7 +68,13 @@ mod tests {
 
     #[test]
     fn parses_known_options() {
-        let o = parse(&[("size", "1GiB"), ("protection", "replica:3")]).unwrap();
+        let o = parse(&[
+            ("size", "1GiB"),
+            ("protection", "replica:3"),
+            ("min_durable", "3"),
+        ])
+        .unwrap();
+        assert_eq!(o.min_durable, Some(3));
         assert_eq!(o.size, Some(1 << 30));
         assert_eq!(o.protection, Some(Protection { k: 1, m: 2 }));
         assert_eq!(parse(&[]).unwrap(), VolumeOptions::default());
@@ -73,6 +91,8 @@ mod tests {
             ("protection", "raid5"),
             ("colour", "blue"),
             ("Size", "1GiB"),
+            ("min_durable", "4"),
+            ("min_durable", "-1"),
         ] {
             let err = parse(&[bad]).unwrap_err().to_string();
             assert!(!err.is_empty(), "{bad:?}");
