@@ -3,7 +3,7 @@
 //! "suspect" list so reads stop waiting on a node that just failed.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Mutex, RwLock},
     time::{Duration, Instant},
 };
@@ -20,15 +20,18 @@ use crate::{meta::endpoint, MetaConn, Result};
 /// How long a node that failed a request is skipped by readers.
 const SUSPECT_FOR: Duration = Duration::from_secs(3);
 
-/// Readers and writers fetch the placement table again at least this often,
-/// so moved placement groups are found without waiting for a failure.
-pub(crate) const REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// Readers and writers fetch the placement table (and which nodes are down)
+/// again at least this often, so moved placement groups and lost nodes are
+/// found without waiting for a failure.
+pub(crate) const REFRESH_EVERY: Duration = Duration::from_secs(3);
 
 pub(crate) type NodeConn = NodeClient<Channel>;
 
 struct Table {
     epoch: u64,
     fetched: Instant,
+    /// Nodes the metadata service reports unreachable (no heartbeats).
+    down: HashSet<NodeId>,
     pgs: Vec<Vec<NodeId>>,
     conns: HashMap<NodeId, NodeConn>,
 }
@@ -48,6 +51,7 @@ impl Nodes {
             table: RwLock::new(Table {
                 epoch: 0,
                 fetched: Instant::now(),
+                down: HashSet::new(),
                 pgs: Vec::new(),
                 conns: HashMap::new(),
             }),
@@ -92,6 +96,12 @@ impl Nodes {
         }
         table.epoch = resp.epoch;
         table.fetched = Instant::now();
+        table.down = resp
+            .nodes
+            .iter()
+            .filter(|n| !n.reachable)
+            .map(|n| n.id)
+            .collect();
         table.pgs = resp.pgs.into_iter().map(|p| p.nodes).collect();
         Ok(())
     }
@@ -152,7 +162,20 @@ impl Nodes {
             .insert(node, Instant::now() + SUSPECT_FOR);
     }
 
+    /// Whether the metadata service reported `node` down when the table was
+    /// last fetched: writers skip it, readers treat it as suspect.
+    pub fn is_down(&self, node: NodeId) -> bool {
+        self.table
+            .read()
+            .expect("placement lock")
+            .down
+            .contains(&node)
+    }
+
     pub fn is_suspect(&self, node: NodeId) -> bool {
+        if self.is_down(node) {
+            return true;
+        }
         let mut s = self.suspects.lock().expect("suspects lock");
         match s.get(&node) {
             Some(until) if *until > Instant::now() => true,

@@ -54,6 +54,15 @@ pub(crate) async fn put_block(
         let node = targets[i];
         let crc = crc32(&shard);
         async move {
+            if nodes.is_down(node) {
+                // The metadata service says it is down: do not wait on it;
+                // the shard goes to the repair queue with the commit.
+                return Err(ClientError::Shard {
+                    key,
+                    node,
+                    why: "node is down".into(),
+                });
+            }
             let res = put_shard(nodes, node, key, Bytes::from(shard), crc, epoch).await;
             if let Err(e) = &res {
                 warn!(%key, node, error = %e, "shard write failed");

@@ -539,6 +539,9 @@ impl Volume {
         for s in &mut slices {
             s.block_len = data.len() as u32;
         }
+        if let Err(e) = self.inner.nodes.refresh_if_stale(0).await {
+            warn!(volume = self.name(), error = %e, "refreshing the placement table failed");
+        }
         let stored = put_block(
             &self.inner.nodes,
             &self.inner.codec,

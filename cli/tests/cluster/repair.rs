@@ -112,3 +112,27 @@ fn min_durable_is_a_volume_setting_and_a_write_below_it_fails() {
         "nothing was acknowledged, nothing queued"
     );
 }
+
+#[test]
+fn writers_skip_a_node_reported_down_instead_of_waiting_on_it() {
+    let c = Cluster::start_with(6, &["--down-after-secs", "2"]);
+    c.create_volume("hang", "1GiB", "ec:4+2");
+    // A stopped (not dead) node accepts connections and never answers.
+    let pid = c.nodes[0].child.as_ref().unwrap().id() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    c.wait_for("node 1 to be reported down", 30, |c| {
+        c.node_state(0).as_deref() == Some("down")
+    });
+    let m = c.mount("hang");
+    let data = blob(4, 64 << 20);
+    fs::write(m.path("f"), &data).unwrap();
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(
+        c.node_stat(0).put_count,
+        0,
+        "no shard was sent to the stopped node"
+    );
+    assert_eq!(c.repair_waiting().0, 16, "its 16 shards are queued instead");
+    assert!(fs::read(m.path("f")).unwrap() == data);
+    m.unmount();
+}
