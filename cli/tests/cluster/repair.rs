@@ -126,13 +126,14 @@ fn writers_skip_a_node_reported_down_instead_of_waiting_on_it() {
     let m = c.mount("hang");
     let data = blob(4, 64 << 20);
     fs::write(m.path("f"), &data).unwrap();
+    assert_eq!(c.repair_waiting().0, 16, "its 16 shards are queued instead");
     unsafe { libc::kill(pid, libc::SIGCONT) };
+    // Asked at once: repair only starts once its heartbeats say it is back.
     assert_eq!(
         c.node_stat(0).put_count,
         0,
         "no shard was sent to the stopped node"
     );
-    assert_eq!(c.repair_waiting().0, 16, "its 16 shards are queued instead");
     assert!(fs::read(m.path("f")).unwrap() == data);
     m.unmount();
 }
