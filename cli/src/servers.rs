@@ -109,6 +109,10 @@ struct NodeArgs {
     /// Seconds between the end of one scrub pass and the next.
     #[arg(long, default_value_t = 86400)]
     scrub_interval_secs: u64,
+    /// Seconds between checks for segment files that are mostly garbage
+    /// (rewritten to give the space back); 0 turns compaction off.
+    #[arg(long, default_value_t = 60)]
+    compact_interval_secs: u64,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -143,6 +147,10 @@ pub fn node(c: NodeCommand) -> anyhow::Result<()> {
                     bandwidth: tessera_common::validate::parse_size(&a.scrub_bandwidth)
                         .context("--scrub-bandwidth")?,
                     interval: std::time::Duration::from_secs(a.scrub_interval_secs),
+                },
+                compact: tessera_storage_node::CompactConfig {
+                    interval: std::time::Duration::from_secs(a.compact_interval_secs),
+                    ..Default::default()
                 },
             };
             runtime()?

@@ -6,6 +6,7 @@
 //! Depends on tessera-common and tessera-proto only; never on the client or
 //! metadata crates.
 
+pub mod compactor;
 pub mod error;
 pub mod format;
 pub mod heartbeat;
@@ -20,6 +21,7 @@ pub mod segment;
 pub mod service;
 pub mod store;
 
+pub use compactor::CompactConfig;
 pub use error::{Error, Result};
 pub use run::{run, NodeConfig};
 pub use scrub::ScrubConfig;

@@ -16,6 +16,7 @@ use tonic::transport::{server::TcpIncoming, Server};
 use tracing::info;
 
 use crate::{
+    compactor::{self, CompactConfig, CompactStats},
     error::{Error, Result},
     heartbeat::{heartbeat_loop, Registration},
     scrub::{self, Reports, ScrubConfig, ScrubStats},
@@ -36,6 +37,8 @@ pub struct NodeConfig {
     pub labels: BTreeMap<String, String>,
     /// Background verification of every shard.
     pub scrub: ScrubConfig,
+    /// Background rewriting of mostly-garbage segments.
+    pub compact: CompactConfig,
 }
 
 /// Runs a storage node until `shutdown` resolves. Meta being unreachable is
@@ -84,17 +87,29 @@ pub async fn run(
         reports.clone(),
         stop_scrub.clone(),
     );
+    let compact_stats = Arc::new(CompactStats::default());
+    let compactor = compactor::spawn(
+        store.clone(),
+        config.compact,
+        compact_stats.clone(),
+        reports.clone(),
+        stop_scrub.clone(),
+    );
     let heartbeats = tokio::spawn(heartbeat_loop(store.clone(), reg, reports));
-    let svc = NodeServer::new(NodeService::new(store).with_scrub_stats(scrub_stats))
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+    let svc = NodeServer::new(
+        NodeService::new(store)
+            .with_scrub_stats(scrub_stats)
+            .with_compact_stats(compact_stats),
+    )
+    .max_decoding_message_size(MAX_MESSAGE)
+    .max_encoding_message_size(MAX_MESSAGE);
     let served = Server::builder()
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     heartbeats.abort();
     stop_scrub.store(true, Ordering::Relaxed);
-    if let Some(t) = scrubber {
+    for t in [scrubber, compactor].into_iter().flatten() {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     // Wait for the task to be dropped so the store (and its RocksDB lock)

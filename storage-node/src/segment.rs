@@ -347,6 +347,16 @@ impl Segments {
         }
     }
 
+    /// The segment being appended to.
+    pub fn current(&self) -> u32 {
+        lock(&self.writer).segment
+    }
+
+    /// Forgets the read handle of a segment about to be removed.
+    pub fn retire(&self, seg: u32) {
+        lock(&self.readers).remove(&seg);
+    }
+
     /// Reads exactly `buf.len()` bytes at `at`. Reading past the end of the
     /// file is an `UnexpectedEof` error.
     pub fn read_at(&self, at: Pos, buf: &mut [u8]) -> std::io::Result<()> {

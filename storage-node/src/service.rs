@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug_span, warn, Span};
 
 use crate::{
+    compactor::CompactStats,
     error::{Error, Result},
     scrub::ScrubStats,
     store::ShardStore,
@@ -24,6 +25,7 @@ pub struct NodeService {
     put_bytes: AtomicU64,
     put_count: AtomicU64,
     scrub: Arc<ScrubStats>,
+    compact: Arc<CompactStats>,
     /// Seconds since the epoch of the last "disk full" warning.
     full_warned: AtomicU64,
 }
@@ -35,6 +37,7 @@ impl NodeService {
             put_bytes: AtomicU64::new(0),
             put_count: AtomicU64::new(0),
             scrub: Arc::default(),
+            compact: Arc::default(),
             full_warned: AtomicU64::new(0),
         }
     }
@@ -47,6 +50,12 @@ impl NodeService {
         if self.full_warned.swap(now, Ordering::Relaxed) + 10 <= now {
             warn!(%key, error = why, "disk full: refusing new shards until space is freed");
         }
+    }
+
+    /// Reports the compactor's figures in Stat.
+    pub fn with_compact_stats(mut self, stats: Arc<CompactStats>) -> Self {
+        self.compact = stats;
+        self
     }
 
     /// Reports the scrubber's figures in Stat.
@@ -172,6 +181,9 @@ impl Node for NodeService {
             scrub_passes: self.scrub.passes.load(Ordering::Relaxed),
             scrubbed_bytes: self.scrub.bytes.load(Ordering::Relaxed),
             scrub_corrupt: self.scrub.corrupt.load(Ordering::Relaxed),
+            compacted_segments: self.compact.segments.load(Ordering::Relaxed),
+            compacted_bytes: self.compact.bytes.load(Ordering::Relaxed),
+            segment_bytes: st.segment_bytes,
         }))
     }
 }

@@ -73,6 +73,9 @@ pub struct StoreStat {
     pub used_bytes: u64,
     pub shard_count: u64,
     pub format_version: u32,
+    /// Bytes of segment files on disk (live shards plus garbage not yet
+    /// compacted).
+    pub segment_bytes: u64,
 }
 
 pub struct ShardStore {
@@ -347,7 +350,19 @@ impl ShardStore {
             used_bytes,
             shard_count,
             format_version: VERSION.into(),
+            segment_bytes: self.segment_bytes()?,
         })
+    }
+
+    fn segment_bytes(&self) -> Result<u64> {
+        let dir = self.dir.join("segments");
+        let mut total = 0;
+        for e in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let e = e.map_err(|e| Error::io(&dir, e))?;
+            // A file removed meanwhile (compaction) counts as nothing.
+            total += e.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+        Ok(total)
     }
 
     /// The id the metadata service gave this node, once registered.
@@ -386,5 +401,8 @@ fn capacity(dir: &Path) -> Result<u64> {
     Ok(st.f_blocks.saturating_mul(st.f_frsize))
 }
 
+mod compact;
 #[cfg(test)]
 mod tests;
+
+pub use compact::Compacted;

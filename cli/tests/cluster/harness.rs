@@ -340,6 +340,14 @@ impl Cluster {
             .sum()
     }
 
+    /// Bytes of segment files on all running nodes' disks.
+    pub fn segment_bytes(&self) -> u64 {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].child.is_some())
+            .map(|i| self.node_stat(i).segment_bytes)
+            .sum()
+    }
+
     /// Shards stored on all nodes, as `node ls` reports them.
     pub fn shard_count(&self) -> u64 {
         self.cli_ok(&["node", "ls"])

@@ -28,6 +28,7 @@ async fn serves_shards_over_grpc_while_meta_is_down() {
         meta: "127.0.0.1:1".into(),
         labels: BTreeMap::from([("zone".into(), "a".into())]),
         scrub: Default::default(),
+        compact: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let node = tokio::spawn(run(config, async {
