@@ -8,15 +8,9 @@
 #   bench/docker.sh          (TESSERA_BIN=... picks a prebuilt binary)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh >/dev/null
+source bench/lib.sh
 bash scripts/docker.sh
 DOCKER=/usr/bin/docker; [ -x "$DOCKER" ] || DOCKER=docker
-if [ -z "${TESSERA_BIN:-}" ]; then
-  cargo build --release -p tessera >/dev/null 2>&1
-  TESSERA_BIN="$PWD/target/release/tessera"
-fi
-BIN="$TESSERA_BIN"
-WORK="$(mktemp -d /var/tmp/tessera-bench.XXXXXX)"
 PORT=$((20000 + RANDOM % 20000))
 export TESSERA_META="127.0.0.1:$PORT"
 NAME="tessera-bench-$$"

@@ -9,14 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB="${1:-2048}"
 PROT="${2:-ec:4+2}"
-bash scripts/setup.sh >/dev/null
 # TESSERA_BIN picks a prebuilt binary (e.g. target/debug/tessera).
-if [ -z "${TESSERA_BIN:-}" ]; then
-  cargo build --release -p tessera >/dev/null 2>&1
-  TESSERA_BIN="$PWD/target/release/tessera"
-fi
-BIN="$TESSERA_BIN"
-WORK="$(mktemp -d /var/tmp/tessera-bench.XXXXXX)"
+source bench/lib.sh
 PORT=$((20000 + RANDOM % 20000))
 export TESSERA_META="127.0.0.1:$PORT"
 MNT="$WORK/mnt"; LOCAL="$WORK/local"; mkdir -p "$MNT" "$LOCAL"

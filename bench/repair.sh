@@ -10,13 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB="${1:-1024}"
-bash scripts/setup.sh >/dev/null
-if [ -z "${TESSERA_BIN:-}" ]; then
-  cargo build --release -p tessera >/dev/null 2>&1
-  TESSERA_BIN="$PWD/target/release/tessera"
-fi
-BIN="$TESSERA_BIN"
-WORK="$(mktemp -d /var/tmp/tessera-bench.XXXXXX)"
+# TESSERA_BIN picks a prebuilt binary (e.g. target/debug/tessera).
+source bench/lib.sh
 PIDS=()
 MOUNT=""
 cleanup() {

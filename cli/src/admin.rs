@@ -153,15 +153,18 @@ pub fn volume(c: VolumeCommand) -> anyhow::Result<()> {
     })
 }
 
+async fn list_nodes(m: &mut tessera_client::MetaConn) -> anyhow::Result<Vec<pb::NodeInfo>> {
+    Ok(m.list_nodes(pb::ListNodesRequest {})
+        .await
+        .context("listing nodes")?
+        .into_inner()
+        .nodes)
+}
+
 pub fn node_ls(meta: &MetaAddr) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let mut m = connect_meta(&meta.meta).await?;
-        let nodes = m
-            .list_nodes(pb::ListNodesRequest {})
-            .await
-            .context("listing nodes")?
-            .into_inner()
-            .nodes;
+        let nodes = list_nodes(&mut m).await?;
         println!(
             "{:<4} {:<22} {:<6} {:>10} {:>10} {:>8} {:<}",
             "ID", "ADDRESS", "STATE", "CAPACITY", "USED", "SHARDS", "LABELS"
@@ -231,12 +234,7 @@ pub fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
     let ClusterSub::Status { meta } = c.sub;
     runtime()?.block_on(async {
         let mut m = connect_meta(&meta.meta).await?;
-        let nodes = m
-            .list_nodes(pb::ListNodesRequest {})
-            .await
-            .context("listing nodes")?
-            .into_inner()
-            .nodes;
+        let nodes = list_nodes(&mut m).await?;
         let s = m
             .cluster_status(pb::ClusterStatusRequest {})
             .await

@@ -25,7 +25,7 @@ use crate::{
     keys,
     meta::now_ns,
     node_clients::NodeClients,
-    records::{decode, store},
+    records::{decode, store, PlacementRecord},
     store::{transact, Txn},
     Meta, NodeState, Result,
 };
@@ -114,14 +114,7 @@ pub async fn collect_once(meta: &Arc<Meta>, clients: &NodeClients, limit: usize)
     let mut by_node: HashMap<NodeId, Vec<pb::ShardKey>> = HashMap::new();
     let mut holders: Vec<(BlockId, Vec<NodeId>)> = Vec::with_capacity(pending.len());
     for (block, rec) in &pending {
-        let p = rec.protection;
-        let table = match tables.entry((p.k, p.m)) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                let m = meta.clone();
-                e.insert(blocking(move || m.placement(p)).await?)
-            }
-        };
+        let table = cached_placement(meta, &mut tables, rec.protection).await?;
         let pg = &table.pgs[pg_of(*block, table.pgs.len() as u32) as usize];
         for (index, node) in pg.iter().enumerate() {
             by_node.entry(*node).or_default().push(pb::ShardKey {
@@ -177,6 +170,21 @@ async fn delete_on(
             .map_err(|s| s.message().to_string())?;
     }
     Ok(())
+}
+
+/// The placement table of `p`, fetched once per round.
+pub(crate) async fn cached_placement<'a>(
+    meta: &Arc<Meta>,
+    tables: &'a mut BTreeMap<(u8, u8), PlacementRecord>,
+    p: Protection,
+) -> Result<&'a PlacementRecord> {
+    Ok(match tables.entry((p.k, p.m)) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(e) => {
+            let m = meta.clone();
+            e.insert(blocking(move || m.placement(p)).await?)
+        }
+    })
 }
 
 pub(crate) async fn blocking<T: Send + 'static>(

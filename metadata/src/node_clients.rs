@@ -36,6 +36,21 @@ impl NodeClients {
         Ok(client)
     }
 
+    /// The client of `node` if it is in `up` (id -> address); a node that
+    /// cannot be reached is forgotten so the next call reconnects.
+    pub async fn get_up(
+        &self,
+        up: &HashMap<NodeId, String>,
+        node: NodeId,
+    ) -> Result<NodeClient<Channel>, String> {
+        let addr = up
+            .get(&node)
+            .ok_or_else(|| format!("node {node} is down"))?;
+        self.get(node, addr)
+            .await
+            .inspect_err(|_| self.forget(node))
+    }
+
     /// Drops the channel of a node that failed, so the next call reconnects.
     pub fn forget(&self, node: NodeId) {
         self.channels.lock().expect("channels lock").remove(&node);

@@ -42,6 +42,18 @@ pub struct NewRecord<'a> {
     pub data: &'a [u8],
 }
 
+impl NewRecord<'_> {
+    /// A tombstone: `key` is deleted from here on in the log.
+    pub fn tombstone(key: ShardKey) -> NewRecord<'static> {
+        NewRecord {
+            kind: Kind::Tombstone,
+            key,
+            crc: 0,
+            data: &[],
+        }
+    }
+}
+
 /// Where an append put its records.
 pub struct Appended {
     pub starts: Vec<Pos>,

@@ -300,15 +300,7 @@ impl ShardStore {
         }
         // A tombstone even for absent keys: a later rebuild then cannot
         // resurrect a record that was appended but never acknowledged.
-        let recs: Vec<_> = keys
-            .iter()
-            .map(|&key| NewRecord {
-                kind: Kind::Tombstone,
-                key,
-                crc: 0,
-                data: &[],
-            })
-            .collect();
+        let recs: Vec<_> = keys.iter().map(|&key| NewRecord::tombstone(key)).collect();
         let appended = self.segments.append(&recs)?;
         let removed = self.segments.wait_synced(appended.end).and_then(|()| {
             let marker = self.segments.marker_excluding(&appended.starts);

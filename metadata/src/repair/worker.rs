@@ -2,7 +2,7 @@
 //! blocks at a time, within a bandwidth limit.
 
 use std::{
-    collections::{btree_map::Entry, BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap},
     sync::Arc,
     time::Duration,
 };
@@ -14,7 +14,10 @@ use tracing::{debug, info, warn};
 
 use super::RepairRecord;
 use crate::{
-    gc::blocking, node_clients::NodeClients, records::PlacementRecord, Meta, NodeState, Result,
+    gc::{blocking, cached_placement},
+    node_clients::NodeClients,
+    records::PlacementRecord,
+    Meta, NodeState, Result,
 };
 
 /// How repair runs.
@@ -94,14 +97,7 @@ pub async fn repair_once(
             blocking(move || m.repair_done(block, &all)).await?;
             continue;
         }
-        let p = rec.protection;
-        let table = match tables.entry((p.k, p.m)) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                let m = meta.clone();
-                e.insert(blocking(move || m.placement(p)).await?)
-            }
-        };
+        let table = cached_placement(meta, &mut tables, rec.protection).await?;
         let pg = table.pgs[pg_of(block, table.pgs.len() as u32) as usize].clone();
         // Catch-up waits for the target node to be back.
         let ready: Vec<u8> = rec
@@ -282,11 +278,7 @@ async fn fetch(
     block: BlockId,
     index: u8,
 ) -> std::result::Result<Vec<u8>, String> {
-    let addr = up.get(&node).ok_or("node down")?;
-    let mut client = clients
-        .get(node, addr)
-        .await
-        .inspect_err(|_| clients.forget(node))?;
+    let mut client = clients.get_up(up, node).await?;
     let req = pb::GetShardRequest {
         key: key(block, index),
         offset: 0,
@@ -318,11 +310,7 @@ async fn put(
     data: Vec<u8>,
     epoch: u64,
 ) -> std::result::Result<(), String> {
-    let addr = up.get(&node).ok_or("node down")?;
-    let mut client = clients
-        .get(node, addr)
-        .await
-        .inspect_err(|_| clients.forget(node))?;
+    let mut client = clients.get_up(up, node).await?;
     pace(limiter, data.len()).await;
     let req = pb::PutShardRequest {
         key: key(block, index),

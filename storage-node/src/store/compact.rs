@@ -165,12 +165,7 @@ impl ShardStore {
                 data,
             })
             .collect();
-        recs.extend(dropped.iter().map(|&key| NewRecord {
-            kind: Kind::Tombstone,
-            key,
-            crc: 0,
-            data: &[],
-        }));
+        recs.extend(dropped.iter().map(|&key| NewRecord::tombstone(key)));
         if recs.is_empty() {
             return Ok(());
         }
@@ -225,15 +220,7 @@ impl ShardStore {
         if still.is_empty() {
             return Ok(());
         }
-        let recs: Vec<NewRecord<'_>> = still
-            .iter()
-            .map(|&key| NewRecord {
-                kind: Kind::Tombstone,
-                key,
-                crc: 0,
-                data: &[],
-            })
-            .collect();
+        let recs: Vec<NewRecord<'_>> = still.iter().map(|&key| NewRecord::tombstone(key)).collect();
         let appended = self.segments.append(&recs)?;
         let synced = self.segments.wait_synced(appended.end);
         self.segments.done(&appended.starts);
