@@ -56,7 +56,7 @@ impl Protection {
             Err(Error::invalid(
                 "min_durable",
                 n.to_string(),
-                &format!("must be {floor}..={w} for {self}"),
+                format!("must be {floor}..={w} for {self}"),
             ))
         }
     }

@@ -474,7 +474,9 @@ fn a_volume_min_durable_bounds_degraded_commits() {
         block_len: 100,
         missing: vec![1],
     };
-    assert!(m.commit_writes_degraded(v.id, &[w.clone()], &[d]).is_err());
+    assert!(m
+        .commit_writes_degraded(v.id, std::slice::from_ref(&w), &[d])
+        .is_err());
     assert!(m.repair_pending(10).unwrap().is_empty());
     m.commit_writes(v.id, &[w]).unwrap();
 }
