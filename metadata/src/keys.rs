@@ -27,6 +27,8 @@ pub const GC: u8 = b'G';
 pub const REPAIR: u8 = b'R';
 /// Volume settings added after the volume record (min_durable): `Q` + volume id.
 pub const VOLUME_SETTINGS: u8 = b'Q';
+/// Volumes removed whose file tree is still being deleted: `Z` + volume id.
+pub const VOLUME_PURGE: u8 = b'Z';
 /// Live blocks (class, length, references): `B` + block id.
 pub const BLOCK: u8 = b'B';
 /// Membership of a node (active, draining, out, removed): `M` + node id.
@@ -92,6 +94,10 @@ pub fn volume_settings(id: VolumeId) -> Vec<u8> {
     key(VOLUME_SETTINGS, &[&id.to_be_bytes()])
 }
 
+pub fn volume_purge(id: VolumeId) -> Vec<u8> {
+    key(VOLUME_PURGE, &[&id.to_be_bytes()])
+}
+
 pub fn block(id: BlockId) -> Vec<u8> {
     key(BLOCK, &[&id.to_be_bytes()])
 }
@@ -112,7 +118,7 @@ pub fn repair(block: BlockId) -> Vec<u8> {
     key(REPAIR, &[&block.to_be_bytes()])
 }
 
-/// The block id of a `G` or `R` key.
+/// The id (block, node or volume) of a `G`, `R`, `M` or `Z` key.
 pub fn block_of(k: &[u8], prefix: u8) -> crate::Result<BlockId> {
     suffix(k, &[prefix])
         .try_into()

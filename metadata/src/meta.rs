@@ -122,6 +122,8 @@ impl Meta {
             store,
         };
         meta.load_usage()?;
+        // Volume deletions a crash cut short.
+        meta.resume_purges()?;
         // Placement changes whose moves were not all queued before a crash.
         meta.run_remap_jobs()?;
         Ok(meta)

@@ -156,6 +156,16 @@ impl Meta {
 
     /// Deletes a volume and its whole file tree.
     pub fn delete_volume(&self, name: &str) -> Result<()> {
+        let vol = self.begin_delete(name)?;
+        self.purge_tree(vol.id)?;
+        info!(volume = name, id = vol.id, "volume deleted");
+        Ok(())
+    }
+
+    /// Removes the volume's name and record, and marks its tree for
+    /// deletion (`Z`), in one transaction: from here on nothing new can
+    /// reach the tree, and a restart finishes the deletion.
+    pub(crate) fn begin_delete(&self, name: &str) -> Result<VolumeRecord> {
         let vol = self.get_volume(name)?;
         transact(self.store.as_ref(), |txn| {
             txn.delete(&keys::volume_name(name))?;
@@ -163,14 +173,19 @@ impl Meta {
                 return Err(MetaError::not_found(format!("volume {name}")));
             }
             txn.delete(&keys::volume_settings(vol.id))?;
+            txn.put(&keys::volume_purge(vol.id), b"")?;
             txn.delete(&keys::volume(vol.id)).map_err(MetaError::from)
         })?;
-        // The name is gone, so nothing new can reach the tree; remove it in
-        // batches so no single transaction grows without bound.
-        // Each batch of slices drops its block references (queueing blocks
-        // left without any for GC) in the transaction that deletes them.
+        Ok(vol)
+    }
+
+    /// Deletes the tree of a removed volume in batches, so no transaction
+    /// grows without bound; each batch of slices drops its block references
+    /// (queueing blocks left without any for GC) in the transaction that
+    /// deletes them. Idempotent: safe to run again after a crash.
+    pub(crate) fn purge_tree(&self, vol: VolumeId) -> Result<()> {
         for prefix in [keys::CHUNK, keys::INODE, keys::DENTRY, keys::XATTR] {
-            let (start, end) = keys::prefix_range(&keys::in_volume(prefix, vol.id));
+            let (start, end) = keys::prefix_range(&keys::in_volume(prefix, vol));
             loop {
                 let done = transact(self.store.as_ref(), |txn| {
                     let rows = txn.scan(&start, &end, 1024)?;
@@ -187,8 +202,22 @@ impl Meta {
                 }
             }
         }
-        self.usage.lock().expect("usage lock").remove(&vol.id);
-        info!(volume = name, id = vol.id, "volume deleted");
+        transact(self.store.as_ref(), |txn| {
+            txn.delete(&keys::volume_purge(vol))
+                .map_err(MetaError::from)
+        })?;
+        self.usage.lock().expect("usage lock").remove(&vol);
+        Ok(())
+    }
+
+    /// Finishes the deletions a crash interrupted.
+    pub(crate) fn resume_purges(&self) -> Result<()> {
+        let (start, end) = keys::prefix_range(&[keys::VOLUME_PURGE]);
+        for (k, _) in self.store.begin().scan(&start, &end, usize::MAX)? {
+            let vol = keys::block_of(&k, keys::VOLUME_PURGE)?;
+            info!(volume = vol, "finishing the deletion of a removed volume");
+            self.purge_tree(vol)?;
+        }
         Ok(())
     }
 }

@@ -480,3 +480,39 @@ fn a_volume_min_durable_bounds_degraded_commits() {
     assert!(m.repair_pending(10).unwrap().is_empty());
     m.commit_writes(v.id, &[w]).unwrap();
 }
+
+#[test]
+fn a_volume_deletion_cut_short_is_finished_at_open() {
+    use crate::store::MetaStore;
+    let store = Arc::new(MemoryStore::new());
+    let m = Meta::open(store.clone(), MetaOptions::default()).unwrap();
+    for i in 0..6 {
+        m.register_node(0, format!("127.0.0.1:{}", 9000 + i), Default::default())
+            .unwrap();
+    }
+    let v = m
+        .create_volume("v", 1 << 30, "ec:4+2", Default::default())
+        .unwrap();
+    let f = m.make_node(v.id, ROOT_INO, b"f", file(0o644)).unwrap();
+    let w = FileWrite {
+        ino: f.ino,
+        slices: vec![slice(0, 100, 5)],
+        mtime_ns: 1,
+    };
+    m.commit_writes(v.id, &[w]).unwrap();
+    // The "crash": the name and record are gone, the tree is not.
+    m.begin_delete("v").unwrap();
+    drop(m);
+    let m = Meta::open(store.clone(), MetaOptions::default()).unwrap();
+    let (start, end) = keys::prefix_range(&keys::in_volume(keys::INODE, v.id));
+    assert!(
+        store.begin().scan(&start, &end, 10).unwrap().is_empty(),
+        "tree deleted"
+    );
+    assert_eq!(
+        m.gc_pending(10).unwrap().len(),
+        1,
+        "its block queued for GC"
+    );
+    assert!(m.get_volume("v").is_err());
+}
