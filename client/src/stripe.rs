@@ -18,7 +18,7 @@ const GET_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reads at least this large fetch and cache the whole block: a sequential
 /// reader then costs K parallel shard reads per block instead of one round
 /// trip per kernel read.
-const WHOLE_BLOCK_AT: usize = 64 << 10;
+pub(crate) const WHOLE_BLOCK_AT: usize = 64 << 10;
 
 /// Where a block lives and how long it is.
 #[derive(Clone, Copy, Debug)]
@@ -176,6 +176,9 @@ pub(crate) async fn read_range(
         return Ok(full.slice(offset..offset + len));
     }
     if len >= WHOLE_BLOCK_AT && len < b.len {
+        if let Some(full) = cache.get_or_wait(b.block).await {
+            return Ok(full.slice(offset..offset + len));
+        }
         let full = Box::pin(read_range(nodes, codec, cache, b, 0, b.len)).await?;
         let out = full.slice(offset..offset + len);
         cache.put(b.block, full.clone());

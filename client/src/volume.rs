@@ -18,7 +18,7 @@ use crate::{
     blocks::BlockIds,
     cache::BlockCache,
     nodes::Nodes,
-    stripe::{put_block, read_range, BlockRef},
+    stripe::{put_block, read_range, BlockRef, WHOLE_BLOCK_AT},
     write::{Extent, FileState, Pending},
     ClientError, MetaConn, Result,
 };
@@ -70,9 +70,15 @@ struct Slices {
     list: Vec<pb::Slice>,
 }
 
+/// Bytes a sequential reader fetches ahead of where it reads.
+const READ_AHEAD: u64 = 8 << 20;
+
 #[derive(Default)]
 struct FileEntry {
     state: Mutex<FileState>,
+    /// Where the last read ended: a read starting there is sequential and
+    /// reads ahead.
+    read_end: std::sync::atomic::AtomicU64,
     /// Committed slices, and a generation bumped by every change, so a fetch
     /// that raced with a commit is not cached.
     slices: Mutex<(u64, Option<Arc<Slices>>)>,
@@ -642,6 +648,37 @@ impl Volume {
         Ok(fetched)
     }
 
+    /// Starts fetching, in the background, the blocks holding the
+    /// [`READ_AHEAD`] bytes after `from`, so a sequential reader finds them
+    /// cached (or in flight) instead of waiting for one block at a time.
+    fn read_ahead(&self, slices: &Slices, from: u64) {
+        let end = from.saturating_add(READ_AHEAD).min(slices.size);
+        if from >= end {
+            return;
+        }
+        let extents: Vec<(u64, u64)> = slices
+            .list
+            .iter()
+            .map(|s| (s.offset, u64::from(s.len)))
+            .collect();
+        for p in overlay::visible(&extents, from, end) {
+            let s = &slices.list[p.slice];
+            let b = BlockRef {
+                block: s.block,
+                len: s.block_len as usize,
+            };
+            if !self.inner.cache.start_loading(b.block) {
+                continue;
+            }
+            let vol = self.clone();
+            tokio::spawn(async move {
+                let i = &vol.inner;
+                let got = read_range(&i.nodes, &i.codec, &i.cache, b, 0, b.len).await;
+                i.cache.finish_loading(b.block, got.ok());
+            });
+        }
+    }
+
     /// Reads up to `size` bytes at `offset`; short at the end of the file.
     pub async fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
         let e = self.entry(ino);
@@ -684,6 +721,11 @@ impl Volume {
                 p.len as usize,
             )
         });
+        let sequential = e.read_end.swap(end, std::sync::atomic::Ordering::Relaxed) == offset
+            && u64::from(size) >= WHOLE_BLOCK_AT as u64;
+        if sequential {
+            self.read_ahead(&slices, end);
+        }
         for (p, data) in pieces.iter().zip(join_all(reads).await) {
             let data = data?;
             let at = (p.offset - offset) as usize;
