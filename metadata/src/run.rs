@@ -55,12 +55,13 @@ pub async fn run(
         .await
         .map_err(|e| MetaError::Unavailable(format!("listening on {}: {e}", config.listen)))?;
     info!(listen = %listener.local_addr().map_err(|e| MetaError::Unavailable(e.to_string()))?, "metadata service ready");
+    // TCP_NODELAY on every accepted connection: answers are small and
+    // written in several frames, which Nagle would hold back.
+    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
+        .map_err(|e| MetaError::Unavailable(format!("metadata listener: {e}")))?;
     let served = tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| MetaError::Unavailable(format!("metadata server: {e}")));
     gc.abort();
