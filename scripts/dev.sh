@@ -14,7 +14,8 @@ cargo build --release -p tessera
 BIN="$PWD/target/release/tessera"
 
 mkdir -p "$DATA" "$MNT"
-"$BIN" dev --data "$DATA" --nodes 6 &
+# The cluster listens where TESSERA_META says (nodes on the ports after it).
+"$BIN" dev --data "$DATA" --nodes 6 --port "${TESSERA_META##*:}" &
 DEV=$!
 MOUNT=""
 stop() {
