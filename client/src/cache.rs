@@ -105,7 +105,10 @@ mod tests {
     #[tokio::test]
     async fn readers_wait_for_a_read_ahead_instead_of_fetching_again() {
         let c = Arc::new(BlockCache::new(2));
-        assert!(c.get_or_wait(1).await.is_none(), "nothing cached or loading");
+        assert!(
+            c.get_or_wait(1).await.is_none(),
+            "nothing cached or loading"
+        );
         assert!(c.start_loading(1));
         assert!(!c.start_loading(1), "one fetch per block at a time");
         let waiter = {

@@ -78,25 +78,12 @@ impl Codec {
         block_len: usize,
     ) -> Result<Vec<u8>, Error> {
         let k = usize::from(self.protection.k);
-        let s = self.shard_len(block_len);
-        let got = shards
-            .iter()
-            .filter(|x| x.as_ref().is_some_and(|d| d.len() == s))
-            .count();
+        let got = self.keep_usable(block, &mut shards, block_len)?;
         let not_enough = || Error::NotEnoughShards {
             block,
             needed: k,
             got,
         };
-        if shards.len() != self.protection.width() || got < k {
-            return Err(not_enough());
-        }
-        // Drop anything of the wrong length: it cannot be a shard of this block.
-        for x in shards.iter_mut() {
-            if x.as_ref().is_some_and(|d| d.len() != s) {
-                *x = None;
-            }
-        }
         if k == 1 {
             let mut copy = shards.into_iter().flatten().next().ok_or_else(not_enough)?;
             copy.truncate(block_len);
@@ -106,12 +93,38 @@ impl Codec {
             let rs = self.rs.as_ref().ok_or_else(not_enough)?;
             rs.reconstruct_data(&mut shards).map_err(|_| not_enough())?;
         }
-        let mut out = Vec::with_capacity(k * s);
+        let mut out = Vec::with_capacity(k * self.shard_len(block_len));
         for shard in shards.into_iter().take(k) {
             out.extend_from_slice(&shard.expect("reconstructed above"));
         }
         out.truncate(block_len);
         Ok(out)
+    }
+
+    /// Drops anything of the wrong length (it cannot be a shard of this
+    /// block) and checks that K shards are left; returns how many are.
+    fn keep_usable(
+        &self,
+        block: BlockId,
+        shards: &mut [Option<Vec<u8>>],
+        block_len: usize,
+    ) -> Result<usize, Error> {
+        let s = self.shard_len(block_len);
+        for x in shards.iter_mut() {
+            if x.as_ref().is_some_and(|d| d.len() != s) {
+                *x = None;
+            }
+        }
+        let got = shards.iter().filter(|x| x.is_some()).count();
+        let k = usize::from(self.protection.k);
+        if shards.len() != self.protection.width() || got < k {
+            return Err(Error::NotEnoughShards {
+                block,
+                needed: k,
+                got,
+            });
+        }
+        Ok(got)
     }
 
     /// Rebuilds every missing shard (data and parity), for repair. Shards of
@@ -123,21 +136,12 @@ impl Codec {
         block_len: usize,
     ) -> Result<Vec<Vec<u8>>, Error> {
         let k = usize::from(self.protection.k);
-        let s = self.shard_len(block_len);
-        for x in shards.iter_mut() {
-            if x.as_ref().is_some_and(|d| d.len() != s) {
-                *x = None;
-            }
-        }
-        let got = shards.iter().filter(|x| x.is_some()).count();
+        let got = self.keep_usable(block, &mut shards, block_len)?;
         let not_enough = || Error::NotEnoughShards {
             block,
             needed: k,
             got,
         };
-        if shards.len() != self.protection.width() || got < k {
-            return Err(not_enough());
-        }
         match &self.rs {
             // Replicas: every shard is a copy of the block.
             None if k == 1 => {
