@@ -116,10 +116,14 @@ pub async fn repair_once(
             });
         }
     }
-    let up = &up;
+    let peers = &Peers {
+        clients,
+        limiter,
+        up: &up,
+    };
     let results: Vec<(Job, std::result::Result<Vec<u8>, String>)> = stream::iter(jobs)
         .map(|job| async move {
-            let r = rebuild(clients, limiter, up, &job).await;
+            let r = rebuild(peers, &job).await;
             (job, r)
         })
         .buffer_unordered(opts.concurrency.max(1))
@@ -149,12 +153,8 @@ pub async fn repair_once(
 /// Stores the `ready` shards of `block` on their PG nodes: a moved shard
 /// is copied from its source when that node is up, the others are rebuilt
 /// from K good shards. Returns the indices stored.
-async fn rebuild(
-    clients: &NodeClients,
-    limiter: &Pacer,
-    up: &HashMap<NodeId, String>,
-    job: &Job,
-) -> std::result::Result<Vec<u8>, String> {
+async fn rebuild(peers: &Peers<'_>, job: &Job) -> std::result::Result<Vec<u8>, String> {
+    let up = peers.up;
     let (block, rec, pg, epoch) = (job.block, &job.rec, &job.pg, job.epoch);
     let ready = &job.ready;
     let mut done = Vec::new();
@@ -162,14 +162,10 @@ async fn rebuild(
     for &i in ready.iter() {
         let target = pg[usize::from(i)];
         let copied = match rec.sources.get(&i) {
-            Some(&src) if up.contains_key(&src) => {
-                match fetch(clients, limiter, up, src, block, i).await {
-                    Ok(data) => put(clients, limiter, up, target, block, i, data, epoch)
-                        .await
-                        .is_ok(),
-                    Err(_) => false,
-                }
-            }
+            Some(&src) if up.contains_key(&src) => match peers.fetch(src, block, i).await {
+                Ok(data) => peers.put(target, block, i, data, epoch).await.is_ok(),
+                Err(_) => false,
+            },
             _ => false,
         };
         if copied {
@@ -203,7 +199,7 @@ async fn rebuild(
                 holders[next..(next + k - got).min(holders.len())].to_vec();
             next += wave.len();
             let reads = wave.iter().map(|&(j, node)| async move {
-                let r = fetch(clients, limiter, up, node, block, j as u8).await;
+                let r = peers.fetch(node, block, j as u8).await;
                 (j, r)
             });
             for (j, r) in futures::future::join_all(reads).await {
@@ -226,19 +222,8 @@ async fn rebuild(
         let mut all = all;
         for i in decode {
             let data = std::mem::take(&mut all[usize::from(i)]);
-            if put(
-                clients,
-                limiter,
-                up,
-                pg[usize::from(i)],
-                block,
-                i,
-                data,
-                epoch,
-            )
-            .await
-            .is_ok()
-            {
+            let target = pg[usize::from(i)];
+            if peers.put(target, block, i, data, epoch).await.is_ok() {
                 done.push(i);
             }
         }
@@ -248,7 +233,7 @@ async fn rebuild(
     for &i in &done {
         if let Some(&src) = rec.sources.get(&i) {
             if src != pg[usize::from(i)] {
-                delete(clients, up, src, block, i).await;
+                peers.delete(src, block, i).await;
             }
         }
     }
@@ -269,80 +254,70 @@ fn key(block: BlockId, index: u8) -> Option<pb::ShardKey> {
     })
 }
 
-/// A whole shard, CRC-checked end to end.
-async fn fetch(
-    clients: &NodeClients,
-    limiter: &Pacer,
-    up: &HashMap<NodeId, String>,
-    node: NodeId,
-    block: BlockId,
-    index: u8,
-) -> std::result::Result<Vec<u8>, String> {
-    let mut client = clients.get_up(up, node).await?;
-    let req = pb::GetShardRequest {
-        key: key(block, index),
-        offset: 0,
-        len: 0,
-    };
-    let r = client
-        .get_shard(req)
-        .await
-        .map_err(|s| s.message().to_string())?
-        .into_inner();
-    if crc32(&r.data) != r.shard_crc {
-        return Err(format!(
-            "shard {block:#x}/{index} on node {node} fails its CRC"
-        ));
+/// The storage nodes repair talks to: channels, the ones that are up, and
+/// the pace every byte moved is held to.
+struct Peers<'a> {
+    clients: &'a NodeClients,
+    limiter: &'a Pacer,
+    up: &'a HashMap<NodeId, String>,
+}
+
+impl Peers<'_> {
+    /// A whole shard, CRC-checked end to end.
+    async fn fetch(&self, node: NodeId, block: BlockId, index: u8) -> Result<Vec<u8>, String> {
+        let mut client = self.clients.get_up(self.up, node).await?;
+        let req = pb::GetShardRequest {
+            key: key(block, index),
+            offset: 0,
+            len: 0,
+        };
+        let r = client
+            .get_shard(req)
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        if crc32(&r.data) != r.shard_crc {
+            return Err(format!(
+                "shard {block:#x}/{index} on node {node} fails its CRC"
+            ));
+        }
+        // Reads count against the limit too: repair's bandwidth is all it moves.
+        pace(self.limiter, r.data.len()).await;
+        Ok(r.data.to_vec())
     }
-    // Reads count against the limit too: repair's bandwidth is all it moves.
-    pace(limiter, r.data.len()).await;
-    Ok(r.data.to_vec())
-}
 
-#[allow(clippy::too_many_arguments)]
-async fn put(
-    clients: &NodeClients,
-    limiter: &Pacer,
-    up: &HashMap<NodeId, String>,
-    node: NodeId,
-    block: BlockId,
-    index: u8,
-    data: Vec<u8>,
-    epoch: u64,
-) -> std::result::Result<(), String> {
-    let mut client = clients.get_up(up, node).await?;
-    pace(limiter, data.len()).await;
-    let req = pb::PutShardRequest {
-        key: key(block, index),
-        crc: crc32(&data),
-        data: data.into(),
-        epoch,
-    };
-    client.put_shard(req).await.map(|_| ()).map_err(|s| {
-        warn!(block, shard = index, node, error = %s.message(), "storing a repaired shard failed");
-        s.message().to_string()
-    })
-}
+    async fn put(
+        &self,
+        node: NodeId,
+        block: BlockId,
+        index: u8,
+        data: Vec<u8>,
+        epoch: u64,
+    ) -> Result<(), String> {
+        let mut client = self.clients.get_up(self.up, node).await?;
+        pace(self.limiter, data.len()).await;
+        let req = pb::PutShardRequest {
+            key: key(block, index),
+            crc: crc32(&data),
+            data: data.into(),
+            epoch,
+        };
+        client.put_shard(req).await.map(|_| ()).map_err(|s| {
+            warn!(block, shard = index, node, error = %s.message(), "storing a repaired shard failed");
+            s.message().to_string()
+        })
+    }
 
-async fn delete(
-    clients: &NodeClients,
-    up: &HashMap<NodeId, String>,
-    node: NodeId,
-    block: BlockId,
-    index: u8,
-) {
-    let Some(addr) = up.get(&node) else { return };
-    let Ok(mut client) = clients.get(node, addr).await else {
-        clients.forget(node);
-        return;
-    };
-    let req = pb::DeleteShardsRequest {
-        keys: vec![pb::ShardKey {
-            block,
-            index: u32::from(index),
-        }],
-    };
-    if let Err(s) = client.delete_shards(req).await {
-        debug!(block, shard = index, node, error = %s.message(), "deleting a moved shard's old copy failed");
+    /// Deletes a moved shard's old copy (best effort).
+    async fn delete(&self, node: NodeId, block: BlockId, index: u8) {
+        let Ok(mut client) = self.clients.get_up(self.up, node).await else {
+            return;
+        };
+        let req = pb::DeleteShardsRequest {
+            keys: key(block, index).into_iter().collect(),
+        };
+        if let Err(s) = client.delete_shards(req).await {
+            debug!(block, shard = index, node, error = %s.message(), "deleting a moved shard's old copy failed");
+        }
     }
 }

@@ -100,7 +100,7 @@ impl ShardStore {
     }
 
     /// Copies the live records (and needed tombstones) of `seg` forward.
-    fn rewrite(&self, seg: u32, oldest: bool) -> Result<Compacted> {
+    pub(super) fn rewrite(&self, seg: u32, oldest: bool) -> Result<Compacted> {
         let seg_dir = self.dir.join("segments");
         // Live records come from the index, so a damaged one is still seen
         // (and dropped for repair) rather than skipped.

@@ -506,3 +506,46 @@ fn a_corrupt_live_shard_is_dropped_for_repair_not_copied() {
     put(&s, key(0, 0), &bytes(0, 20_000));
     assert_eq!(full(&s, key(0, 0)).unwrap(), bytes(0, 20_000));
 }
+
+#[test]
+fn a_crash_between_copying_and_removing_a_segment_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        segment_size: 100_000,
+    };
+    let shards: Vec<_> = (0..12)
+        .map(|i| (key(i, 0), bytes(500 + i, 20_000)))
+        .collect();
+    {
+        let s = ShardStore::open_with(dir.path(), opts.clone()).unwrap();
+        for (k, d) in &shards {
+            put(&s, *k, d);
+        }
+        s.delete(&[key(1, 0), key(2, 0)]).unwrap();
+        // Segment 1's live records are copied forward, then the "crash":
+        // the old segment is never removed.
+        s.rewrite(1, true).unwrap();
+    }
+    for rebuild in [false, true] {
+        if rebuild {
+            std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+        }
+        let s = ShardStore::open_with(dir.path(), opts.clone()).unwrap();
+        for (k, d) in &shards {
+            if *k == key(1, 0) || *k == key(2, 0) {
+                assert!(
+                    matches!(full(&s, *k), Err(Error::ShardNotFound { .. })),
+                    "{k} came back"
+                );
+            } else {
+                assert_eq!(&full(&s, *k).unwrap(), d, "{k}");
+            }
+        }
+        assert_eq!(s.stat().unwrap().shard_count, 10);
+        // And compaction later finishes the job.
+        while s.compact_once(0.5).unwrap().segment.is_some() {}
+        for (k, d) in shards.iter().filter(|(k, _)| k.block > 2 || k.block == 0) {
+            assert_eq!(&full(&s, *k).unwrap(), d, "{k}");
+        }
+    }
+}
