@@ -6,6 +6,7 @@
 
 mod blocks;
 mod cache;
+mod dir_attrs;
 mod error;
 mod meta;
 mod nodes;
@@ -13,6 +14,7 @@ mod stripe;
 mod volume;
 mod write;
 
+pub use dir_attrs::TTL as ATTR_TTL;
 pub use error::{ClientError, Result};
 pub use meta::{connect_meta, MetaConn};
 pub use tessera_proto::FileKind;

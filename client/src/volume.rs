@@ -17,6 +17,7 @@ use tracing::warn;
 use crate::{
     blocks::BlockIds,
     cache::BlockCache,
+    dir_attrs::DirAttrs,
     nodes::Nodes,
     stripe::{put_block, read_range, BlockRef, WHOLE_BLOCK_AT},
     write::{Extent, FileState, Pending},
@@ -95,6 +96,7 @@ struct Inner {
     block_ids: BlockIds,
     inflight: Arc<Semaphore>,
     files: Mutex<HashMap<Ino, Arc<FileEntry>>>,
+    dir_attrs: DirAttrs,
 }
 
 #[derive(Clone)]
@@ -152,6 +154,7 @@ impl Volume {
                 cache: BlockCache::new(options.cached_blocks),
                 inflight: Arc::new(Semaphore::new(options.max_inflight_blocks.max(1))),
                 files: Mutex::new(HashMap::new()),
+                dir_attrs: DirAttrs::default(),
             }),
         })
     }
@@ -209,6 +212,9 @@ impl Volume {
     }
 
     pub async fn getattr(&self, ino: Ino) -> Result<Attr> {
+        if let Some(a) = self.inner.dir_attrs.get(ino) {
+            return Ok(a);
+        }
         let req = pb::GetAttrRequest {
             volume: self.id(),
             ino,
@@ -228,6 +234,7 @@ impl Volume {
         atime_ns: Option<i64>,
         mtime_ns: Option<i64>,
     ) -> Result<Attr> {
+        self.inner.dir_attrs.forget(ino);
         if size.is_some() {
             // Buffered bytes must land before the cut, or they would
             // reappear on top of it.
@@ -273,10 +280,18 @@ impl Volume {
             rdev,
             symlink_target: Bytes::copy_from_slice(target),
         };
-        attr_from(self.meta().make_node(req).await?.into_inner())
+        let epoch = self.inner.dir_attrs.epoch();
+        let mut reply = self.meta().make_node(req).await?.into_inner();
+        match reply.parent.take() {
+            Some(p) => self.inner.dir_attrs.put(attr_from(*p)?, epoch),
+            // From a metadata service that does not send it.
+            None => self.inner.dir_attrs.forget(parent),
+        }
+        attr_from(reply)
     }
 
     pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
+        self.inner.dir_attrs.forget(new_parent);
         let req = pb::LinkRequest {
             volume: self.id(),
             ino,
@@ -288,6 +303,12 @@ impl Volume {
     }
 
     pub async fn unlink(&self, parent: Ino, name: &[u8], dir: bool) -> Result<()> {
+        if dir {
+            // The removed directory may be kept too; its inode is not known.
+            self.inner.dir_attrs.forget_all();
+        } else {
+            self.inner.dir_attrs.forget(parent);
+        }
         let req = pb::UnlinkRequest {
             volume: self.id(),
             parent,
@@ -306,6 +327,9 @@ impl Volume {
         new_name: &[u8],
         flags: u32,
     ) -> Result<()> {
+        // The moved entry may be a directory: its ctime and parent change.
+        // Its inode is not known here, so nothing is kept across a rename.
+        self.inner.dir_attrs.forget_all();
         let req = pb::RenameRequest {
             volume: self.id(),
             parent,
@@ -372,6 +396,7 @@ impl Volume {
     }
 
     pub async fn set_xattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
+        self.inner.dir_attrs.forget(ino);
         let req = pb::SetXattrRequest {
             volume: self.id(),
             ino,
@@ -400,6 +425,7 @@ impl Volume {
     }
 
     pub async fn remove_xattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.inner.dir_attrs.forget(ino);
         let req = pb::XattrRequest {
             volume: self.id(),
             ino,
@@ -417,6 +443,23 @@ impl Volume {
             .await?
             .into_inner();
         Ok((s.size_bytes, s.used_bytes, s.inodes))
+    }
+
+    /// Makes every change of names and attributes acknowledged so far
+    /// durable: the metadata service acknowledges them before its fsync,
+    /// as a local file system does (fsyncdir).
+    pub async fn sync(&self) -> Result<()> {
+        self.meta()
+            .sync(pb::SyncRequest { volume: self.id() })
+            .await?;
+        Ok(())
+    }
+
+    /// fsync: the file's buffered data is stored and committed, and its
+    /// name and attributes are durable.
+    pub async fn fsync(&self, ino: Ino) -> Result<()> {
+        self.flush(ino).await?;
+        self.sync().await
     }
 
     // ---------- file data ----------
@@ -756,6 +799,9 @@ impl Volume {
             if let Err(e) = self.flush(ino).await {
                 first_err.get_or_insert(e);
             }
+        }
+        if let Err(e) = self.sync().await {
+            first_err.get_or_insert(e);
         }
         first_err.map_or(Ok(()), Err)
     }

@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// How long the kernel may cache attributes and names.
-const TTL: Duration = Duration::from_secs(1);
+const TTL: Duration = tessera_client::ATTR_TTL;
 /// Entries fetched per metadata call when listing a directory.
 const DIR_PAGE: u32 = 1000;
 
@@ -361,7 +361,7 @@ impl Filesystem for TesseraFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.run("fsync", self.vol.flush(ino.0));
+        let r = self.run("fsync", self.vol.fsync(ino.0));
         self.empty(reply, r);
     }
 
@@ -432,8 +432,8 @@ impl Filesystem for TesseraFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Every metadata change is durable when it is acknowledged.
-        reply.ok();
+        let r = self.run("fsyncdir", self.vol.sync());
+        self.empty(reply, r);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

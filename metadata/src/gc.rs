@@ -50,10 +50,16 @@ pub(crate) fn queue_block(txn: &mut dyn Txn, block: BlockId, protection: Protect
 }
 
 impl Meta {
-    /// Up to `limit` queued blocks, oldest ids first.
+    /// Up to `limit` queued blocks, oldest ids first. Each was queued by a
+    /// change that is durable when this returns: the change may have been
+    /// a buffered one (an unlink), and deleting shards for a change that a
+    /// power loss then undoes would lose the data it brings back.
     pub fn gc_pending(&self, limit: usize) -> Result<Vec<(BlockId, GcRecord)>> {
         let (start, end) = keys::prefix_range(&[keys::GC]);
         let rows = self.store.begin().scan(&start, &end, limit)?;
+        if !rows.is_empty() {
+            self.store.sync()?;
+        }
         rows.iter()
             .map(|(k, v)| {
                 let block = keys::block_of(k, keys::GC)?;

@@ -1,5 +1,8 @@
 //! The gRPC face of `Meta`: each handler parses, calls one domain function
-//! on a blocking thread (the store fsyncs), and maps the result.
+//! and maps the result. Calls that fsync or scan run on a blocking thread
+//! (`call`); reads and buffered changes of the file tree take microseconds
+//! and run on the request's own task (`inline`), which saves two thread
+//! hand-offs on every lookup and create.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -35,6 +38,16 @@ impl MetaService {
             .map(Response::new)
             .map_err(Status::from)
     }
+
+    /// For calls that never wait on a disk: reads of the file tree and
+    /// buffered (not fsynced) changes of it.
+    #[allow(clippy::result_large_err)] // tonic's own result type
+    fn inline<T>(
+        &self,
+        f: impl FnOnce(&Meta) -> Result<T, MetaError>,
+    ) -> Result<Response<T>, Status> {
+        f(&self.meta).map(Response::new).map_err(Status::from)
+    }
 }
 
 fn attr(a: Attr) -> pb::Attr {
@@ -51,6 +64,7 @@ fn attr(a: Attr) -> pb::Attr {
         atime_ns: i.atime_ns,
         mtime_ns: i.mtime_ns,
         ctime_ns: i.ctime_ns,
+        parent: None,
     }
 }
 
@@ -275,14 +289,13 @@ impl MetaRpc for MetaService {
 
     async fn get_slices(&self, r: Request<pb::GetSlicesRequest>) -> Rpc<pb::GetSlicesResponse> {
         let r = r.into_inner();
-        self.call(move |m| {
+        self.inline(move |m| {
             let (a, slices) = m.get_slices(r.volume, r.ino)?;
             Ok(pb::GetSlicesResponse {
                 attr: Some(attr(a)),
                 slices: slices.into_iter().map(slice_to_pb).collect(),
             })
         })
-        .await
     }
 
     async fn commit_writes(
@@ -334,19 +347,17 @@ impl MetaRpc for MetaService {
 
     async fn lookup(&self, r: Request<pb::LookupRequest>) -> Rpc<pb::Attr> {
         let r = r.into_inner();
-        self.call(move |m| Ok(attr(m.lookup(r.volume, r.parent, &r.name)?)))
-            .await
+        self.inline(move |m| Ok(attr(m.lookup(r.volume, r.parent, &r.name)?)))
     }
 
     async fn get_attr(&self, r: Request<pb::GetAttrRequest>) -> Rpc<pb::Attr> {
         let r = r.into_inner();
-        self.call(move |m| Ok(attr(m.get_attr(r.volume, r.ino)?)))
-            .await
+        self.inline(move |m| Ok(attr(m.get_attr(r.volume, r.ino)?)))
     }
 
     async fn set_attr(&self, r: Request<pb::SetAttrRequest>) -> Rpc<pb::Attr> {
         let r = r.into_inner();
-        self.call(move |m| {
+        self.inline(move |m| {
             let change = SetAttr {
                 perm: r.perm,
                 uid: r.uid,
@@ -357,12 +368,11 @@ impl MetaRpc for MetaService {
             };
             Ok(attr(m.set_attr(r.volume, r.ino, change)?))
         })
-        .await
     }
 
     async fn make_node(&self, r: Request<pb::MakeNodeRequest>) -> Rpc<pb::Attr> {
         let r = r.into_inner();
-        self.call(move |m| {
+        self.inline(move |m| {
             let new = NewNode {
                 kind: r.kind,
                 perm: r.perm,
@@ -371,29 +381,30 @@ impl MetaRpc for MetaService {
                 rdev: r.rdev,
                 target: r.symlink_target.to_vec(),
             };
-            Ok(attr(m.make_node(r.volume, r.parent, &r.name, new)?))
+            let (child, parent) = m.make_node_in(r.volume, r.parent, &r.name, new)?;
+            Ok(pb::Attr {
+                parent: Some(Box::new(attr(parent))),
+                ..attr(child)
+            })
         })
-        .await
     }
 
     async fn link(&self, r: Request<pb::LinkRequest>) -> Rpc<pb::Attr> {
         let r = r.into_inner();
-        self.call(move |m| Ok(attr(m.link(r.volume, r.ino, r.new_parent, &r.new_name)?)))
-            .await
+        self.inline(move |m| Ok(attr(m.link(r.volume, r.ino, r.new_parent, &r.new_name)?)))
     }
 
     async fn unlink(&self, r: Request<pb::UnlinkRequest>) -> Rpc<pb::Empty> {
         let r = r.into_inner();
-        self.call(move |m| {
+        self.inline(move |m| {
             m.unlink(r.volume, r.parent, &r.name, r.dir)?;
             Ok(pb::Empty {})
         })
-        .await
     }
 
     async fn rename(&self, r: Request<pb::RenameRequest>) -> Rpc<pb::Empty> {
         let r = r.into_inner();
-        self.call(move |m| {
+        self.inline(move |m| {
             m.rename(
                 r.volume,
                 r.parent,
@@ -404,12 +415,11 @@ impl MetaRpc for MetaService {
             )?;
             Ok(pb::Empty {})
         })
-        .await
     }
 
     async fn read_dir(&self, r: Request<pb::ReadDirRequest>) -> Rpc<pb::ReadDirResponse> {
         let r = r.into_inner();
-        self.call(move |m| {
+        self.inline(move |m| {
             let entries = m
                 .read_dir(r.volume, r.ino, &r.after, r.limit as usize)?
                 .into_iter()
@@ -421,41 +431,37 @@ impl MetaRpc for MetaService {
                 .collect();
             Ok(pb::ReadDirResponse { entries })
         })
-        .await
     }
 
     async fn read_link(&self, r: Request<pb::ReadLinkRequest>) -> Rpc<pb::ReadLinkResponse> {
         let r = r.into_inner();
-        self.call(move |m| {
+        self.inline(move |m| {
             Ok(pb::ReadLinkResponse {
                 target: m.read_link(r.volume, r.ino)?.into(),
             })
         })
-        .await
     }
 
     async fn get_xattr(&self, r: Request<pb::XattrRequest>) -> Rpc<pb::XattrValue> {
         let r = r.into_inner();
-        self.call(move |m| {
+        self.inline(move |m| {
             Ok(pb::XattrValue {
                 value: m.get_xattr(r.volume, r.ino, &r.name)?.into(),
             })
         })
-        .await
     }
 
     async fn set_xattr(&self, r: Request<pb::SetXattrRequest>) -> Rpc<pb::Empty> {
         let r = r.into_inner();
-        self.call(move |m| {
+        self.inline(move |m| {
             m.set_xattr(r.volume, r.ino, &r.name, &r.value, r.flags)?;
             Ok(pb::Empty {})
         })
-        .await
     }
 
     async fn list_xattr(&self, r: Request<pb::GetAttrRequest>) -> Rpc<pb::XattrNames> {
         let r = r.into_inner();
-        self.call(move |m| {
+        self.inline(move |m| {
             let names = m
                 .list_xattr(r.volume, r.ino)?
                 .into_iter()
@@ -463,13 +469,20 @@ impl MetaRpc for MetaService {
                 .collect();
             Ok(pb::XattrNames { names })
         })
-        .await
     }
 
     async fn remove_xattr(&self, r: Request<pb::XattrRequest>) -> Rpc<pb::Empty> {
         let r = r.into_inner();
-        self.call(move |m| {
+        self.inline(move |m| {
             m.remove_xattr(r.volume, r.ino, &r.name)?;
+            Ok(pb::Empty {})
+        })
+    }
+
+    async fn sync(&self, r: Request<pb::SyncRequest>) -> Rpc<pb::Empty> {
+        let r = r.into_inner();
+        self.call(move |m| {
+            m.sync(r.volume)?;
             Ok(pb::Empty {})
         })
         .await

@@ -1,6 +1,7 @@
 //! Crashes and corruption: a FUSE process SIGKILLed mid-write keeps every
-//! fsynced file; a flipped byte in a shard on disk is detected and the read
-//! is served from the other shards.
+//! fsynced file; a SIGKILLed metadata service keeps every change it
+//! acknowledged, fsynced or not; a flipped byte in a shard on disk is
+//! detected and the read is served from the other shards.
 
 use std::{
     fs::{self, File},
@@ -71,6 +72,57 @@ fn fsynced_files_survive_a_sigkilled_fuse_process() {
         let got = fs::read(m.path(&format!("f{i}"))).unwrap();
         assert!(got == content(i), "fsynced file f{i} is not intact");
     }
+    m.unmount();
+}
+
+/// Names and attributes are acknowledged before the metadata service's
+/// fsync (as a local file system does), but never before they are in its
+/// log: killing the process loses none of them.
+#[test]
+fn changes_survive_a_sigkilled_metadata_service() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let mut c = Cluster::start(6);
+    c.create_volume("names", "1GiB", "ec:4+2");
+    let m = c.mount("names");
+    // First, as its commit is fsynced and would cover what came before.
+    fs::write(m.path("small"), b"kept").unwrap();
+    fs::create_dir(m.path("d")).unwrap();
+    for i in 0..200 {
+        File::create(m.path(&format!("d/f{i}"))).unwrap();
+    }
+    for i in 0..50 {
+        fs::remove_file(m.path(&format!("d/f{i}"))).unwrap();
+    }
+    fs::rename(m.path("d/f199"), m.path("moved")).unwrap();
+    fs::set_permissions(m.path("moved"), fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("d/f100", m.path("link")).unwrap();
+
+    c.kill_meta();
+    c.start_meta();
+    c.wait_nodes_up(6);
+    // The old mount is connected to the killed service; it reconnects, and
+    // unmounting it flushes nothing new.
+    m.unmount();
+    let m = c.mount("names");
+    let mut names: Vec<String> = fs::read_dir(m.path("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = (50..199).map(|i| format!("f{i}")).collect();
+    want.sort();
+    assert_eq!(
+        names, want,
+        "entries of d after the metadata service was killed"
+    );
+    let moved = fs::metadata(m.path("moved")).unwrap();
+    assert_eq!(moved.permissions().mode() & 0o7777, 0o600);
+    assert_eq!(
+        fs::read_link(m.path("link")).unwrap(),
+        PathBuf::from("d/f100")
+    );
+    assert_eq!(fs::read(m.path("small")).unwrap(), b"kept");
     m.unmount();
 }
 

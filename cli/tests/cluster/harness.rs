@@ -235,6 +235,13 @@ impl Cluster {
         }
     }
 
+    pub fn kill_meta(&mut self) {
+        info!("--- SIGKILL metadata service");
+        if let Some(mut c) = self.meta.take() {
+            sigkill(&mut c);
+        }
+    }
+
     pub fn kill_node(&mut self, i: usize) {
         info!("--- SIGKILL node {}", i + 1);
         if let Some(mut c) = self.nodes[i].child.take() {

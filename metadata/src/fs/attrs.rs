@@ -6,7 +6,7 @@ use super::{data::truncate_slices, Attr, Tree, KIND_DIR, KIND_FILE};
 use crate::{
     keys,
     meta::{now_ns, Meta},
-    store::transact,
+    store::{transact, transact_buffered},
     MetaError, Result,
 };
 
@@ -63,7 +63,7 @@ impl Meta {
                 });
             }
         }
-        let (attr, delta) = transact(self.store.as_ref(), |txn| {
+        let (attr, delta) = transact_buffered(self.store.as_ref(), |txn| {
             let mut t = Tree::new(txn, vol);
             let mut inode = t.inode(ino)?;
             let now = now_ns();
@@ -136,7 +136,7 @@ impl Meta {
                 value.len()
             )));
         }
-        transact(self.store.as_ref(), |txn| {
+        transact_buffered(self.store.as_ref(), |txn| {
             let mut t = Tree::new(txn, vol);
             let mut inode = t.inode(ino)?;
             let key = keys::xattr(vol, ino, name);
@@ -174,7 +174,7 @@ impl Meta {
 
     pub fn remove_xattr(&self, vol: VolumeId, ino: Ino, name: &[u8]) -> Result<()> {
         check_xattr_name(name)?;
-        transact(self.store.as_ref(), |txn| {
+        transact_buffered(self.store.as_ref(), |txn| {
             let mut t = Tree::new(txn, vol);
             let mut inode = t.inode(ino)?;
             let key = keys::xattr(vol, ino, name);
@@ -199,6 +199,15 @@ impl Meta {
             used: usage.bytes,
             inodes: usage.inodes,
         })
+    }
+
+    /// Makes every change to the volume's tree acknowledged so far durable
+    /// (fsync and fsyncdir). The store has one log, so this syncs all
+    /// volumes' changes; the volume is named so the call fails for one
+    /// that does not exist.
+    pub fn sync(&self, vol: VolumeId) -> Result<()> {
+        self.volume_by_id(vol)?;
+        Ok(self.store.sync()?)
     }
 }
 

@@ -6,7 +6,7 @@ use super::{check_name, Attr, Tree, KIND_DIR, KIND_FILE, KIND_SYMLINK};
 use crate::{
     meta::{now_ns, Meta},
     records::{Dentry, Inode},
-    store::transact,
+    store::{transact, transact_buffered},
     MetaError, Result,
 };
 
@@ -46,6 +46,18 @@ impl Meta {
     }
 
     pub fn make_node(&self, vol: VolumeId, parent: Ino, name: &[u8], new: NewNode) -> Result<Attr> {
+        Ok(self.make_node_in(vol, parent, name, new)?.0)
+    }
+
+    /// `make_node`, also returning the parent directory as the change left
+    /// it, so a client need not ask for it again.
+    pub fn make_node_in(
+        &self,
+        vol: VolumeId,
+        parent: Ino,
+        name: &[u8],
+        new: NewNode,
+    ) -> Result<(Attr, Attr)> {
         check_name(name)?;
         if !(1..=7).contains(&new.kind) {
             return Err(MetaError::Invalid(format!(
@@ -59,7 +71,7 @@ impl Meta {
             )));
         }
         let ino = self.inode_ids.alloc(self.store.as_ref(), 1)?;
-        let attr = transact(self.store.as_ref(), |txn| {
+        let attr = transact_buffered(self.store.as_ref(), |txn| {
             let mut t = Tree::new(txn, vol);
             let mut dir = t.dir(parent)?;
             if t.dentry(parent, name)?.is_some() {
@@ -100,10 +112,16 @@ impl Meta {
             }
             dir.mtime_ns = now;
             dir.ctime_ns = now;
-            t.set(parent, dir);
+            t.set(parent, dir.clone());
             t.set(ino, inode.clone());
             t.finish()?;
-            Ok(Attr { ino, inode })
+            Ok((
+                Attr { ino, inode },
+                Attr {
+                    ino: parent,
+                    inode: dir,
+                },
+            ))
         })?;
         self.account(vol, 0, 1);
         Ok(attr)
@@ -111,7 +129,7 @@ impl Meta {
 
     pub fn link(&self, vol: VolumeId, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
         check_name(new_name)?;
-        transact(self.store.as_ref(), |txn| {
+        transact_buffered(self.store.as_ref(), |txn| {
             let mut t = Tree::new(txn, vol);
             let mut inode = t.inode(ino)?;
             if inode.kind == KIND_DIR {
@@ -151,7 +169,7 @@ impl Meta {
     /// unlink (`dir == false`) or rmdir (`dir == true`).
     pub fn unlink(&self, vol: VolumeId, parent: Ino, name: &[u8], dir: bool) -> Result<()> {
         check_name(name)?;
-        let freed = transact(self.store.as_ref(), |txn| {
+        let freed = transact_buffered(self.store.as_ref(), |txn| {
             let mut t = Tree::new(txn, vol);
             let mut p = t.dir(parent)?;
             let d = t.dentry(parent, name)?.ok_or_else(|| {
@@ -200,7 +218,7 @@ impl Meta {
         {
             return Err(MetaError::Invalid(format!("rename flags {flags:#x}")));
         }
-        let freed = transact(self.store.as_ref(), |txn| {
+        let freed = transact_buffered(self.store.as_ref(), |txn| {
             let mut t = Tree::new(txn, vol);
             t.dir(parent)?;
             t.dir(new_parent)?;

@@ -32,6 +32,22 @@ pub type KeyValue = (Vec<u8>, Vec<u8>);
 pub trait MetaStore: Send + Sync + 'static {
     /// Starts a transaction. Its commit is durable before it returns.
     fn begin(&self) -> Box<dyn Txn + '_>;
+
+    /// Starts a transaction whose commit is applied and visible to every
+    /// reader when it returns, survives the process being killed, and is
+    /// durable against power loss once `sync` (or any durable commit) has
+    /// returned after it; the backend also syncs it within a few
+    /// milliseconds on its own. This is what a local file system promises
+    /// for a create or rename before fsync. Backends whose every commit is
+    /// durable need not override it.
+    fn begin_buffered(&self) -> Box<dyn Txn + '_> {
+        self.begin()
+    }
+
+    /// Makes every commit that returned before this call durable.
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 pub trait Txn {
@@ -51,11 +67,27 @@ pub trait Txn {
 /// times, so it must not have effects outside the transaction.
 pub fn transact<T>(
     store: &dyn MetaStore,
+    f: impl FnMut(&mut dyn Txn) -> Result<T, MetaError>,
+) -> Result<T, MetaError> {
+    retry(|| store.begin(), f)
+}
+
+/// `transact` for changes that may be acknowledged before they are durable
+/// (see `MetaStore::begin_buffered`): the file tree's names and attributes.
+pub fn transact_buffered<T>(
+    store: &dyn MetaStore,
+    f: impl FnMut(&mut dyn Txn) -> Result<T, MetaError>,
+) -> Result<T, MetaError> {
+    retry(|| store.begin_buffered(), f)
+}
+
+fn retry<'s, T>(
+    begin: impl Fn() -> Box<dyn Txn + 's>,
     mut f: impl FnMut(&mut dyn Txn) -> Result<T, MetaError>,
 ) -> Result<T, MetaError> {
     let mut attempt = 0u32;
     loop {
-        let mut txn = store.begin();
+        let mut txn = begin();
         let out = f(txn.as_mut());
         let out = match out {
             Ok(v) => txn.commit().map(|()| v).map_err(MetaError::from),

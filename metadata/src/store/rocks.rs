@@ -1,10 +1,22 @@
 //! The embedded default backend: RocksDB's optimistic transactions.
 //!
-//! Every commit is written with `sync = true`: the WAL is fsynced before the
-//! commit returns, and RocksDB's write thread folds concurrent commits into
-//! one fsync (group commit).
+//! A commit from `begin` is written with `sync = true`: the WAL is fsynced
+//! before the commit returns, and RocksDB's write thread folds concurrent
+//! commits into one fsync (group commit). A commit from `begin_buffered`
+//! is written to the WAL file (so it survives a killed process) without the
+//! fsync; a syncer thread fsyncs the WAL within `SYNC_DELAY` of it, and any
+//! later durable commit or `sync` covers it too, since the WAL is one
+//! ordered log.
 
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Condvar, Mutex,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
 
 use rocksdb::{
     Direction, ErrorKind, IteratorMode, OptimisticTransactionDB, OptimisticTransactionOptions,
@@ -13,8 +25,64 @@ use rocksdb::{
 
 use super::{KeyValue, MetaStore, StoreError, Txn};
 
+/// Longest a buffered commit waits for the syncer's fsync.
+const SYNC_DELAY: Duration = Duration::from_millis(10);
+
 pub struct RocksStore {
-    db: OptimisticTransactionDB,
+    db: Arc<OptimisticTransactionDB>,
+    syncer: Arc<Syncer>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What the syncer thread waits on.
+#[derive(Default)]
+struct Syncer {
+    state: Mutex<SyncState>,
+    wake: Condvar,
+    /// WAL syncs done by the thread.
+    done: AtomicU64,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// A buffered commit has returned since the last fsync began.
+    dirty: bool,
+    stop: bool,
+}
+
+impl Syncer {
+    fn mark_dirty(&self) {
+        let mut st = self.state.lock().expect("syncer lock");
+        if !st.dirty {
+            st.dirty = true;
+            self.wake.notify_one();
+        }
+    }
+
+    fn run(&self, db: &OptimisticTransactionDB) {
+        loop {
+            {
+                let mut st = self.state.lock().expect("syncer lock");
+                while !st.dirty && !st.stop {
+                    st = self.wake.wait(st).expect("syncer lock");
+                }
+                if !st.dirty {
+                    return;
+                }
+            }
+            // Let more commits join this fsync.
+            std::thread::sleep(SYNC_DELAY);
+            self.state.lock().expect("syncer lock").dirty = false;
+            match db.flush_wal(true) {
+                Ok(()) => {
+                    self.done.fetch_add(1, Ordering::Relaxed);
+                }
+                // RocksDB also fails every later write, so no change is
+                // acknowledged that cannot be made durable.
+                Err(e) => tracing::error!(error = %e, "syncing the metadata WAL failed"),
+            }
+        }
+    }
 }
 
 impl RocksStore {
@@ -25,7 +93,48 @@ impl RocksStore {
         opts.set_bytes_per_sync(1 << 20);
         let db = OptimisticTransactionDB::open(&opts, path)
             .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
-        Ok(RocksStore { db })
+        let db = Arc::new(db);
+        let syncer = Arc::new(Syncer::default());
+        let thread = std::thread::Builder::new()
+            .name("meta-wal-sync".into())
+            .spawn({
+                let (db, syncer) = (db.clone(), syncer.clone());
+                move || syncer.run(&db)
+            })
+            .map_err(|e| StoreError::Backend(format!("starting the WAL syncer: {e}")))?;
+        Ok(RocksStore {
+            db,
+            syncer,
+            thread: Some(thread),
+        })
+    }
+
+    /// WAL syncs the background thread has done.
+    #[cfg(test)]
+    pub(crate) fn background_syncs(&self) -> u64 {
+        self.syncer.done.load(Ordering::Relaxed)
+    }
+
+    fn transaction(&self, sync: bool) -> Box<dyn Txn + '_> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        let mut to = OptimisticTransactionOptions::default();
+        to.set_snapshot(true);
+        Box::new(RocksTxn {
+            txn: self.db.transaction_opt(&wo, &to),
+            buffered: (!sync).then_some(&*self.syncer),
+            wrote: false,
+        })
+    }
+}
+
+impl Drop for RocksStore {
+    fn drop(&mut self) {
+        self.syncer.state.lock().expect("syncer lock").stop = true;
+        self.syncer.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -38,17 +147,25 @@ fn backend(e: rocksdb::Error) -> StoreError {
 
 struct RocksTxn<'a> {
     txn: Transaction<'a, OptimisticTransactionDB>,
+    /// Set for a buffered transaction: told when it commits.
+    buffered: Option<&'a Syncer>,
+    /// Whether `put` or `delete` was called. A read-only transaction has
+    /// nothing to commit: its reads came from one snapshot, and committing
+    /// an empty batch with `sync` would still fsync the WAL.
+    wrote: bool,
 }
 
 impl MetaStore for RocksStore {
     fn begin(&self) -> Box<dyn Txn + '_> {
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        let mut to = OptimisticTransactionOptions::default();
-        to.set_snapshot(true);
-        Box::new(RocksTxn {
-            txn: self.db.transaction_opt(&wo, &to),
-        })
+        self.transaction(true)
+    }
+
+    fn begin_buffered(&self) -> Box<dyn Txn + '_> {
+        self.transaction(false)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true).map_err(backend)
     }
 }
 
@@ -78,14 +195,24 @@ impl Txn for RocksTxn<'_> {
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.wrote = true;
         self.txn.put(key, value).map_err(backend)
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        self.wrote = true;
         self.txn.delete(key).map_err(backend)
     }
 
     fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        self.txn.commit().map_err(backend)
+        if !self.wrote {
+            return Ok(());
+        }
+        let buffered = self.buffered;
+        self.txn.commit().map_err(backend)?;
+        if let Some(s) = buffered {
+            s.mark_dirty();
+        }
+        Ok(())
     }
 }
