@@ -31,7 +31,11 @@ pub fn mount(a: MountArgs) -> anyhow::Result<()> {
     let vol = rt
         .block_on(async {
             let meta = connect_meta(&a.meta.meta).await?;
-            Volume::open(meta, &a.name, VolumeOptions::default()).await
+            let options = VolumeOptions {
+                thread_meta_addr: Some(a.meta.meta.clone()),
+                ..Default::default()
+            };
+            Volume::open(meta, &a.name, options).await
         })
         .with_context(|| format!("opening volume {}", a.name))?;
     let options = tessera_fuse::MountOptions {

@@ -60,6 +60,19 @@ impl From<tessera_common::Error> for ClientError {
 }
 
 impl ClientError {
+    /// The service could not be reached or did not answer (as opposed to
+    /// answering with an error).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } => true,
+            ClientError::Meta { code, .. } => matches!(
+                code,
+                Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown
+            ),
+            _ => false,
+        }
+    }
+
     /// The errno a file system call should fail with: the one place client
     /// errors become errnos.
     pub fn errno(&self) -> i32 {

@@ -26,12 +26,17 @@ pub async fn connect_meta(addr: &str) -> Result<MetaConn> {
 
 /// An HTTP/2 endpoint with Tessera's timeouts.
 pub(crate) fn endpoint(addr: &str) -> Result<Endpoint> {
+    Ok(endpoint_without_keep_alive(addr)?
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5)))
+}
+
+/// For a connection only polled while a call is running on it.
+pub(crate) fn endpoint_without_keep_alive(addr: &str) -> Result<Endpoint> {
     Endpoint::from_shared(format!("http://{addr}"))
         .map(|e| {
             e.connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5))
                 .initial_stream_window_size(Some(8 << 20))
                 .initial_connection_window_size(Some(32 << 20))
         })

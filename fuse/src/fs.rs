@@ -42,12 +42,28 @@ impl TesseraFs {
         }
     }
 
+    /// Runs a call of the data path (it may start background work) on the
+    /// shared runtime.
     fn run<T>(
         &self,
         op: &str,
         f: impl Future<Output = Result<T, ClientError>>,
     ) -> Result<T, Errno> {
-        self.rt.block_on(f).map_err(|e| {
+        self.result(op, self.rt.block_on(f))
+    }
+
+    /// Runs a call on names and attributes on this thread
+    /// (`Volume::block_on_names`).
+    fn run_names<T>(
+        &self,
+        op: &str,
+        f: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, Errno> {
+        self.result(op, self.vol.block_on_names(&self.rt, f))
+    }
+
+    fn result<T>(&self, op: &str, r: Result<T, ClientError>) -> Result<T, Errno> {
+        r.map_err(|e| {
             let code = e.errno();
             if code == libc::EIO {
                 warn!(volume = self.vol.name(), op, error = %e, "I/O error");
@@ -104,12 +120,12 @@ impl Filesystem for TesseraFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r = self.run("lookup", self.vol.lookup(parent.0, name.as_bytes()));
+        let r = self.run_names("lookup", self.vol.lookup(parent.0, name.as_bytes()));
         self.entry(reply, r);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.run("getattr", self.vol.getattr(ino.0)) {
+        match self.run_names("getattr", self.vol.getattr(ino.0)) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(e),
         }
@@ -152,7 +168,7 @@ impl Filesystem for TesseraFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.run("readlink", self.vol.read_link(ino.0)) {
+        match self.run_names("readlink", self.vol.read_link(ino.0)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
         }
@@ -172,7 +188,7 @@ impl Filesystem for TesseraFs {
             return reply.error(Errno::EINVAL);
         };
         let perm = mode & !umask & 0o7777;
-        let r = self.run(
+        let r = self.run_names(
             "mknod",
             self.vol.make_node(
                 parent.0,
@@ -198,7 +214,7 @@ impl Filesystem for TesseraFs {
         reply: ReplyEntry,
     ) {
         let perm = mode & !umask & 0o7777;
-        let r = self.run(
+        let r = self.run_names(
             "mkdir",
             self.vol.make_node(
                 parent.0,
@@ -215,12 +231,12 @@ impl Filesystem for TesseraFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.run("unlink", self.vol.unlink(parent.0, name.as_bytes(), false));
+        let r = self.run_names("unlink", self.vol.unlink(parent.0, name.as_bytes(), false));
         self.empty(reply, r);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.run("rmdir", self.vol.unlink(parent.0, name.as_bytes(), true));
+        let r = self.run_names("rmdir", self.vol.unlink(parent.0, name.as_bytes(), true));
         self.empty(reply, r);
     }
 
@@ -232,7 +248,7 @@ impl Filesystem for TesseraFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self.run(
+        let r = self.run_names(
             "symlink",
             self.vol.make_node(
                 parent.0,
@@ -258,7 +274,7 @@ impl Filesystem for TesseraFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = self.run(
+        let r = self.run_names(
             "rename",
             self.vol.rename(
                 parent.0,
@@ -279,7 +295,7 @@ impl Filesystem for TesseraFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let r = self.run(
+        let r = self.run_names(
             "link",
             self.vol.link(ino.0, newparent.0, newname.as_bytes()),
         );
@@ -366,7 +382,7 @@ impl Filesystem for TesseraFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.run("opendir", Self::list(&self.vol, ino.0)) {
+        match self.run_names("opendir", Self::list(&self.vol, ino.0)) {
             Ok(entries) => reply.opened(FileHandle(self.dirs.insert(entries)), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
@@ -432,13 +448,13 @@ impl Filesystem for TesseraFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.run("fsyncdir", self.vol.sync());
+        let r = self.run_names("fsyncdir", self.vol.sync());
         self.empty(reply, r);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         const BSIZE: u64 = 4096;
-        match self.run("statfs", self.vol.stat_fs()) {
+        match self.run_names("statfs", self.vol.stat_fs()) {
             Ok((size, used, inodes)) => {
                 let blocks = size / BSIZE;
                 let free = size.saturating_sub(used) / BSIZE;
@@ -468,7 +484,7 @@ impl Filesystem for TesseraFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let r = self.run(
+        let r = self.run_names(
             "setxattr",
             self.vol
                 .set_xattr(ino.0, name.as_bytes(), value, flags as u32),
@@ -477,7 +493,7 @@ impl Filesystem for TesseraFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.run("getxattr", self.vol.get_xattr(ino.0, name.as_bytes())) {
+        match self.run_names("getxattr", self.vol.get_xattr(ino.0, name.as_bytes())) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() <= size as usize => reply.data(&v),
             Ok(_) => reply.error(Errno::ERANGE),
@@ -486,7 +502,7 @@ impl Filesystem for TesseraFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.run("listxattr", self.vol.list_xattr(ino.0)) {
+        match self.run_names("listxattr", self.vol.list_xattr(ino.0)) {
             Ok(names) => {
                 let mut buf = Vec::new();
                 for n in names {
@@ -506,7 +522,7 @@ impl Filesystem for TesseraFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.run("removexattr", self.vol.remove_xattr(ino.0, name.as_bytes()));
+        let r = self.run_names("removexattr", self.vol.remove_xattr(ino.0, name.as_bytes()));
         self.empty(reply, r);
     }
 
@@ -521,7 +537,7 @@ impl Filesystem for TesseraFs {
         reply: ReplyCreate,
     ) {
         let perm = mode & !umask & 0o7777;
-        let r = self.run(
+        let r = self.run_names(
             "create",
             self.vol.make_node(
                 parent.0,
