@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/tessera.proto");
     tonic_build::configure()
         .bytes(["."])
+        .codec_path("crate::codec::ProtoCodec")
         .compile_protos(&["proto/tessera.proto"], &["proto"])?;
     Ok(())
 }

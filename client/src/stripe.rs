@@ -41,10 +41,10 @@ pub(crate) async fn put_block(
     nodes: &Nodes,
     codec: &Codec,
     block: BlockId,
-    data: &[u8],
+    data: Bytes,
     min_durable: usize,
 ) -> Result<Stored> {
-    let shards = codec.encode(data);
+    let shards = codec.encode_shared(data);
     let (targets, epoch) = nodes.shard_nodes_at(block);
     let puts = shards.into_iter().enumerate().map(|(i, shard)| {
         let key = ShardKey {
@@ -63,7 +63,7 @@ pub(crate) async fn put_block(
                     why: "node is down".into(),
                 });
             }
-            let res = put_shard(nodes, node, key, Bytes::from(shard), crc, epoch).await;
+            let res = put_shard(nodes, node, key, shard, crc, epoch).await;
             if let Err(e) = &res {
                 warn!(%key, node, error = %e, "shard write failed");
                 nodes.suspect(node);

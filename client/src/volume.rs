@@ -70,6 +70,15 @@ impl Default for VolumeOptions {
     }
 }
 
+/// An extent's bytes as the block stored from them.
+struct SharedBytes(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// Committed slices of one file, as last fetched.
 struct Slices {
     size: u64,
@@ -597,21 +606,30 @@ impl Volume {
         prev: Option<Arc<Pending>>,
     ) -> Result<()> {
         let block = self.inner.block_ids.next().await?;
-        let mut data = Vec::with_capacity(pending.len());
+        let block_len = pending.len();
         let mut slices = Vec::with_capacity(pending.extents.len());
+        let mut at = 0;
         for x in &pending.extents {
             slices.push(pb::Slice {
                 offset: x.offset,
                 len: x.data.len() as u32,
                 block,
-                block_offset: data.len() as u32,
-                block_len: 0,
+                block_offset: at as u32,
+                block_len: block_len as u32,
             });
-            data.extend_from_slice(&x.data);
+            at += x.data.len();
         }
-        for s in &mut slices {
-            s.block_len = data.len() as u32;
-        }
+        let data = match pending.extents.as_slice() {
+            // A sequential writer's block is one extent: share it.
+            [only] => Bytes::from_owner(SharedBytes(only.data.clone())),
+            many => {
+                let mut v = Vec::with_capacity(block_len);
+                for x in many {
+                    v.extend_from_slice(&x.data);
+                }
+                Bytes::from(v)
+            }
+        };
         if let Err(e) = self.inner.nodes.refresh_if_stale(0).await {
             warn!(volume = self.name(), error = %e, "refreshing the placement table failed");
         }
@@ -619,7 +637,7 @@ impl Volume {
             &self.inner.nodes,
             &self.inner.codec,
             block,
-            &data,
+            data,
             self.inner.min_durable,
         )
         .await?;
@@ -628,11 +646,10 @@ impl Volume {
         } else {
             vec![pb::DegradedBlock {
                 block,
-                block_len: data.len() as u32,
+                block_len: block_len as u32,
                 missing: stored.missing,
             }]
         };
-        drop(data);
         if let Some(prev) = prev {
             // Commit in cut order; an earlier failure is reported on its own.
             let _ = prev.wait().await;

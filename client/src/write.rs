@@ -84,6 +84,12 @@ impl FileState {
                 let buf = Arc::make_mut(&mut last.data);
                 let at = (offset - last.offset) as usize;
                 let overlap = (buf.len() - at).min(data.len());
+                let grow = data.len() - overlap;
+                if buf.capacity() - buf.len() < grow {
+                    // Straight to a whole block: a sequential writer fills
+                    // it, and doubling would copy the bytes again each time.
+                    buf.reserve_exact(grow.max(MAX_BLOCK.saturating_sub(buf.len())));
+                }
                 buf[at..at + overlap].copy_from_slice(&data[..overlap]);
                 buf.extend_from_slice(&data[overlap..]);
                 self.dirty_bytes += data.len() - overlap;

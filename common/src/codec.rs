@@ -5,6 +5,7 @@
 //! `[i*S, (i+1)*S)`, so healthy reads never decode. `replica:N` (K=1) stores N
 //! identical copies and needs no arithmetic at all.
 
+use bytes::Bytes;
 use reed_solomon_erasure::galois_8::ReedSolomon;
 
 use crate::{BlockId, Error, Protection};
@@ -44,27 +45,41 @@ impl Codec {
 
     /// Splits and encodes `block` into K+M shards of equal length.
     pub fn encode(&self, block: &[u8]) -> Vec<Vec<u8>> {
+        self.encode_shared(Bytes::copy_from_slice(block))
+            .into_iter()
+            .map(|shard| shard.to_vec())
+            .collect()
+    }
+
+    /// `encode` without copying what need not be: a data shard that lies
+    /// whole inside the block is a slice of it, and replicas share it;
+    /// only the zero-padded last data shard and the parity are new bytes.
+    pub fn encode_shared(&self, block: Bytes) -> Vec<Bytes> {
         let k = usize::from(self.protection.k);
         let width = self.protection.width();
         if k == 1 {
-            return vec![block.to_vec(); width];
+            return vec![block; width];
         }
         let s = self.shard_len(block.len());
-        let mut shards: Vec<Vec<u8>> = (0..width)
+        let mut shards: Vec<Bytes> = (0..k)
             .map(|i| {
-                let mut shard = vec![0u8; s];
-                if i < k {
-                    let start = (i * s).min(block.len());
-                    let end = ((i + 1) * s).min(block.len());
+                let start = (i * s).min(block.len());
+                let end = ((i + 1) * s).min(block.len());
+                if end - start == s {
+                    block.slice(start..end)
+                } else {
+                    let mut shard = vec![0u8; s];
                     shard[..end - start].copy_from_slice(&block[start..end]);
+                    Bytes::from(shard)
                 }
-                shard
             })
             .collect();
+        let mut parity = vec![vec![0u8; s]; width - k];
         if let Some(rs) = &self.rs {
-            rs.encode(&mut shards)
+            rs.encode_sep(&shards, &mut parity)
                 .expect("shards were built with equal lengths and the right count");
         }
+        shards.extend(parity.into_iter().map(Bytes::from));
         shards
     }
 

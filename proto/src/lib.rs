@@ -4,6 +4,7 @@
 //! edge, with the helpers in `convert` before calling a domain function.
 //! This crate depends only on tessera-common.
 
+pub mod codec;
 pub mod convert;
 pub mod errno;
 
