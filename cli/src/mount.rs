@@ -62,9 +62,12 @@ pub fn mount(a: MountArgs) -> anyhow::Result<()> {
         session.join().context("FUSE session")?;
     } else {
         info!(volume = %a.name, "signalled: flushing and unmounting");
-        rt.block_on(vol.flush_all())
-            .context("flushing buffered writes")?;
+        // Unmount even if the flush failed: the process ends either way,
+        // and a mount left behind would only answer "transport endpoint
+        // is not connected".
+        let flushed = rt.block_on(vol.flush_all());
         session.umount_and_join().context("unmounting")?;
+        flushed.context("flushing buffered writes")?;
     }
     Ok(())
 }

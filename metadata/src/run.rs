@@ -7,6 +7,9 @@ use tracing::info;
 
 use crate::{store::RocksStore, Meta, MetaError, MetaOptions, MetaService};
 
+/// How long a shutdown waits for clients to close their connections.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Clone, Debug)]
 pub struct MetaConfig {
     /// Directory of the embedded RocksDB store.
@@ -59,11 +62,30 @@ pub async fn run(
     // written in several frames, which Nagle would hold back.
     let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
         .map_err(|e| MetaError::Unavailable(format!("metadata listener: {e}")))?;
-    let served = tonic::transport::Server::builder()
+    // A graceful shutdown waits for clients to close their connections,
+    // and a mount's per-thread connections are idle between calls (nobody
+    // reads the server's goodbye on them). Every answered change is in
+    // the WAL already, so after a short grace the rest are just dropped.
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serve = tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| MetaError::Unavailable(format!("metadata server: {e}")));
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            let _ = stopping.send(());
+        });
+    let grace = async {
+        match stopped.await {
+            Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let served = tokio::select! {
+        r = serve => r.map_err(|e| MetaError::Unavailable(format!("metadata server: {e}"))),
+        () = grace => {
+            info!(grace = ?SHUTDOWN_GRACE, "closing the connections still open");
+            Ok(())
+        }
+    };
     gc.abort();
     repair.abort();
     membership.abort();

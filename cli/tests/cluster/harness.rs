@@ -235,6 +235,16 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM to the metadata service; returns how long it took to exit.
+    pub fn stop_meta(&mut self) -> Duration {
+        info!("--- SIGTERM metadata service");
+        let start = Instant::now();
+        if let Some(mut c) = self.meta.take() {
+            sigterm_and_wait(&mut c);
+        }
+        start.elapsed()
+    }
+
     pub fn kill_meta(&mut self) {
         info!("--- SIGKILL metadata service");
         if let Some(mut c) = self.meta.take() {
