@@ -516,3 +516,15 @@ fn a_volume_deletion_cut_short_is_finished_at_open() {
     );
     assert!(m.get_volume("v").is_err());
 }
+
+#[test]
+fn sync_names_the_volume_and_create_answers_with_the_parent() {
+    let (m, v) = meta_with_volume(1 << 30);
+    m.sync(v).unwrap();
+    assert!(matches!(m.sync(v + 1000), Err(MetaError::NotFound { .. })));
+    let d = m.make_node(v, ROOT_INO, b"d", dir()).unwrap();
+    let (f, parent) = m.make_node_in(v, d.ino, b"f", file(0o644)).unwrap();
+    assert_eq!(parent.ino, d.ino);
+    assert_eq!(parent.inode, m.get_attr(v, d.ino).unwrap().inode);
+    assert_eq!(parent.inode.mtime_ns, f.inode.ctime_ns);
+}
