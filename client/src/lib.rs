@@ -8,6 +8,7 @@ mod blocks;
 mod cache;
 mod dir_attrs;
 mod error;
+mod lean;
 mod local;
 mod meta;
 mod nodes;

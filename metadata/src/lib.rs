@@ -12,6 +12,7 @@ pub mod fs;
 pub mod gc;
 mod ids;
 pub mod keys;
+pub(crate) mod lean;
 mod membership;
 mod meta;
 mod node_clients;

@@ -58,19 +58,18 @@ pub async fn run(
         .await
         .map_err(|e| MetaError::Unavailable(format!("listening on {}: {e}", config.listen)))?;
     info!(listen = %listener.local_addr().map_err(|e| MetaError::Unavailable(e.to_string()))?, "metadata service ready");
-    // TCP_NODELAY on every accepted connection: answers are small and
-    // written in several frames, which Nagle would hold back.
-    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
-        .map_err(|e| MetaError::Unavailable(format!("metadata listener: {e}")))?;
     // A graceful shutdown waits for clients to close their connections,
     // and a mount's per-thread connections are idle between calls (nobody
     // reads the server's goodbye on them). Every answered change is in
     // the WAL already, so after a short grace the rest are just dropped.
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop_lean, lean_stopped) = tokio::sync::watch::channel(false);
+    let incoming = crate::lean::accept(listener, service.clone(), lean_stopped);
     let serve = tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
+            let _ = stop_lean.send(true);
             let _ = stopping.send(());
         });
     let grace = async {

@@ -7,6 +7,7 @@
 pub mod codec;
 pub mod convert;
 pub mod errno;
+pub mod lean;
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod pb {

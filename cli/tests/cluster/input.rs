@@ -1,6 +1,13 @@
 //! Bad input gets a clear error and changes nothing.
 
-use std::{fs, io::ErrorKind};
+use std::{
+    fs,
+    io::{ErrorKind, Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+use tessera_proto::lean;
 
 use crate::harness::Cluster;
 
@@ -102,4 +109,95 @@ fn hostile_file_names_are_refused() {
     );
     assert_eq!(fs::read_dir(&m.dir).unwrap().count(), 0);
     m.unmount();
+}
+
+/// A connection speaking lean RPC to the metadata service, as a FUSE
+/// thread does, with the hello already exchanged.
+fn lean_connection(c: &Cluster) -> TcpStream {
+    let mut s = TcpStream::connect(&c.meta_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&lean::hello()).unwrap();
+    let mut hello = [0u8; lean::HELLO_LEN];
+    s.read_exact(&mut hello).unwrap();
+    assert_eq!(lean::hello_version(&hello), Ok(lean::VERSION));
+    s
+}
+
+/// Makes one call; the answer's (code, status, message).
+fn lean_call(s: &mut TcpStream, method: &str, message: &[u8]) -> (u32, String, Vec<u8>) {
+    let mut out = Vec::new();
+    lean::encode_request(&format!("/tessera.v1.Meta/{method}"), message, &mut out).unwrap();
+    s.write_all(&out).unwrap();
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).unwrap();
+    let mut frame = vec![0u8; lean::frame_len(head).unwrap()];
+    s.read_exact(&mut frame).unwrap();
+    let a = lean::decode_response(&frame).unwrap();
+    (a.code, a.status.to_string(), a.message.to_vec())
+}
+
+/// Whether the service closed `s` (rather than answering).
+fn closed_by_service(s: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    match s.read_to_end(&mut rest) {
+        Ok(_) => true,
+        Err(e) => e.kind() == ErrorKind::ConnectionReset,
+    }
+}
+
+/// `GetVolumeRequest { name }`, encoded by hand: field 1, length-delimited.
+fn get_volume(name: &str) -> Vec<u8> {
+    let mut m = vec![0x0a, name.len() as u8];
+    m.extend_from_slice(name.as_bytes());
+    m
+}
+
+#[test]
+fn lean_rpc_answers_calls_and_refuses_hostile_bytes() {
+    let c = Cluster::start(1);
+    c.create_volume("lean", "1GiB", "replica:1");
+    let mut s = lean_connection(&c);
+    let (code, _, answer) = lean_call(&mut s, "GetVolume", &get_volume("lean"));
+    assert_eq!(code, 0);
+    assert!(answer.windows(9).any(|w| w == b"replica:1"), "{answer:?}");
+    // Failures come back as the gRPC status, on a connection that goes on.
+    let (code, status, _) = lean_call(&mut s, "GetVolume", &get_volume("nope"));
+    assert_eq!(code, tonic::Code::NotFound as u32);
+    assert!(status.contains("nope"), "{status}");
+    let (code, _, _) = lean_call(&mut s, "NoSuchMethod", b"");
+    assert_eq!(code, tonic::Code::Unimplemented as u32);
+    let (code, _, _) = lean_call(&mut s, "GetVolume", b"\xff\xff\xff");
+    assert_ne!(code, 0);
+    let (code, _, _) = lean_call(&mut s, "GetVolume", &get_volume("lean"));
+    assert_eq!(code, 0);
+
+    // A frame longer than any message: the service hangs up.
+    let mut s = lean_connection(&c);
+    s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    assert!(closed_by_service(&mut s));
+    // A path past the end of its frame.
+    let mut s = lean_connection(&c);
+    s.write_all(&[6, 0, 0, 0, 200, 0, b'/', b'x', b'y', b'z'])
+        .unwrap();
+    assert!(closed_by_service(&mut s));
+    // A version the service does not speak: it says which one it does.
+    let mut s = TcpStream::connect(&c.meta_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut hello = lean::hello();
+    hello[4] = 2;
+    s.write_all(&hello).unwrap();
+    let mut answer = [0u8; lean::HELLO_LEN];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(lean::hello_version(&answer), Ok(lean::VERSION));
+    assert!(closed_by_service(&mut s));
+    // Neither lean RPC nor HTTP/2.
+    let mut s = TcpStream::connect(&c.meta_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(closed_by_service(&mut s));
+
+    // None of it changed anything or stopped either protocol.
+    assert!(c.cli_ok(&["volume", "ls"]).contains("lean"));
+    let (code, _, _) = lean_call(&mut lean_connection(&c), "GetVolume", &get_volume("lean"));
+    assert_eq!(code, 0);
 }

@@ -1,0 +1,205 @@
+//! Lean RPC, version 1: the metadata service's unary gRPC calls without
+//! HTTP/2, for clients that make one call at a time on their own
+//! connection (a FUSE worker thread). A lookup over HTTP/2 spends most of
+//! its time in stream bookkeeping, HPACK and task hand-offs; here it is
+//! one write and one read on each side. Same messages, same method names,
+//! same status codes, on the same port as gRPC.
+//!
+//! ```text
+//! client hello   "TSRM" | version u16 | 0u16
+//! server hello   "TSRM" | version u16 | 0u16         (then closes if it
+//!                                                      does not speak it)
+//! request        len u32 | path_len u16 | path | message
+//! response       len u32 | code u32 | errno u32 | status_len u32 | status | message
+//! ```
+//! Integers are little-endian; `len` counts the bytes after it. `path` is
+//! the gRPC method path (`/tessera.v1.Meta/Lookup`), `message` the
+//! protobuf message without gRPC's 5-byte prefix. `code` is the gRPC
+//! status code: 0 carries the answer, anything else the status message
+//! and, when not 0, the errno of the failure (see [`crate::errno`]).
+//! Calls are answered in order, one at a time.
+
+use crate::MAX_MESSAGE;
+
+pub const MAGIC: [u8; 4] = *b"TSRM";
+pub const VERSION: u16 = 1;
+pub const HELLO_LEN: usize = 8;
+/// Largest `len` of a frame: a message and its path or status.
+pub const MAX_FRAME: usize = MAX_MESSAGE + 64 * 1024;
+
+/// A frame or hello that is not lean RPC version 1.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("lean RPC: {0}")]
+pub struct BadFrame(pub String);
+
+fn bad(why: impl Into<String>) -> BadFrame {
+    BadFrame(why.into())
+}
+
+pub fn hello() -> [u8; HELLO_LEN] {
+    let mut h = [0u8; HELLO_LEN];
+    h[..4].copy_from_slice(&MAGIC);
+    h[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    h
+}
+
+/// The version a hello names (any version: the caller decides).
+pub fn hello_version(h: &[u8; HELLO_LEN]) -> Result<u16, BadFrame> {
+    if h[..4] != MAGIC {
+        return Err(bad("not a lean RPC hello"));
+    }
+    Ok(u16::from_le_bytes([h[4], h[5]]))
+}
+
+/// The `len` of a frame from its first four bytes, checked against
+/// [`MAX_FRAME`].
+pub fn frame_len(head: [u8; 4]) -> Result<usize, BadFrame> {
+    let len = u32::from_le_bytes(head) as usize;
+    if len > MAX_FRAME {
+        return Err(bad(format!("frame of {len} bytes, limit {MAX_FRAME}")));
+    }
+    Ok(len)
+}
+
+/// Appends a request frame (with its length prefix) to `out`.
+pub fn encode_request(path: &str, message: &[u8], out: &mut Vec<u8>) -> Result<(), BadFrame> {
+    let path_len = u16::try_from(path.len()).map_err(|_| bad("method path too long"))?;
+    let len = 2 + path.len() + message.len();
+    if len > MAX_FRAME {
+        return Err(bad(format!("request of {len} bytes, limit {MAX_FRAME}")));
+    }
+    out.reserve(4 + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&path_len.to_le_bytes());
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(message);
+    Ok(())
+}
+
+/// Splits a request frame (without its length prefix) into path and message.
+pub fn decode_request(frame: &[u8]) -> Result<(&str, &[u8]), BadFrame> {
+    let (n, rest) = frame
+        .split_first_chunk::<2>()
+        .ok_or_else(|| bad("short request"))?;
+    let n = u16::from_le_bytes(*n) as usize;
+    if rest.len() < n {
+        return Err(bad("method path past the end of the request"));
+    }
+    let (path, message) = rest.split_at(n);
+    let path = std::str::from_utf8(path).map_err(|_| bad("method path is not UTF-8"))?;
+    Ok((path, message))
+}
+
+/// The answer to one call.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answer<'a> {
+    /// gRPC status code; 0 is success.
+    pub code: u32,
+    /// 0 when the failure carries no errno.
+    pub errno: u32,
+    pub status: &'a str,
+    pub message: &'a [u8],
+}
+
+/// A response frame (with its length prefix).
+pub fn encode_response(a: &Answer<'_>) -> Vec<u8> {
+    let len = 12 + a.status.len() + a.message.len();
+    let mut out = Vec::with_capacity(4 + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&a.code.to_le_bytes());
+    out.extend_from_slice(&a.errno.to_le_bytes());
+    out.extend_from_slice(&(a.status.len() as u32).to_le_bytes());
+    out.extend_from_slice(a.status.as_bytes());
+    out.extend_from_slice(a.message);
+    out
+}
+
+/// Decodes a response frame (without its length prefix).
+pub fn decode_response(frame: &[u8]) -> Result<Answer<'_>, BadFrame> {
+    let short = || bad("short response");
+    let (code, rest) = frame.split_first_chunk::<4>().ok_or_else(short)?;
+    let (errno, rest) = rest.split_first_chunk::<4>().ok_or_else(short)?;
+    let (n, rest) = rest.split_first_chunk::<4>().ok_or_else(short)?;
+    let n = u32::from_le_bytes(*n) as usize;
+    if rest.len() < n {
+        return Err(bad("status past the end of the response"));
+    }
+    let (status, message) = rest.split_at(n);
+    Ok(Answer {
+        code: u32::from_le_bytes(*code),
+        errno: u32::from_le_bytes(*errno),
+        status: std::str::from_utf8(status).map_err(|_| bad("status is not UTF-8"))?,
+        message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trip() {
+        let mut out = Vec::new();
+        encode_request("/tessera.v1.Meta/Lookup", b"\x08\x01", &mut out).unwrap();
+        let len = frame_len(out[..4].try_into().unwrap()).unwrap();
+        assert_eq!(len, out.len() - 4);
+        assert_eq!(
+            decode_request(&out[4..]).unwrap(),
+            ("/tessera.v1.Meta/Lookup", &b"\x08\x01"[..])
+        );
+    }
+
+    #[test]
+    fn response_round_trip() {
+        for a in [
+            Answer {
+                code: 0,
+                errno: 0,
+                status: "",
+                message: b"abc",
+            },
+            Answer {
+                code: 9,
+                errno: 39,
+                status: "directory /a is not empty",
+                message: b"",
+            },
+        ] {
+            let out = encode_response(&a);
+            assert_eq!(
+                frame_len(out[..4].try_into().unwrap()).unwrap(),
+                out.len() - 4
+            );
+            assert_eq!(decode_response(&out[4..]).unwrap(), a);
+        }
+    }
+
+    #[test]
+    fn hostile_frames_are_refused() {
+        assert!(frame_len(u32::MAX.to_le_bytes()).is_err());
+        assert!(frame_len(((MAX_FRAME + 1) as u32).to_le_bytes()).is_err());
+        assert!(decode_request(b"").is_err());
+        assert!(decode_request(b"\x05\x00abc").is_err());
+        assert!(decode_request(b"\x02\x00\xff\xfe").is_err());
+        assert!(decode_response(b"\x00\x00\x00\x00\x00\x00").is_err());
+        assert!(decode_response(b"\x00\x00\x00\x00\x00\x00\x00\x00\x09\x00\x00\x00ab").is_err());
+        assert!(encode_request(&"x".repeat(70_000), b"", &mut Vec::new()).is_err());
+        // Every truncation of a valid response is refused or decodes to a
+        // shorter message, never past the end.
+        let full = encode_response(&Answer {
+            code: 5,
+            errno: 2,
+            status: "no such file",
+            message: b"",
+        });
+        for cut in 4..full.len() {
+            assert!(decode_response(&full[4..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn hello_names_its_version() {
+        assert_eq!(hello_version(&hello()), Ok(VERSION));
+        assert!(hello_version(b"PRI * HT").is_err());
+    }
+}
