@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use tessera_proto::{pb::meta_client::MetaClient, MAX_MESSAGE};
+use tessera_proto::{pb::meta_client::MetaClient, CONNECTION_WINDOW, MAX_MESSAGE, STREAM_WINDOW};
 use tonic::{
     body::BoxBody,
     codegen::{http, BoxFuture, Service, StdError},
@@ -79,8 +79,8 @@ pub(crate) fn endpoint(addr: &str) -> Result<Endpoint> {
         .map(|e| {
             e.connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true)
-                .initial_stream_window_size(Some(8 << 20))
-                .initial_connection_window_size(Some(32 << 20))
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(5))
         })

@@ -8,6 +8,16 @@ use crate::pb;
 /// framing, or a large slice list.
 pub const MAX_MESSAGE: usize = 64 << 20;
 
+/// HTTP/2 flow-control windows of shard traffic: large enough that a
+/// stream of 1 MiB shards never waits for a window update.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
+/// Largest HTTP/2 frame a storage node accepts, instead of h2's 16 KiB:
+/// a 1 MiB shard then crosses in one frame rather than 64, each decoded,
+/// flow-controlled and woken for on its own (sequential writes through a
+/// mount +19% on 2 cores).
+pub const MAX_FRAME: u32 = 1 << 20;
+
 /// Kinds of inode, with their wire numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {

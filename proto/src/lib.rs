@@ -14,4 +14,4 @@ pub mod pb {
     tonic::include_proto!("tessera.v1");
 }
 
-pub use convert::{shard_key, FileKind, MAX_MESSAGE};
+pub use convert::{shard_key, FileKind, CONNECTION_WINDOW, MAX_FRAME, MAX_MESSAGE, STREAM_WINDOW};

@@ -11,7 +11,9 @@ use std::{
     },
 };
 
-use tessera_proto::{pb::node_server::NodeServer, MAX_MESSAGE};
+use tessera_proto::{
+    pb::node_server::NodeServer, CONNECTION_WINDOW, MAX_FRAME, MAX_MESSAGE, STREAM_WINDOW,
+};
 use tonic::transport::{server::TcpIncoming, Server};
 use tracing::info;
 
@@ -104,6 +106,9 @@ pub async fn run(
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
     let served = Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
