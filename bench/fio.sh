@@ -67,9 +67,10 @@ mount_vol
 local_w=$(fio_bw "$LOCAL" write)
 local_r=$(fio_bw "$LOCAL" read)
 ts_w=$(fio_bw "$MNT" write)
+write_rss=$(peak_rss_mib "$MOUNT")
 unmount_vol; drop_caches; mount_vol
 ts_r=$(fio_bw "$MNT" read)
-mount_rss=$(peak_rss_mib "$MOUNT")
+read_rss=$(peak_rss_mib "$MOUNT")
 node_rss=$(peak_rss_mib $(pgrep -f "tessera node --data $WORK" || true))
 
 # Creates: 10,000 empty files through the mount, and on the local disk.
@@ -95,4 +96,4 @@ echo "protection:  $PROT, 6 nodes on one disk, file ${SIZE_MIB} MiB"
 printf "seq write:   tessera %.0f MiB/s, local %.0f MiB/s, ratio %s\n" "$ts_w" "$local_w" "$(ratio "$ts_w" "$local_w")"
 printf "seq read:    tessera %.0f MiB/s, local %.0f MiB/s, ratio %s (cold)\n" "$ts_r" "$local_r" "$(ratio "$ts_r" "$local_r")"
 echo "creates:     tessera $ts_c/s, local $local_c/s"
-echo "peak RSS:    FUSE ${mount_rss} MiB, largest storage node ${node_rss} MiB"
+echo "peak RSS:    FUSE ${write_rss} MiB writing, ${read_rss} MiB reading; largest storage node ${node_rss} MiB"

@@ -36,6 +36,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -59,6 +60,19 @@ fn main() -> std::process::ExitCode {
             eprintln!("tessera: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// glibc gives threads that allocate at the same time arenas of their own
+/// (up to 8 per core) and keeps what is freed in an arena for that arena.
+/// A mount allocates 4 MiB blocks on one thread and frees them on another,
+/// so every arena kept its own stock: 310 MiB resident after a 2 GiB
+/// write, against 155 MiB with two arenas, at the same speed.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: sets one allocator parameter, before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

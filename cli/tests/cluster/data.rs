@@ -100,6 +100,11 @@ fn ec_4_2_survives_restart_and_two_node_losses() {
     info!("--- write 1 GiB and {small} small files");
     write_big(&m.path("big"), 1, big);
     write_small(&m.dir, small);
+    // The design's memory bound for a mount (blocks in flight, a block
+    // cache), whatever the allocator keeps for itself.
+    let peak = m.peak_rss_mib();
+    info!("--- peak resident memory of the mount: {peak} MiB");
+    assert!(peak < 300, "the mount peaked at {peak} MiB resident");
     m.unmount();
 
     info!("--- stop every process, start again");
