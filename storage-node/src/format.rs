@@ -47,6 +47,25 @@ pub struct Head {
     pub pieces: Vec<u32>,
 }
 
+/// The CRC32s of `data`'s 64 KiB pieces: a record's piece table.
+pub fn piece_crcs(data: &[u8]) -> Vec<u32> {
+    data.chunks(PIECE).map(crc32).collect()
+}
+
+/// The CRC32 of `len` bytes of data, from the CRC32s of its pieces: a
+/// writer's whole-shard CRC is checked without a second pass over the bytes.
+pub fn whole_crc(pieces: &[u32], len: usize) -> u32 {
+    let mut whole = crc32fast::Hasher::new();
+    for (i, &crc) in pieces.iter().enumerate() {
+        let piece_len = PIECE.min(len - i * PIECE);
+        whole.combine(&crc32fast::Hasher::new_with_initial_len(
+            crc,
+            piece_len as u64,
+        ));
+    }
+    whole.finalize()
+}
+
 /// Number of 64 KiB pieces of `len` bytes of data.
 pub fn piece_count(len: u32) -> usize {
     (len as usize).div_ceil(PIECE)
@@ -63,9 +82,10 @@ impl Header {
         self.head_len() as u64 + u64::from(self.data_len)
     }
 
-    /// Encodes header, piece table and header CRC for a record holding `data`.
-    pub fn encode(&self, data: &[u8]) -> Vec<u8> {
-        debug_assert_eq!(data.len(), self.data_len as usize);
+    /// Encodes header, piece table and header CRC; `pieces` are the
+    /// [`piece_crcs`] of the record's data.
+    pub fn encode(&self, pieces: &[u32]) -> Vec<u8> {
+        debug_assert_eq!(pieces.len(), piece_count(self.data_len));
         let mut out = Vec::with_capacity(self.head_len());
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
@@ -77,8 +97,8 @@ impl Header {
         out.extend_from_slice(&self.offset.to_le_bytes());
         out.extend_from_slice(&self.shard_crc.to_le_bytes());
         debug_assert_eq!(out.len(), FIXED_LEN);
-        for piece in data.chunks(PIECE) {
-            out.extend_from_slice(&crc32(piece).to_le_bytes());
+        for crc in pieces {
+            out.extend_from_slice(&crc.to_le_bytes());
         }
         let crc = crc32(&out);
         out.extend_from_slice(&crc.to_le_bytes());
@@ -177,11 +197,23 @@ mod tests {
     }
 
     #[test]
+    fn whole_crc_from_pieces_is_the_crc_of_the_bytes() {
+        for len in [0usize, 1, 65535, 65536, 65537, 300_000, 1 << 20] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+            assert_eq!(
+                whole_crc(&piece_crcs(&data), len),
+                crc32(&data),
+                "{len} bytes"
+            );
+        }
+    }
+
+    #[test]
     fn round_trip() {
         for len in [0u32, 1, 65535, 65536, 65537, 300_000] {
             let data = vec![7u8; len as usize];
             let h = header(len);
-            let b = h.encode(&data);
+            let b = h.encode(&piece_crcs(&data));
             assert_eq!(b.len(), h.head_len());
             let head = decode_head(&b).unwrap();
             assert_eq!(head.header, h);
@@ -193,7 +225,7 @@ mod tests {
     #[test]
     fn every_flipped_byte_is_rejected_without_panic() {
         let h = header(200_000);
-        let b = h.encode(&vec![1u8; 200_000]);
+        let b = h.encode(&piece_crcs(&vec![1u8; 200_000]));
         for i in 0..b.len() {
             let mut bad = b.clone();
             bad[i] ^= 0x40;
@@ -219,7 +251,7 @@ mod tests {
     #[test]
     fn bad_piece_is_found() {
         let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
-        let head = decode_head(&header(200_000).encode(&data)).unwrap();
+        let head = decode_head(&header(200_000).encode(&piece_crcs(&data))).unwrap();
         let mut bad = data.clone();
         bad[PIECE * 2 + 5] ^= 1;
         assert_eq!(head.verify_pieces(0, &bad), Err(2));

@@ -21,7 +21,7 @@ use tessera_common::ShardKey;
 
 use crate::{
     error::{Error, Result},
-    format::{Header, Kind},
+    format::{piece_crcs, Header, Kind},
 };
 
 /// Size at which the writer rolls to a new segment.
@@ -40,6 +40,8 @@ pub struct NewRecord<'a> {
     pub key: ShardKey,
     pub crc: u32,
     pub data: &'a [u8],
+    /// `data`'s piece CRCs, when the caller has them already.
+    pub pieces: Option<&'a [u32]>,
 }
 
 impl NewRecord<'_> {
@@ -50,6 +52,7 @@ impl NewRecord<'_> {
             key,
             crc: 0,
             data: &[],
+            pieces: Some(&[]),
         }
     }
 }
@@ -223,7 +226,10 @@ impl Segments {
                 data_len: r.data.len() as u32,
                 shard_crc: r.crc,
             };
-            let head = header.encode(r.data);
+            let head = match r.pieces {
+                Some(pieces) => header.encode(pieces),
+                None => header.encode(&piece_crcs(r.data)),
+            };
             result = w
                 .file
                 .write_all_at(&head, at)

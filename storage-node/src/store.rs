@@ -16,7 +16,10 @@ use tracing::{info, warn};
 
 use crate::{
     error::{Error, Result},
-    format::{decode_head, Head, Header, Kind, FIXED_LEN, MAX_DATA_LEN, PIECE, VERSION},
+    format::{
+        decode_head, piece_crcs, whole_crc, Head, Header, Kind, FIXED_LEN, MAX_DATA_LEN, PIECE,
+        VERSION,
+    },
     index::{Entry, Index},
     locks::KeyLocks,
     node_id, recover,
@@ -122,7 +125,8 @@ impl ShardStore {
     /// CRC is not rewritten (unless its stored copy is corrupt); with another
     /// CRC it is refused.
     pub fn put(&self, key: ShardKey, data: &[u8], crc: u32) -> Result<PutOutcome> {
-        let got = crc32(data);
+        let pieces = piece_crcs(data);
+        let got = whole_crc(&pieces, data.len());
         if got != crc {
             return Err(Error::CrcMismatch {
                 key,
@@ -159,6 +163,7 @@ impl ShardStore {
             key,
             crc,
             data,
+            pieces: Some(&pieces),
         };
         let appended = self.segments.append(&[rec])?;
         let entry = Entry {

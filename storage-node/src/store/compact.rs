@@ -163,6 +163,7 @@ impl ShardStore {
                 key: *key,
                 crc: old.crc,
                 data,
+                pieces: None,
             })
             .collect();
         recs.extend(dropped.iter().map(|&key| NewRecord::tombstone(key)));
