@@ -764,7 +764,7 @@ impl Volume {
     }
 
     /// Reads up to `size` bytes at `offset`; short at the end of the file.
-    pub async fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
+    pub async fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Bytes> {
         let e = self.entry(ino);
         // Uncommitted bytes first, then the committed slices: a block that
         // commits in between is then seen by one or the other.
@@ -774,9 +774,8 @@ impl Volume {
         let file_size = slices.size.max(pending_end);
         let end = offset.saturating_add(u64::from(size)).min(file_size);
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         }
-        let mut buf = vec![0u8; (end - offset) as usize];
         let extents: Vec<(u64, u64)> = slices
             .list
             .iter()
@@ -810,7 +809,17 @@ impl Volume {
         if sequential {
             self.read_ahead(&slices, end);
         }
-        for (p, data) in pieces.iter().zip(join_all(reads).await) {
+        let datas = join_all(reads).await;
+        let buffered = overlay.iter().any(|x| x.offset < end && x.end() > offset);
+        if let ([p], [_], false) = (&pieces[..], &datas[..], buffered) {
+            if p.offset == offset && p.offset + p.len == end {
+                // One piece of one block, nothing buffered over it: its
+                // bytes as read (or cached), without a copy.
+                return datas.into_iter().next().expect("one piece");
+            }
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        for (p, data) in pieces.iter().zip(datas) {
             let data = data?;
             let at = (p.offset - offset) as usize;
             buf[at..at + data.len()].copy_from_slice(&data);
@@ -822,7 +831,7 @@ impl Volume {
                 buf[(lo - offset) as usize..(hi - offset) as usize].copy_from_slice(src);
             }
         }
-        Ok(buf)
+        Ok(Bytes::from(buf))
     }
 
     /// Flushes every file with buffered data (unmount).
