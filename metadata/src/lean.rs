@@ -129,8 +129,16 @@ async fn serve(
             _ = stop.changed() => return Ok(()),
         }
         let len = lean::frame_len(head).map_err(invalid)?;
-        frame.resize(len, 0);
-        stream.read_exact(&mut frame).await?;
+        // Grown as bytes arrive: a frame that only announces 64 MiB
+        // costs nothing.
+        frame.clear();
+        (&mut stream)
+            .take(len as u64)
+            .read_to_end(&mut frame)
+            .await?;
+        if frame.len() != len {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
         let (path, message) = lean::decode_request(&frame).map_err(invalid)?;
         let answer = call(&mut router, path, message).await;
         stream.get_mut().write_all(&answer).await?;

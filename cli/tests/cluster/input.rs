@@ -175,6 +175,12 @@ fn lean_rpc_answers_calls_and_refuses_hostile_bytes() {
     let mut s = lean_connection(&c);
     s.write_all(&u32::MAX.to_le_bytes()).unwrap();
     assert!(closed_by_service(&mut s));
+    // A frame that announces 60 MiB and ends after a few bytes.
+    let mut s = lean_connection(&c);
+    s.write_all(&(60u32 << 20).to_le_bytes()).unwrap();
+    s.write_all(b"\x05\x00/abcd").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(closed_by_service(&mut s));
     // A path past the end of its frame.
     let mut s = lean_connection(&c);
     s.write_all(&[6, 0, 0, 0, 200, 0, b'/', b'x', b'y', b'z'])
