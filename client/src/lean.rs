@@ -69,39 +69,28 @@ impl Service<http::Request<BoxBody>> for LeanChannel {
         Box::pin(async move {
             let path = request.uri().path().to_string();
             let body = request.into_body().collect().await?.to_bytes();
-            let message = match body.get(..5) {
-                Some(&[0, a, b, c, d])
-                    if body.len() - 5 == u32::from_be_bytes([a, b, c, d]) as usize =>
-                {
-                    body.slice(5..)
-                }
-                _ => {
-                    return Err(Status::internal(format!(
-                        "{path}: not one uncompressed gRPC message"
-                    ))
-                    .into())
-                }
+            let Some(message) = lean::grpc_message(&body) else {
+                return Err(
+                    Status::internal(format!("{path}: not one uncompressed gRPC message")).into(),
+                );
             };
             let answer = conn
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .call(&path, &message)
                 .map_err(|s| s as StdError)?;
-            let mut framed = Vec::with_capacity(5 + answer.len());
-            framed.push(0);
-            framed.extend_from_slice(&(answer.len() as u32).to_be_bytes());
-            framed.extend_from_slice(&answer);
             http::Response::builder()
                 .header("content-type", "application/grpc")
-                .body(tonic::body::boxed(Full::new(Bytes::from(framed))))
+                .body(tonic::body::boxed(Full::new(answer)))
                 .map_err(Into::into)
         })
     }
 }
 
 impl Conn {
-    /// Makes one call; the answer's message, or the status it failed with.
-    fn call(&mut self, path: &str, message: &[u8]) -> Result<Vec<u8>, Box<Status>> {
+    /// Makes one call; the answer as a gRPC body, or the status it failed
+    /// with.
+    fn call(&mut self, path: &str, message: &[u8]) -> Result<Bytes, Box<Status>> {
         match self.try_call(path, message) {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(status)) => Err(status),
@@ -118,7 +107,7 @@ impl Conn {
 
     /// An `Err` is a failure of the connection; `Ok(Err)` the service's
     /// answer that the call failed.
-    fn try_call(&mut self, path: &str, message: &[u8]) -> io::Result<Result<Vec<u8>, Box<Status>>> {
+    fn try_call(&mut self, path: &str, message: &[u8]) -> io::Result<Result<Bytes, Box<Status>>> {
         if self
             .stream
             .as_ref()
@@ -134,27 +123,30 @@ impl Conn {
             self.stream = Some(BufReader::new(connect(&self.addr)?));
             self.out.extend_from_slice(&lean::hello());
         }
-        lean::encode_request(path, message, &mut self.out).map_err(invalid)?;
+        lean::encode_request(path, message, &mut self.out)?;
         let stream = self.stream.as_mut().expect("connected above");
         stream.get_mut().write_all(&self.out)?;
         if fresh {
             let mut hello = [0u8; lean::HELLO_LEN];
             stream.read_exact(&mut hello)?;
-            let version = lean::hello_version(&hello).map_err(invalid)?;
+            let version = lean::hello_version(&hello)?;
             if version != lean::VERSION {
-                return Err(invalid(format!(
-                    "the service speaks lean RPC version {version}, this client {}",
-                    lean::VERSION
-                )));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the service speaks lean RPC version {version}, this client {}",
+                        lean::VERSION
+                    ),
+                ));
             }
         }
         let mut head = [0u8; 4];
         stream.read_exact(&mut head)?;
-        let mut frame = vec![0u8; lean::frame_len(head).map_err(invalid)?];
+        let mut frame = vec![0u8; lean::frame_len(head)?];
         stream.read_exact(&mut frame)?;
-        let a = lean::decode_response(&frame).map_err(invalid)?;
+        let a = lean::decode_response(&frame)?;
         Ok(match a.code {
-            0 => Ok(a.message.to_vec()),
+            0 => Ok(lean::grpc_frame(a.message)),
             code => {
                 let code = Code::from(code as i32);
                 Err(Box::new(match i32::try_from(a.errno) {
@@ -164,10 +156,6 @@ impl Conn {
             }
         })
     }
-}
-
-fn invalid(e: impl std::fmt::Display) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
 fn connect(addr: &str) -> io::Result<TcpStream> {
@@ -200,4 +188,105 @@ fn closed(s: &TcpStream) -> bool {
         )
     };
     n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::TcpListener, sync::mpsc, thread};
+
+    use super::*;
+
+    /// What a fake service does with the one call of a connection.
+    enum Then {
+        /// Answers with the method path as the message, then hangs up.
+        Answer,
+        /// Fails the call with NotFound and ENOENT, then hangs up.
+        Fail,
+        /// Hangs up without an answer.
+        CutOff,
+    }
+
+    /// Serves one connection per entry of `script`; each hang-up is
+    /// reported on the returned channel once the socket is closed.
+    fn fake_service(script: Vec<Then>) -> (String, mpsc::Receiver<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for then in script {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut hello = [0u8; lean::HELLO_LEN];
+                s.read_exact(&mut hello).unwrap();
+                s.write_all(&lean::hello()).unwrap();
+                let mut head = [0u8; 4];
+                s.read_exact(&mut head).unwrap();
+                let mut frame = vec![0u8; lean::frame_len(head).unwrap()];
+                s.read_exact(&mut frame).unwrap();
+                let (path, _) = lean::decode_request(&frame).unwrap();
+                let answer = |code, errno, status| lean::Answer {
+                    code,
+                    errno,
+                    status,
+                    message: path.as_bytes(),
+                };
+                match then {
+                    Then::Answer => s.write_all(&lean::encode_response(&answer(0, 0, ""))),
+                    Then::Fail => s.write_all(&lean::encode_response(&answer(
+                        Code::NotFound as u32,
+                        libc::ENOENT as u32,
+                        "no such name",
+                    ))),
+                    Then::CutOff => Ok(()),
+                }
+                .unwrap();
+                drop(s);
+                tx.send(()).unwrap();
+            }
+        });
+        (addr, rx)
+    }
+
+    fn conn(addr: &str) -> Conn {
+        Conn {
+            addr: addr.to_string(),
+            stream: None,
+            out: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_connection_closed_while_idle_is_replaced_before_the_call() {
+        let (addr, closed) = fake_service(vec![Then::Answer, Then::Answer]);
+        let mut c = conn(&addr);
+        assert_eq!(c.call("/x/A", b"").unwrap(), lean::grpc_frame(b"/x/A"));
+        closed.recv().unwrap();
+        // The service hung up (as a restarted one would have): the call
+        // must not fail on the dead socket.
+        assert_eq!(c.call("/x/B", b"").unwrap(), lean::grpc_frame(b"/x/B"));
+    }
+
+    #[test]
+    fn a_call_cut_off_fails_as_unreachable_and_the_next_reconnects() {
+        let (addr, closed) = fake_service(vec![Then::CutOff, Then::Fail]);
+        let mut c = conn(&addr);
+        let e = c.call("/x/A", b"").unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e}");
+        assert!(e.message().contains(&addr), "{e}");
+        closed.recv().unwrap();
+        // The service's failure comes back as its status, errno included.
+        let e = c.call("/x/B", b"").unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        assert_eq!(e.message(), "no such name");
+        assert_eq!(errno::of(&e), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn nobody_listening_is_unreachable() {
+        let addr = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let e = conn(&addr).call("/x/A", b"").unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e}");
+    }
 }

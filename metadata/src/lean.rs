@@ -96,10 +96,6 @@ async fn first_bytes(stream: &TcpStream) -> io::Result<[u8; 4]> {
     .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
 }
 
-fn invalid(e: impl std::fmt::Display) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
-}
-
 /// Serves one lean connection: calls one at a time, until the client
 /// closes it, sends something that is not lean RPC, or `stop` turns true
 /// between two calls.
@@ -111,11 +107,14 @@ async fn serve(
     let mut stream = BufReader::new(stream);
     let mut hello = [0u8; lean::HELLO_LEN];
     stream.read_exact(&mut hello).await?;
-    let version = lean::hello_version(&hello).map_err(invalid)?;
+    let version = lean::hello_version(&hello)?;
     // Answered before checking: the client learns which version we speak.
     stream.get_mut().write_all(&lean::hello()).await?;
     if version != lean::VERSION {
-        return Err(invalid(format!("client speaks lean RPC version {version}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("client speaks lean RPC version {version}"),
+        ));
     }
     let mut frame = Vec::new();
     loop {
@@ -128,7 +127,7 @@ async fn serve(
             },
             _ = stop.changed() => return Ok(()),
         }
-        let len = lean::frame_len(head).map_err(invalid)?;
+        let len = lean::frame_len(head)?;
         // Grown as bytes arrive: a frame that only announces 64 MiB
         // costs nothing.
         frame.clear();
@@ -139,7 +138,7 @@ async fn serve(
         if frame.len() != len {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        let (path, message) = lean::decode_request(&frame).map_err(invalid)?;
+        let (path, message) = lean::decode_request(&frame)?;
         let answer = call(&mut router, path, message).await;
         stream.get_mut().write_all(&answer).await?;
     }
@@ -166,16 +165,12 @@ async fn call(router: &mut Router, path: &str, message: &[u8]) -> Vec<u8> {
 }
 
 async fn grpc_call(router: &mut Router, path: &str, message: &[u8]) -> Result<Bytes, Status> {
-    let mut body = Vec::with_capacity(5 + message.len());
-    body.push(0); // not compressed
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(message);
     let request = http::Request::builder()
         .method(http::Method::POST)
         .uri(path)
         .header("content-type", "application/grpc")
         .header("te", "trailers")
-        .body(Full::new(Bytes::from(body)))
+        .body(Full::new(lean::grpc_frame(message)))
         .map_err(|e| Status::invalid_argument(format!("method path {path:?}: {e}")))?;
     let Ok(()) =
         std::future::poll_fn(|cx| Service::<http::Request<Full<Bytes>>>::poll_ready(router, cx))
@@ -194,13 +189,6 @@ async fn grpc_call(router: &mut Router, path: &str, message: &[u8]) -> Result<By
             return Err(s);
         }
     }
-    let framed = collected.to_bytes();
-    match framed.get(..5) {
-        Some(&[0, a, b, c, d]) if framed.len() - 5 == u32::from_be_bytes([a, b, c, d]) as usize => {
-            Ok(framed.slice(5..))
-        }
-        _ => Err(Status::internal(format!(
-            "{path}: the answer is not one gRPC message"
-        ))),
-    }
+    lean::grpc_message(&collected.to_bytes())
+        .ok_or_else(|| Status::internal(format!("{path}: the answer is not one gRPC message")))
 }

@@ -19,6 +19,8 @@
 //! and, when not 0, the errno of the failure (see [`crate::errno`]).
 //! Calls are answered in order, one at a time.
 
+use bytes::Bytes;
+
 use crate::MAX_MESSAGE;
 
 pub const MAGIC: [u8; 4] = *b"TSRM";
@@ -31,6 +33,12 @@ pub const MAX_FRAME: usize = MAX_MESSAGE + 64 * 1024;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("lean RPC: {0}")]
 pub struct BadFrame(pub String);
+
+impl From<BadFrame> for std::io::Error {
+    fn from(e: BadFrame) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+    }
+}
 
 fn bad(why: impl Into<String>) -> BadFrame {
     BadFrame(why.into())
@@ -133,6 +141,27 @@ pub fn decode_response(frame: &[u8]) -> Result<Answer<'_>, BadFrame> {
     })
 }
 
+/// `message` as a gRPC body: uncompressed flag, big-endian length, bytes.
+/// The generated client and router speak this; lean RPC carries only the
+/// message.
+pub fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(5 + message.len());
+    out.push(0);
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    Bytes::from(out)
+}
+
+/// The message of a gRPC body holding exactly one uncompressed message.
+pub fn grpc_message(body: &Bytes) -> Option<Bytes> {
+    match body.get(..5) {
+        Some(&[0, a, b, c, d]) if body.len() - 5 == u32::from_be_bytes([a, b, c, d]) as usize => {
+            Some(body.slice(5..))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +224,22 @@ mod tests {
         for cut in 4..full.len() {
             assert!(decode_response(&full[4..cut]).is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn grpc_bodies_round_trip_and_odd_ones_are_refused() {
+        for m in [&b""[..], b"\x08\x01", &[7u8; 70_000]] {
+            assert_eq!(grpc_message(&grpc_frame(m)).as_deref(), Some(m));
+        }
+        let framed = grpc_frame(b"abc");
+        let mut compressed = framed.to_vec();
+        compressed[0] = 1;
+        assert_eq!(grpc_message(&Bytes::from(compressed)), None);
+        assert_eq!(grpc_message(&framed.slice(..7)), None);
+        let mut two = framed.to_vec();
+        two.extend_from_slice(&framed);
+        assert_eq!(grpc_message(&Bytes::from(two)), None);
+        assert_eq!(grpc_message(&Bytes::from_static(b"\0\0")), None);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tessera_common::ShardKey;
 
 use crate::{
     error::{Error, Result},
-    format::{piece_crcs, Header, Kind},
+    format::{Header, Kind},
 };
 
 /// Size at which the writer rolls to a new segment.
@@ -40,8 +40,8 @@ pub struct NewRecord<'a> {
     pub key: ShardKey,
     pub crc: u32,
     pub data: &'a [u8],
-    /// `data`'s piece CRCs, when the caller has them already.
-    pub pieces: Option<&'a [u32]>,
+    /// `data`'s piece CRCs ([`crate::format::piece_crcs`]).
+    pub pieces: &'a [u32],
 }
 
 impl NewRecord<'_> {
@@ -52,7 +52,7 @@ impl NewRecord<'_> {
             key,
             crc: 0,
             data: &[],
-            pieces: Some(&[]),
+            pieces: &[],
         }
     }
 }
@@ -226,10 +226,7 @@ impl Segments {
                 data_len: r.data.len() as u32,
                 shard_crc: r.crc,
             };
-            let head = match r.pieces {
-                Some(pieces) => header.encode(pieces),
-                None => header.encode(&piece_crcs(r.data)),
-            };
+            let head = header.encode(r.pieces);
             result = w
                 .file
                 .write_all_at(&head, at)

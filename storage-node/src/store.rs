@@ -163,7 +163,7 @@ impl ShardStore {
             key,
             crc,
             data,
-            pieces: Some(&pieces),
+            pieces: &pieces,
         };
         let appended = self.segments.append(&[rec])?;
         let entry = Entry {

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use super::ShardStore;
 use crate::{
     error::{Error, Result},
-    format::Kind,
+    format::{piece_crcs, Kind},
     index::Entry,
     recover::scan_segment,
     segment::{fsync_dir, list_segments, segment_path, NewRecord},
@@ -156,14 +156,16 @@ impl ShardStore {
                 Err(e) => return Err(e),
             }
         }
+        let pieces: Vec<Vec<u32>> = copies.iter().map(|(_, _, d)| piece_crcs(d)).collect();
         let mut recs: Vec<NewRecord<'_>> = copies
             .iter()
-            .map(|(key, old, data)| NewRecord {
+            .zip(&pieces)
+            .map(|((key, old, data), pieces)| NewRecord {
                 kind: Kind::Shard,
                 key: *key,
                 crc: old.crc,
                 data,
-                pieces: None,
+                pieces,
             })
             .collect();
         recs.extend(dropped.iter().map(|&key| NewRecord::tombstone(key)));
