@@ -129,16 +129,7 @@ impl Conn {
         if fresh {
             let mut hello = [0u8; lean::HELLO_LEN];
             stream.read_exact(&mut hello)?;
-            let version = lean::hello_version(&hello)?;
-            if version != lean::VERSION {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "the service speaks lean RPC version {version}, this client {}",
-                        lean::VERSION
-                    ),
-                ));
-            }
+            lean::check_hello(&hello)?;
         }
         let mut head = [0u8; 4];
         stream.read_exact(&mut head)?;
@@ -176,7 +167,7 @@ fn connect(addr: &str) -> io::Result<TcpStream> {
 
 /// Whether the peer closed `s` (or sent bytes nobody asked for) while it
 /// was idle. One non-blocking peek: no bytes waiting is the healthy case.
-fn closed(s: &TcpStream) -> bool {
+pub(crate) fn closed(s: &impl AsRawFd) -> bool {
     let mut b = 0u8;
     // SAFETY: a one-byte peek into a live local, on a socket we own.
     let n = unsafe {

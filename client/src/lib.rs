@@ -11,6 +11,7 @@ mod error;
 mod lean;
 mod local;
 mod meta;
+mod node_link;
 mod nodes;
 mod stripe;
 mod volume;

@@ -1,21 +1,17 @@
 //! The storage nodes a volume's blocks live on: the placement table of its
-//! protection class, a lazily connected channel per node, and a short
+//! protection class, a lazily connected link per node, and a short
 //! "suspect" list so reads stop waiting on a node that just failed.
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Mutex, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
 use tessera_common::{placement::pg_of, BlockId, NodeId, Protection, ShardKey};
-use tessera_proto::{
-    pb::{self, node_client::NodeClient},
-    MAX_MESSAGE,
-};
-use tonic::transport::Channel;
+use tessera_proto::pb;
 
-use crate::{meta::endpoint, MetaConn, Result};
+use crate::{node_link::NodeLink, MetaConn, Result};
 
 /// How long a node that failed a request is skipped by readers.
 const SUSPECT_FOR: Duration = Duration::from_secs(3);
@@ -25,7 +21,7 @@ const SUSPECT_FOR: Duration = Duration::from_secs(3);
 /// found without waiting for a failure.
 pub(crate) const REFRESH_EVERY: Duration = Duration::from_secs(3);
 
-pub(crate) type NodeConn = NodeClient<Channel>;
+pub(crate) type NodeConn = Arc<NodeLink>;
 
 struct Table {
     epoch: u64,
@@ -74,13 +70,7 @@ impl Nodes {
             .into_inner();
         let mut conns = HashMap::new();
         for n in &resp.nodes {
-            let channel = endpoint(&n.addr)?.connect_lazy();
-            conns.insert(
-                n.id,
-                NodeClient::new(channel)
-                    .max_decoding_message_size(MAX_MESSAGE)
-                    .max_encoding_message_size(MAX_MESSAGE),
-            );
+            conns.insert(n.id, Arc::new(NodeLink::new(&n.addr)?));
         }
         let width = self.protection.width();
         if resp.pgs.is_empty() || resp.pgs.iter().any(|p| p.nodes.len() != width) {
@@ -90,7 +80,7 @@ impl Nodes {
             )));
         }
         let mut table = self.table.write().expect("placement lock");
-        // Keep existing channels: they may be mid-connection.
+        // Keep existing links: they hold connections.
         for (id, conn) in conns {
             table.conns.entry(id).or_insert(conn);
         }

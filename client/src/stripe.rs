@@ -106,7 +106,7 @@ async fn put_shard(
     epoch: u64,
 ) -> Result<()> {
     let shard_err = |why: String| ClientError::Shard { key, node, why };
-    let mut conn = nodes
+    let conn = nodes
         .conn(node)
         .ok_or_else(|| shard_err("node unknown".into()))?;
     let req = pb::PutShardRequest {
@@ -130,7 +130,7 @@ async fn get_shard(
     len: u32,
 ) -> Result<pb::GetShardResponse> {
     let shard_err = |why: String| ClientError::Shard { key, node, why };
-    let mut conn = nodes
+    let conn = nodes
         .conn(node)
         .ok_or_else(|| shard_err("node unknown".into()))?;
     let req = pb::GetShardRequest {
@@ -139,7 +139,7 @@ async fn get_shard(
         len,
     };
     let resp = match tokio::time::timeout(GET_TIMEOUT, conn.get_shard(req)).await {
-        Ok(Ok(r)) => r.into_inner(),
+        Ok(Ok(r)) => r,
         Ok(Err(s)) => {
             if s.code() == tonic::Code::DataLoss {
                 // The node found the shard corrupt: have it rebuilt.

@@ -64,7 +64,11 @@ pub async fn run(
     // the WAL already, so after a short grace the rest are just dropped.
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
     let (stop_lean, lean_stopped) = tokio::sync::watch::channel(false);
-    let incoming = crate::lean::accept(listener, service.clone(), lean_stopped);
+    let (incoming, _lean) = tessera_proto::lean::server::accept(
+        listener,
+        crate::lean::LeanMeta(service.clone()),
+        lean_stopped,
+    );
     let serve = tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, async move {

@@ -1,4 +1,5 @@
-//! Running a storage node: open the store, serve gRPC, heartbeat to meta.
+//! Running a storage node: open the store, serve gRPC and lean RPC,
+//! heartbeat to meta.
 
 use std::{
     collections::BTreeMap,
@@ -12,9 +13,11 @@ use std::{
 };
 
 use tessera_proto::{
-    pb::node_server::NodeServer, CONNECTION_WINDOW, MAX_FRAME, MAX_MESSAGE, STREAM_WINDOW,
+    lean::{node::NodeHandler, server::accept},
+    pb::node_server::NodeServer,
+    CONNECTION_WINDOW, MAX_FRAME, MAX_MESSAGE, STREAM_WINDOW,
 };
-use tonic::transport::{server::TcpIncoming, Server};
+use tonic::transport::Server;
 use tracing::info;
 
 use crate::{
@@ -68,10 +71,6 @@ pub async fn run(
         addr: listen,
         source,
     })?;
-    let incoming = TcpIncoming::from_listener(listener, true, None).map_err(|e| Error::Listen {
-        addr,
-        source: std::io::Error::other(e),
-    })?;
     info!(%addr, data_dir = %config.data_dir.display(), "storage node serving");
 
     let reg = Registration {
@@ -98,20 +97,29 @@ pub async fn run(
         stop_scrub.clone(),
     );
     let heartbeats = tokio::spawn(heartbeat_loop(store.clone(), reg, reports));
-    let svc = NodeServer::new(
+    let service = Arc::new(
         NodeService::new(store)
             .with_scrub_stats(scrub_stats)
             .with_compact_stats(compact_stats),
-    )
-    .max_decoding_message_size(MAX_MESSAGE)
-    .max_encoding_message_size(MAX_MESSAGE);
+    );
+    // gRPC and lean RPC on one port; shard traffic from mounts is lean.
+    let (stop_lean, lean_stopped) = tokio::sync::watch::channel(false);
+    let (incoming, lean) = accept(listener, NodeHandler(service.clone()), lean_stopped);
+    let svc = NodeServer::from_arc(service)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
     let served = Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .add_service(svc)
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            let _ = stop_lean.send(true);
+        })
         .await;
+    // Every lean connection holds the store: wait for them to end.
+    let _ = lean.await;
     heartbeats.abort();
     stop_scrub.store(true, Ordering::Relaxed);
     for t in [scrubber, compactor].into_iter().flatten() {

@@ -1,9 +1,16 @@
-//! Lean RPC, version 1: the metadata service's unary gRPC calls without
-//! HTTP/2, for clients that make one call at a time on their own
-//! connection (a FUSE worker thread). A lookup over HTTP/2 spends most of
-//! its time in stream bookkeeping, HPACK and task hand-offs; here it is
-//! one write and one read on each side. Same messages, same method names,
-//! same status codes, on the same port as gRPC.
+//! Lean RPC, version 1: unary gRPC calls without HTTP/2, on the same port
+//! as gRPC, with the same messages, method names and status codes.
+//!
+//! - A FUSE worker thread makes the metadata service's calls one at a time
+//!   on its own connection. A lookup over HTTP/2 spends most of its time in
+//!   stream bookkeeping, HPACK and task hand-offs; here it is one write and
+//!   one read on each side.
+//! - A mount sends and fetches shards from storage nodes this way. tonic
+//!   copies each shard into its send buffer on one side and into its
+//!   receive buffer on the other, and HTTP/2 cuts it into frames. Here a
+//!   shard's bytes go from the client's buffer to the socket, and from the
+//!   socket into the buffer the node keeps (see
+//!   [`message_with_bytes_head`]).
 //!
 //! ```text
 //! client hello   "TSRM" | version u16 | 0u16
@@ -17,9 +24,17 @@
 //! protobuf message without gRPC's 5-byte prefix. `code` is the gRPC
 //! status code: 0 carries the answer, anything else the status message
 //! and, when not 0, the errno of the failure (see [`crate::errno`]).
-//! Calls are answered in order, one at a time.
+//! Calls are answered in order, one at a time. [`server`] serves it.
+
+pub mod io;
+pub mod node;
+pub mod server;
 
 use bytes::Bytes;
+use prost::{
+    encoding::{encode_key, encode_varint, WireType},
+    Message,
+};
 
 use crate::MAX_MESSAGE;
 
@@ -51,6 +66,16 @@ pub fn hello() -> [u8; HELLO_LEN] {
     h
 }
 
+/// Checks that a hello answered ours names our version.
+pub fn check_hello(h: &[u8; HELLO_LEN]) -> Result<(), BadFrame> {
+    match hello_version(h)? {
+        VERSION => Ok(()),
+        v => Err(bad(format!(
+            "the service speaks lean RPC version {v}, this client {VERSION}"
+        ))),
+    }
+}
+
 /// The version a hello names (any version: the caller decides).
 pub fn hello_version(h: &[u8; HELLO_LEN]) -> Result<u16, BadFrame> {
     if h[..4] != MAGIC {
@@ -71,17 +96,38 @@ pub fn frame_len(head: [u8; 4]) -> Result<usize, BadFrame> {
 
 /// Appends a request frame (with its length prefix) to `out`.
 pub fn encode_request(path: &str, message: &[u8], out: &mut Vec<u8>) -> Result<(), BadFrame> {
+    request_head(path, message.len(), out)?;
+    out.extend_from_slice(message);
+    Ok(())
+}
+
+/// Appends the part of a request frame that comes before its message of
+/// `message_len` bytes, for a caller that sends the message from where it
+/// already is.
+pub fn request_head(path: &str, message_len: usize, out: &mut Vec<u8>) -> Result<(), BadFrame> {
     let path_len = u16::try_from(path.len()).map_err(|_| bad("method path too long"))?;
-    let len = 2 + path.len() + message.len();
+    let len = 2 + path.len() + message_len;
     if len > MAX_FRAME {
         return Err(bad(format!("request of {len} bytes, limit {MAX_FRAME}")));
     }
-    out.reserve(4 + len);
+    out.reserve(4 + len - message_len);
     out.extend_from_slice(&(len as u32).to_le_bytes());
     out.extend_from_slice(&path_len.to_le_bytes());
     out.extend_from_slice(path.as_bytes());
-    out.extend_from_slice(message);
     Ok(())
+}
+
+/// `m` encoded, followed by the key and length of its `bytes` field `tag`
+/// holding `len` bytes, which the caller sends right after. Protobuf lets
+/// a field come after the others, so the two make one message, and a
+/// shard goes out without being copied into it. `m`'s own field `tag`
+/// must be empty.
+pub fn message_with_bytes_head(m: &impl Message, tag: u32, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.encoded_len() + 16);
+    m.encode_raw(&mut out);
+    encode_key(tag, WireType::LengthDelimited, &mut out);
+    encode_varint(len as u64, &mut out);
+    out
 }
 
 /// Splits a request frame (without its length prefix) into path and message.
@@ -111,14 +157,21 @@ pub struct Answer<'a> {
 
 /// A response frame (with its length prefix).
 pub fn encode_response(a: &Answer<'_>) -> Vec<u8> {
-    let len = 12 + a.status.len() + a.message.len();
-    let mut out = Vec::with_capacity(4 + len);
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.extend_from_slice(&a.code.to_le_bytes());
-    out.extend_from_slice(&a.errno.to_le_bytes());
-    out.extend_from_slice(&(a.status.len() as u32).to_le_bytes());
-    out.extend_from_slice(a.status.as_bytes());
+    let mut out = response_head(a.code, a.errno, a.status, a.message.len());
     out.extend_from_slice(a.message);
+    out
+}
+
+/// The part of a response frame that comes before its message of
+/// `message_len` bytes.
+pub fn response_head(code: u32, errno: u32, status: &str, message_len: usize) -> Vec<u8> {
+    let len = 12 + status.len() + message_len;
+    let mut out = Vec::with_capacity(4 + len - message_len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&code.to_le_bytes());
+    out.extend_from_slice(&errno.to_le_bytes());
+    out.extend_from_slice(&(status.len() as u32).to_le_bytes());
+    out.extend_from_slice(status.as_bytes());
     out
 }
 
@@ -246,5 +299,66 @@ mod tests {
     fn hello_names_its_version() {
         assert_eq!(hello_version(&hello()), Ok(VERSION));
         assert!(hello_version(b"PRI * HT").is_err());
+        assert_eq!(check_hello(&hello()), Ok(()));
+        let mut other = hello();
+        other[4] = 2;
+        assert!(check_hello(&other).unwrap_err().0.contains("version 2"));
+    }
+
+    #[test]
+    fn a_bytes_field_sent_after_the_rest_decodes_as_one_message() {
+        use crate::pb;
+        for len in [0usize, 1, 127, 128, 300_000] {
+            let data = Bytes::from((0..len).map(|i| i as u8).collect::<Vec<_>>());
+            let whole = pb::PutShardRequest {
+                key: Some(pb::ShardKey { block: 7, index: 3 }),
+                data: data.clone(),
+                crc: 42,
+                epoch: 9,
+            };
+            let rest = pb::PutShardRequest {
+                data: Bytes::new(),
+                ..whole.clone()
+            };
+            let mut wire = message_with_bytes_head(&rest, 2, data.len());
+            wire.extend_from_slice(&data);
+            assert_eq!(pb::PutShardRequest::decode(&wire[..]).unwrap(), whole);
+
+            let answer = pb::GetShardResponse {
+                data: data.clone(),
+                shard_crc: 5,
+                shard_len: len as u32,
+            };
+            let mut wire = message_with_bytes_head(
+                &pb::GetShardResponse {
+                    data: Bytes::new(),
+                    ..answer.clone()
+                },
+                1,
+                len,
+            );
+            wire.extend_from_slice(&data);
+            assert_eq!(pb::GetShardResponse::decode(&wire[..]).unwrap(), answer);
+        }
+    }
+
+    #[test]
+    fn heads_match_whole_frames() {
+        let mut whole = Vec::new();
+        encode_request("/tessera.v1.Node/PutShard", b"abcdef", &mut whole).unwrap();
+        let mut head = Vec::new();
+        request_head("/tessera.v1.Node/PutShard", 6, &mut head).unwrap();
+        head.extend_from_slice(b"abcdef");
+        assert_eq!(head, whole);
+        let a = Answer {
+            code: 0,
+            errno: 0,
+            status: "",
+            message: b"xyz",
+        };
+        let mut head = response_head(0, 0, "", 3);
+        head.extend_from_slice(b"xyz");
+        assert_eq!(head, encode_response(&a));
+        assert!(request_head("/x", MAX_FRAME, &mut Vec::new()).is_err());
     }
 }
