@@ -71,7 +71,7 @@ write_rss=$(peak_rss_mib "$MOUNT")
 unmount_vol; drop_caches; mount_vol
 ts_r=$(fio_bw "$MNT" read)
 read_rss=$(peak_rss_mib "$MOUNT")
-node_rss=$(peak_rss_mib $(pgrep -f "tessera node --data $WORK" || true))
+node_rss=$(peak_rss_mib $(pgrep -f " node --data $WORK" || true))
 
 # Creates: 10,000 empty files through the mount, and on the local disk.
 creates() { python3 - "$1" <<'PY'

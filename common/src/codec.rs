@@ -74,7 +74,8 @@ impl Codec {
                 }
             })
             .collect();
-        let mut parity = vec![vec![0u8; s]; width - k];
+        // One zeroed allocation each: `vec![v; n]` would copy `v` n-1 times.
+        let mut parity: Vec<Vec<u8>> = (k..width).map(|_| vec![0u8; s]).collect();
         if let Some(rs) = &self.rs {
             rs.encode_sep(&shards, &mut parity)
                 .expect("shards were built with equal lengths and the right count");
