@@ -5,6 +5,8 @@
 //! `[i*S, (i+1)*S)`, so healthy reads never decode. `replica:N` (K=1) stores N
 //! identical copies and needs no arithmetic at all.
 
+mod gfni;
+
 use bytes::Bytes;
 use reed_solomon_erasure::galois_8::ReedSolomon;
 
@@ -14,6 +16,8 @@ pub struct Codec {
     protection: Protection,
     /// `None` when there is nothing to compute: replicas, or no parity.
     rs: Option<ReedSolomon>,
+    /// The same parity, faster, on CPUs with GFNI and AVX-512.
+    gfni: Option<gfni::Gfni>,
 }
 
 /// One piece of a systematic read: bytes `[offset, offset+len)` of data shard
@@ -25,13 +29,39 @@ pub struct ShardRange {
     pub len: u32,
 }
 
+/// `c[j][i]`: what data shard i is multiplied by in parity shard j, read
+/// off the library's encoder (parity is linear: encode each unit vector).
+fn coefficients(rs: &ReedSolomon) -> Vec<Vec<u8>> {
+    let (k, m) = (rs.data_shard_count(), rs.parity_shard_count());
+    // Column i: the parity of a block whose only 1 is in data shard i.
+    let columns: Vec<Vec<u8>> = (0..k)
+        .map(|i| {
+            let data: Vec<[u8; 1]> = (0..k).map(|d| [u8::from(d == i)]).collect();
+            let mut parity = vec![[0u8; 1]; m];
+            rs.encode_sep(&data, &mut parity)
+                .expect("unit shards have equal lengths and the right count");
+            parity.iter().map(|p| p[0]).collect()
+        })
+        .collect();
+    (0..m)
+        .map(|j| columns.iter().map(|col| col[j]).collect())
+        .collect()
+}
+
 impl Codec {
     pub fn new(protection: Protection) -> Self {
         let rs = (protection.k > 1 && protection.m > 0).then(|| {
             ReedSolomon::new(protection.k.into(), protection.m.into())
                 .expect("Protection::new bounds K and M to what reed-solomon accepts")
         });
-        Codec { protection, rs }
+        let gfni = rs
+            .as_ref()
+            .and_then(|rs| gfni::Gfni::new(&coefficients(rs)));
+        Codec {
+            protection,
+            rs,
+            gfni,
+        }
     }
 
     pub fn protection(&self) -> Protection {
@@ -74,14 +104,27 @@ impl Codec {
                 }
             })
             .collect();
-        // One zeroed allocation each: `vec![v; n]` would copy `v` n-1 times.
-        let mut parity: Vec<Vec<u8>> = (k..width).map(|_| vec![0u8; s]).collect();
-        if let Some(rs) = &self.rs {
-            rs.encode_sep(&shards, &mut parity)
-                .expect("shards were built with equal lengths and the right count");
-        }
+        let parity = match (&self.gfni, &self.rs) {
+            (Some(g), _) => {
+                let data: Vec<&[u8]> = shards.iter().map(|d| &d[..]).collect();
+                g.encode(&data, s)
+            }
+            (None, Some(rs)) => {
+                // One zeroed allocation each: `vec![v; n]` would copy `v`.
+                let mut parity: Vec<Vec<u8>> = (k..width).map(|_| vec![0u8; s]).collect();
+                rs.encode_sep(&shards, &mut parity)
+                    .expect("shards were built with equal lengths and the right count");
+                parity
+            }
+            (None, None) => Vec::new(),
+        };
         shards.extend(parity.into_iter().map(Bytes::from));
         shards
+    }
+
+    /// Whether parity is computed with GFNI on this CPU.
+    pub fn uses_gfni(&self) -> bool {
+        self.gfni.is_some()
     }
 
     /// Rebuilds the block's bytes from any K shards. `shards[i]` is `None` for a
@@ -227,6 +270,22 @@ mod tests {
     }
 
     proptest! {
+        /// Shards written by GFNI and by the library must be the same
+        /// bytes: either may read or repair the other's. (Without GFNI on
+        /// the CPU, both sides are the library.)
+        #[test]
+        fn gfni_parity_is_the_library_parity(
+            (k, m) in prop_oneof![Just((4u8, 2u8)), Just((2, 1)), Just((8, 3)), Just((10, 4))],
+            data in proptest::collection::vec(any::<u8>(), 1..20_000),
+        ) {
+            let codec = Codec::new(Protection { k, m });
+            let shards = codec.encode(&data);
+            let (k, m) = (usize::from(k), usize::from(m));
+            let mut want = vec![vec![0u8; codec.shard_len(data.len())]; m];
+            codec.rs.as_ref().unwrap().encode_sep(&shards[..k], &mut want).unwrap();
+            prop_assert_eq!(&shards[k..], &want[..]);
+        }
+
         #[test]
         fn any_m_losses_give_the_exact_bytes(
             p in protections(),
