@@ -48,6 +48,43 @@ fn coefficients(rs: &ReedSolomon) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Rebuilds the missing data shards from the first K present ones with
+/// GFNI: each missing shard is a fixed combination of those K, whose
+/// coefficients are read off the library (rebuilding from unit vectors),
+/// so the bytes are the library's. `None` if fewer than K are present.
+fn reconstruct_gfni(rs: &ReedSolomon, shards: &mut [Option<Vec<u8>>]) -> Option<()> {
+    let k = rs.data_shard_count();
+    let present: Vec<usize> = (0..shards.len())
+        .filter(|&i| shards[i].is_some())
+        .take(k)
+        .collect();
+    let missing: Vec<usize> = (0..k).filter(|&i| shards[i].is_none()).collect();
+    if present.len() < k {
+        return None;
+    }
+    let mut coefficients = vec![vec![0u8; k]; missing.len()];
+    for (col, &p) in present.iter().enumerate() {
+        let mut unit: Vec<Option<Vec<u8>>> = (0..shards.len())
+            .map(|i| present.contains(&i).then(|| vec![u8::from(i == p)]))
+            .collect();
+        rs.reconstruct_data(&mut unit).ok()?;
+        for (row, &d) in missing.iter().enumerate() {
+            coefficients[row][col] = unit[d].as_ref()?[0];
+        }
+    }
+    let rebuilt = {
+        let data: Vec<&[u8]> = present
+            .iter()
+            .map(|&p| shards[p].as_deref())
+            .collect::<Option<_>>()?;
+        gfni::Gfni::new(&coefficients)?.encode(&data, data[0].len())
+    };
+    for (&d, shard) in missing.iter().zip(rebuilt) {
+        shards[d] = Some(shard);
+    }
+    Some(())
+}
+
 impl Codec {
     pub fn new(protection: Protection) -> Self {
         let rs = (protection.k > 1 && protection.m > 0).then(|| {
@@ -122,7 +159,8 @@ impl Codec {
         shards
     }
 
-    /// Whether parity is computed with GFNI on this CPU.
+    /// Whether parity is computed (and lost data shards rebuilt) with GFNI
+    /// on this CPU.
     pub fn uses_gfni(&self) -> bool {
         self.gfni.is_some()
     }
@@ -150,7 +188,11 @@ impl Codec {
         }
         if shards[..k].iter().any(Option::is_none) {
             let rs = self.rs.as_ref().ok_or_else(not_enough)?;
-            rs.reconstruct_data(&mut shards).map_err(|_| not_enough())?;
+            if self.gfni.is_some() {
+                reconstruct_gfni(rs, &mut shards).ok_or_else(not_enough)?;
+            } else {
+                rs.reconstruct_data(&mut shards).map_err(|_| not_enough())?;
+            }
         }
         let mut out = Vec::with_capacity(k * self.shard_len(block_len));
         for shard in shards.into_iter().take(k) {
