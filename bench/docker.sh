@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 bash scripts/docker.sh
 DOCKER=/usr/bin/docker; [ -x "$DOCKER" ] || DOCKER=docker
-PORT=$((20000 + RANDOM % 20000))
+PORT=$(free_ports 7)
 export TESSERA_META="127.0.0.1:$PORT"
 NAME="tessera-bench-$$"
 SOCK="/run/docker/plugins/$NAME.sock"

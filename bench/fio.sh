@@ -11,7 +11,7 @@ SIZE_MIB="${1:-2048}"
 PROT="${2:-ec:4+2}"
 # TESSERA_BIN picks a prebuilt binary (e.g. target/debug/tessera).
 source bench/lib.sh
-PORT=$((20000 + RANDOM % 20000))
+PORT=$(free_ports 7)
 export TESSERA_META="127.0.0.1:$PORT"
 MNT="$WORK/mnt"; LOCAL="$WORK/local"; mkdir -p "$MNT" "$LOCAL"
 

@@ -8,3 +8,19 @@ if [ -z "${TESSERA_BIN:-}" ]; then
 fi
 BIN="$TESSERA_BIN"
 WORK="$(mktemp -d /var/tmp/tessera-bench.XXXXXX)"
+
+# free_ports N: a port P such that P..P+N are free, below the kernel's
+# ephemeral range (32768 and up), where an outgoing connection could be
+# holding it.
+free_ports() {
+  local n=$1 p i busy
+  for _ in $(seq 100); do
+    p=$((20000 + RANDOM % (32000 - 20000 - n)))
+    busy=0
+    for i in $(seq 0 "$n"); do
+      if ss -Htan "sport = :$((p + i))" | grep -q .; then busy=1; break; fi
+    done
+    [ "$busy" = 0 ] && { echo "$p"; return; }
+  done
+  echo "no free ports" >&2; return 1
+}

@@ -25,7 +25,7 @@ trap cleanup EXIT
 # start_cluster RUN [meta flags...]: meta + 7 nodes; node pids in NODES[].
 start_cluster() {
   local run=$1; shift
-  PORT=$((20000 + RANDOM % 20000))
+  PORT=$(free_ports 8)
   export TESSERA_META="127.0.0.1:$PORT"
   "$BIN" meta --data "$WORK/$run/meta" --listen "$TESSERA_META" \
     --down-after-secs 2 --out-after-secs 4 "$@" >"$WORK/$run-meta.log" 2>&1 &

@@ -7,7 +7,8 @@ need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 # docker.io and busybox-static: the Docker volume plugin's tests run a real
 # engine and build their test image from busybox with `docker import`.
-for pkg in libclang-dev clang fuse3 fio build-essential pkg-config docker.io busybox-static curl; do
+# iproute2: the benchmarks pick free ports with `ss`.
+for pkg in libclang-dev clang fuse3 fio build-essential pkg-config docker.io busybox-static curl iproute2; do
   have "$pkg" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
