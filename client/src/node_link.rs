@@ -81,8 +81,9 @@ impl NodeLink {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(status)) => Err(status),
             Err(why) => {
-                self.use_grpc(&why);
-                self.grpc.clone().put_shard(req).await.map(drop)
+                let answer = self.grpc.clone().put_shard(req).await;
+                self.grpc_answered(answer.is_ok(), &why);
+                answer.map(drop)
             }
         }
     }
@@ -106,8 +107,9 @@ impl NodeLink {
             }),
             Ok(Err(status)) => Err(status),
             Err(why) => {
-                self.use_grpc(&why);
-                Ok(self.grpc.clone().get_shard(req).await?.into_inner())
+                let answer = self.grpc.clone().get_shard(req).await;
+                self.grpc_answered(answer.is_ok(), &why);
+                Ok(answer?.into_inner())
             }
         }
     }
@@ -124,9 +126,15 @@ impl NodeLink {
         }
     }
 
-    fn use_grpc(&self, why: &str) {
-        info!(node = %self.addr, why, "storage node does not speak lean RPC; calling it over gRPC");
-        *self.grpc_until.lock().expect("link lock") = Some(Instant::now() + GRPC_FOR);
+    /// After lean RPC got no hello: if gRPC then answered, the node is an
+    /// older version, and is called over gRPC for a while. If it did not,
+    /// the node is down or restarting (it hangs up at the hello too), and
+    /// lean RPC is tried again next time.
+    fn grpc_answered(&self, answered: bool, why: &str) {
+        if answered {
+            info!(node = %self.addr, why, "storage node does not speak lean RPC; calling it over gRPC");
+            *self.grpc_until.lock().expect("link lock") = Some(Instant::now() + GRPC_FOR);
+        }
     }
 
     /// One call: the node's answer (`Ok(Err)` when the call failed on the

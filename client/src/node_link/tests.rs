@@ -176,3 +176,21 @@ async fn a_node_nobody_serves_is_unavailable() {
     // Down is not "speaks only gRPC": the next call tries lean RPC again.
     assert!(!link.grpc_only());
 }
+
+#[tokio::test]
+async fn a_node_that_hangs_up_is_not_taken_for_an_old_one() {
+    // Accepts and closes every connection, as a node dying or restarting
+    // does: no hello, and no gRPC either.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            drop(s);
+        }
+    });
+    let link = NodeLink::new(&addr).unwrap();
+    assert!(link.put_shard(put(1, b"x")).await.is_err());
+    assert!(link.get_shard(get(1)).await.is_err());
+    // Lean RPC is tried again on the next call, not skipped for a minute.
+    assert!(!link.grpc_only());
+}
