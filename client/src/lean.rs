@@ -19,11 +19,11 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use tessera_proto::{errno, lean};
+use tessera_proto::lean;
 use tonic::{
     body::BoxBody,
     codegen::{http, BoxFuture, Service, StdError},
-    Code, Status,
+    Status,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -136,15 +136,9 @@ impl Conn {
         let mut frame = vec![0u8; lean::frame_len(head)?];
         stream.read_exact(&mut frame)?;
         let a = lean::decode_response(&frame)?;
-        Ok(match a.code {
-            0 => Ok(lean::grpc_frame(a.message)),
-            code => {
-                let code = Code::from(code as i32);
-                Err(Box::new(match i32::try_from(a.errno) {
-                    Ok(e) if e != 0 => errno::status(code, e, a.status),
-                    _ => Status::new(code, a.status),
-                }))
-            }
+        Ok(match a.failure() {
+            None => Ok(lean::grpc_frame(a.message)),
+            Some(status) => Err(Box::new(status)),
         })
     }
 }
@@ -184,6 +178,9 @@ pub(crate) fn closed(s: &impl AsRawFd) -> bool {
 #[cfg(test)]
 mod tests {
     use std::{net::TcpListener, sync::mpsc, thread};
+
+    use tessera_proto::errno;
+    use tonic::Code;
 
     use super::*;
 

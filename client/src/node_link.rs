@@ -13,13 +13,12 @@ use std::{
 use bytes::Bytes;
 use prost::Message;
 use tessera_proto::{
-    errno,
     lean::{self, io::read_frame, node},
     pb::{self, node_client::NodeClient},
     MAX_MESSAGE,
 };
 use tokio::{io::AsyncReadExt, net::TcpStream};
-use tonic::{transport::Channel, Code, Status};
+use tonic::{transport::Channel, Status};
 use tracing::info;
 
 use crate::{lean::closed, meta::endpoint, Result};
@@ -202,15 +201,9 @@ impl NodeLink {
             .await?
             .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
         let a = lean::decode_response(&frame).map_err(io::Error::from)?;
-        let answer = match a.code {
-            0 => Ok(frame.slice(frame.len() - a.message.len()..)),
-            code => {
-                let code = Code::from(code as i32);
-                Err(match i32::try_from(a.errno) {
-                    Ok(e) if e != 0 => errno::status(code, e, a.status),
-                    _ => Status::new(code, a.status),
-                })
-            }
+        let answer = match a.failure() {
+            None => Ok(frame.slice(frame.len() - a.message.len()..)),
+            Some(status) => Err(status),
         };
         self.put_idle(stream);
         Ok(answer)

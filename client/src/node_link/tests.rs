@@ -5,7 +5,7 @@ use tessera_proto::{
     pb::node_server::{Node, NodeServer},
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tonic::{transport::server::TcpIncoming, Request, Response};
+use tonic::{transport::server::TcpIncoming, Code, Request, Response};
 
 use super::*;
 

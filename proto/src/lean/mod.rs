@@ -155,6 +155,18 @@ pub struct Answer<'a> {
     pub message: &'a [u8],
 }
 
+impl Answer<'_> {
+    /// The failure this answer reports, with its errno; `None` for
+    /// success. The inverse of [`server::Reply::status`].
+    pub fn failure(&self) -> Option<tonic::Status> {
+        let code = tonic::Code::from(i32::try_from(self.code).unwrap_or(i32::MAX));
+        (self.code != 0).then(|| match i32::try_from(self.errno) {
+            Ok(e) if e != 0 => crate::errno::status(code, e, self.status),
+            _ => tonic::Status::new(code, self.status),
+        })
+    }
+}
+
 /// A response frame (with its length prefix).
 pub fn encode_response(a: &Answer<'_>) -> Vec<u8> {
     let mut out = response_head(a.code, a.errno, a.status, a.message.len());

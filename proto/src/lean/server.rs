@@ -189,3 +189,28 @@ async fn serve<H: Handler>(
         super::io::write_parts(stream.get_mut(), &reply.head, reply.payload).await?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_crosses_with_its_code_and_errno() {
+        for s in [
+            errno::status(tonic::Code::NotFound, 2, "no such name"),
+            Status::invalid_argument("malformed PutShardRequest"),
+        ] {
+            let r = Reply::status(&s);
+            let a = super::super::decode_response(&r.head[4..]).unwrap();
+            let back = a.failure().unwrap();
+            assert_eq!((back.code(), back.message()), (s.code(), s.message()));
+            assert_eq!(errno::of(&back), errno::of(&s));
+        }
+        let ok = Reply::ok(b"m".to_vec(), Bytes::from_static(b"!"));
+        let mut frame = ok.head[4..].to_vec();
+        frame.extend_from_slice(&ok.payload);
+        let a = super::super::decode_response(&frame).unwrap();
+        assert!(a.failure().is_none());
+        assert_eq!(a.message, b"m!");
+    }
+}
