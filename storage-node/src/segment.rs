@@ -102,6 +102,8 @@ struct Writer {
     end: u64,
     /// Starts of records appended whose index update has not finished.
     inflight: BTreeSet<Pos>,
+    /// Bytes that puts and deletes (not compaction) appended to `segment`.
+    fresh: u64,
 }
 
 struct SyncState {
@@ -157,6 +159,7 @@ impl Segments {
                 file: Arc::new(file),
                 end,
                 inflight: BTreeSet::new(),
+                fresh: 0,
             }),
             sync: Mutex::new(SyncState {
                 synced: at,
@@ -193,6 +196,15 @@ impl Segments {
     /// On a write error the partial bytes are truncated away. The starts
     /// stay "in flight" until [`Segments::done`].
     pub fn append(&self, records: &[NewRecord<'_>]) -> Result<Appended> {
+        self.append_from(records, false)
+    }
+
+    /// [`Segments::append`] of records that compaction moves forward.
+    pub fn append_moved(&self, records: &[NewRecord<'_>]) -> Result<Appended> {
+        self.append_from(records, true)
+    }
+
+    fn append_from(&self, records: &[NewRecord<'_>], moved: bool) -> Result<Appended> {
         self.check_writable()?;
         let mut w = lock(&self.writer);
         let total: u64 = records
@@ -250,6 +262,9 @@ impl Segments {
             }
             return Err(Error::io(path, e));
         }
+        if !moved {
+            w.fresh += at - base;
+        }
         w.end = at;
         w.inflight.extend(starts.iter().copied());
         Ok(Appended {
@@ -284,6 +299,7 @@ impl Segments {
         w.segment = next;
         w.file = Arc::new(file);
         w.end = end;
+        w.fresh = 0;
         let mut st = lock(&self.sync);
         st.synced = st.synced.max(synced_to);
         Ok(())
@@ -365,6 +381,40 @@ impl Segments {
     /// The segment being appended to.
     pub fn current(&self) -> u32 {
         lock(&self.writer).segment
+    }
+
+    /// Size at which the writer rolls to a new segment.
+    pub fn segment_size(&self) -> u64 {
+        self.segment_size
+    }
+
+    /// Bytes that puts and deletes appended to the current segment.
+    pub fn fresh_bytes(&self) -> u64 {
+        lock(&self.writer).fresh
+    }
+
+    /// Rolls to a new segment if `seg` is still the one being appended to,
+    /// so that it can be compacted before it fills.
+    pub fn seal(&self, seg: u32) -> Result<()> {
+        let mut w = lock(&self.writer);
+        if w.segment == seg && w.end > 0 {
+            self.roll(&mut w)?;
+        }
+        Ok(())
+    }
+
+    /// Whether records appended to `seg` still wait for their index update
+    /// (until then the index does not know they are live).
+    pub fn has_inflight(&self, seg: u32) -> bool {
+        let from = Pos {
+            segment: seg,
+            offset: 0,
+        };
+        lock(&self.writer)
+            .inflight
+            .range(from..)
+            .next()
+            .is_some_and(|p| p.segment == seg)
     }
 
     /// Forgets the read handle of a segment about to be removed.

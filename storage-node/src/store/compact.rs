@@ -1,8 +1,14 @@
 //! Segment compaction: giving back the disk space of deleted and replaced
 //! shards.
 //!
-//! A sealed segment (not the one being appended to) whose live records take
-//! less than half of it is rewritten: its live shards are appended again at
+//! A segment whose live records take less than half of it is rewritten. The
+//! one being appended to counts too once puts and deletes have appended an
+//! eighth of a segment to it (what compaction moved there does not count, or
+//! carried tombstones would be rewritten again and again): it is sealed
+//! first, so that what was deleted in it is given back even if the node
+//! receives no more writes. A segment holding records whose index
+//! update has not finished is left for later, since the index does not know
+//! they are live yet. The rewrite appends its live shards again at
 //! the end of the log (fsynced, then re-indexed under their key locks, only
 //! if the index still points at the old copy), and the tombstones of keys
 //! that are still deleted are carried along, unless the segment is the
@@ -57,7 +63,7 @@ impl ShardStore {
         Ok(live)
     }
 
-    /// Compacts the sealed segment with the least live data, if less than
+    /// Compacts the segment with the least live data, if less than
     /// `max_live` (0..1) of it is live.
     pub fn compact_once(&self, max_live: f64) -> Result<Compacted> {
         let seg_dir = self.dir.join("segments");
@@ -66,21 +72,35 @@ impl ShardStore {
         let segs = list_segments(&seg_dir)?;
         let oldest = segs.first().copied();
         let mut best: Option<(f64, u32, u64)> = None;
-        for &seg in segs.iter().filter(|s| **s != current) {
+        for &seg in &segs {
             let path = segment_path(&seg_dir, seg);
             let size = std::fs::metadata(&path)
                 .map_err(|e| Error::io(&path, e))?
                 .len();
+            if seg == current && self.segments.fresh_bytes() < self.segments.segment_size() / 8 {
+                continue;
+            }
             let ratio = live.get(&seg).copied().unwrap_or(0) as f64 / size.max(1) as f64;
             if ratio < max_live && best.is_none_or(|b| ratio < b.0) {
                 best = Some((ratio, seg, size));
             }
         }
-        let Some((_, seg, size)) = best else {
+        let Some((_, seg, mut size)) = best else {
             return Ok(Compacted::default());
         };
-        let mut out = self.rewrite(seg, Some(seg) == oldest)?;
         let path = segment_path(&seg_dir, seg);
+        if seg == current {
+            self.segments.seal(seg)?;
+            size = std::fs::metadata(&path)
+                .map_err(|e| Error::io(&path, e))?
+                .len();
+        }
+        // No append can reach a sealed segment, so once none is in flight
+        // the index knows every live record in it.
+        if self.segments.has_inflight(seg) {
+            return Ok(Compacted::default());
+        }
+        let mut out = self.rewrite(seg, Some(seg) == oldest)?;
         // A read that looked up an old position just before the index moved
         // finishes on the open handle; then the handle goes with the file,
         // so its space is really given back.
@@ -172,7 +192,7 @@ impl ShardStore {
         if recs.is_empty() {
             return Ok(());
         }
-        let appended = self.segments.append(&recs)?;
+        let appended = self.segments.append_moved(&recs)?;
         let mut changes: Vec<(ShardKey, Option<Entry>)> = copies
             .iter()
             .zip(&appended.starts)
@@ -224,7 +244,7 @@ impl ShardStore {
             return Ok(());
         }
         let recs: Vec<NewRecord<'_>> = still.iter().map(|&key| NewRecord::tombstone(key)).collect();
-        let appended = self.segments.append(&recs)?;
+        let appended = self.segments.append_moved(&recs)?;
         let synced = self.segments.wait_synced(appended.end);
         self.segments.done(&appended.starts);
         synced

@@ -549,3 +549,89 @@ fn a_crash_between_copying_and_removing_a_segment_loses_nothing() {
         }
     }
 }
+
+#[test]
+fn a_mostly_dead_open_segment_is_sealed_and_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        segment_size: 100_000,
+    };
+    let s = ShardStore::open_with(dir.path(), opts.clone()).unwrap();
+    for i in 0..3 {
+        put(&s, key(i, 0), &bytes(i, 20_000));
+    }
+    s.delete(&[key(0, 0), key(1, 0)]).unwrap();
+    // Nothing more is written: segment 1 never fills, yet its garbage goes.
+    let before = segments_bytes(dir.path());
+    assert_eq!(s.compact_once(0.5).unwrap().segment, Some(1));
+    let after = segments_bytes(dir.path());
+    assert!(after * 2 < before, "{before} -> {after} bytes");
+    // What compaction moved into the new segment does not make it a
+    // candidate again.
+    assert_eq!(s.compact_once(0.5).unwrap().segment, None);
+    let check = |s: &ShardStore| {
+        assert_eq!(full(s, key(2, 0)).unwrap(), bytes(2, 20_000));
+        for i in 0..2 {
+            assert!(matches!(
+                full(s, key(i, 0)),
+                Err(Error::ShardNotFound { .. })
+            ));
+        }
+    };
+    check(&s);
+    put(&s, key(3, 0), &bytes(3, 1000));
+    drop(s);
+    let s = ShardStore::open_with(dir.path(), opts).unwrap();
+    check(&s);
+    assert_eq!(full(&s, key(3, 0)).unwrap(), bytes(3, 1000));
+}
+
+#[test]
+fn a_segment_with_a_put_not_yet_indexed_is_not_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ShardStore::open_with(
+        dir.path(),
+        StoreOptions {
+            segment_size: 100_000,
+        },
+    )
+    .unwrap();
+    for i in 0..4 {
+        put(&s, key(i, 0), &bytes(i, 20_000));
+    }
+    s.delete(&(0..4).map(|i| key(i, 0)).collect::<Vec<_>>())
+        .unwrap();
+    // A put stopped between its append and its index update, as `put` does
+    // them, the last record of segment 1...
+    let data = bytes(9, 1000);
+    let pieces = piece_crcs(&data);
+    let crc = crc32(&data);
+    let appended = s
+        .segments
+        .append(&[NewRecord {
+            kind: Kind::Shard,
+            key: key(9, 0),
+            crc,
+            data: &data,
+            pieces: &pieces,
+        }])
+        .unwrap();
+    assert_eq!(appended.starts[0].segment, 1);
+    // ...then another put seals segment 1, which now looks all garbage.
+    put(&s, key(10, 0), &bytes(10, 20_000));
+    assert_eq!(s.segments.current(), 2);
+    assert_eq!(s.compact_once(0.5).unwrap().segment, None);
+    // The first put finishes; only now may segment 1 go.
+    s.segments.wait_synced(appended.end).unwrap();
+    let entry = Entry {
+        pos: appended.starts[0],
+        len: 1000,
+        crc,
+    };
+    let marker = s.segments.marker_excluding(&appended.starts);
+    s.index.apply(&[(key(9, 0), Some(entry))], marker).unwrap();
+    s.segments.done(&appended.starts);
+    assert_eq!(s.compact_once(0.5).unwrap().segment, Some(1));
+    assert_eq!(full(&s, key(9, 0)).unwrap(), data);
+    assert_eq!(full(&s, key(10, 0)).unwrap(), bytes(10, 20_000));
+}
