@@ -9,19 +9,21 @@ use std::{
 
 use bytes::Bytes;
 use futures::future::join_all;
-use tessera_common::{overlay, Codec, Ino, Protection, VolumeId, MAX_BLOCK};
+use tessera_common::{overlay, Codec, Ino, Protection, VolumeId};
 use tessera_proto::{pb, FileKind};
 use tokio::sync::Semaphore;
 use tracing::warn;
+
+mod flush;
 
 use crate::{
     blocks::BlockIds,
     cache::BlockCache,
     dir_attrs::DirAttrs,
     nodes::Nodes,
-    stripe::{put_block, read_range, BlockRef, WHOLE_BLOCK_AT},
-    write::{Extent, FileState, Pending},
-    ClientError, MetaConn, Result,
+    stripe::{read_range, BlockRef, WHOLE_BLOCK_AT},
+    write::{Extent, FileState},
+    MetaConn, Result,
 };
 
 /// Attributes of an inode as the client reports them (committed attributes
@@ -101,6 +103,7 @@ struct FileEntry {
 
 struct Inner {
     meta: MetaConn,
+    packer: flush::Packer,
     id: VolumeId,
     name: String,
     codec: Codec,
@@ -156,6 +159,7 @@ impl Volume {
         let nodes = Nodes::load(meta.clone(), protection).await?;
         Ok(Volume {
             inner: Arc::new(Inner {
+                packer: flush::Packer::default(),
                 block_ids: BlockIds::new(meta.clone()),
                 meta,
                 id: v.id,
@@ -528,182 +532,6 @@ impl Volume {
         }
     }
 
-    /// Buffers a write; stores full blocks in the background.
-    pub async fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<()> {
-        if offset
-            .checked_add(data.len() as u64)
-            .is_none_or(|e| e > tessera_common::CHUNK_SIZE << 24)
-        {
-            return Err(ClientError::Invalid(format!(
-                "write at {offset} beyond the largest file"
-            )));
-        }
-        let e = self.entry(ino);
-        let full = {
-            let mut st = e.state.lock().expect("file state lock");
-            st.take_error(ino)?;
-            st.write(offset, data)
-        };
-        if full {
-            self.cut_blocks(ino, &e, false).await?;
-        }
-        Ok(())
-    }
-
-    /// Cuts full blocks (or, with `all`, everything) and starts storing them.
-    /// Waits for room in the in-flight budget: that is the back-pressure.
-    async fn cut_blocks(
-        &self,
-        ino: Ino,
-        e: &Arc<FileEntry>,
-        all: bool,
-    ) -> Result<Option<Arc<Pending>>> {
-        let mut last = None;
-        loop {
-            let permit = self
-                .inner
-                .inflight
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| ClientError::Invalid("volume is shutting down".into()))?;
-            let (pending, prev) = {
-                let mut st = e.state.lock().expect("file state lock");
-                if !all && st.dirty_bytes < MAX_BLOCK {
-                    return Ok(last);
-                }
-                let Some(extents) = st.cut() else {
-                    return Ok(last);
-                };
-                let pending = Pending::new(extents);
-                let prev = st.inflight.last().cloned();
-                st.inflight.push(pending.clone());
-                (pending, prev)
-            };
-            last = Some(pending.clone());
-            let vol = self.clone();
-            let entry = e.clone();
-            tokio::spawn(async move {
-                let result = vol.store_and_commit(ino, &entry, &pending, prev).await;
-                let mut st = entry.state.lock().expect("file state lock");
-                st.inflight.retain(|p| !Arc::ptr_eq(p, &pending));
-                if let Err(err) = &result {
-                    warn!(volume = %vol.name(), ino, error = %err, "write failed");
-                    st.error.get_or_insert_with(|| err.clone());
-                }
-                drop(st);
-                pending.finish(result);
-                drop(permit);
-            });
-        }
-    }
-
-    async fn store_and_commit(
-        &self,
-        ino: Ino,
-        e: &FileEntry,
-        pending: &Pending,
-        prev: Option<Arc<Pending>>,
-    ) -> Result<()> {
-        let block = self.inner.block_ids.next().await?;
-        let block_len = pending.len();
-        let mut slices = Vec::with_capacity(pending.extents.len());
-        let mut at = 0;
-        for x in &pending.extents {
-            slices.push(pb::Slice {
-                offset: x.offset,
-                len: x.data.len() as u32,
-                block,
-                block_offset: at as u32,
-                block_len: block_len as u32,
-            });
-            at += x.data.len();
-        }
-        let data = match pending.extents.as_slice() {
-            // A sequential writer's block is one extent: share it.
-            [only] => Bytes::from_owner(SharedBytes(only.data.clone())),
-            many => {
-                let mut v = Vec::with_capacity(block_len);
-                for x in many {
-                    v.extend_from_slice(&x.data);
-                }
-                Bytes::from(v)
-            }
-        };
-        if let Err(e) = self.inner.nodes.refresh_if_stale(0).await {
-            warn!(volume = self.name(), error = %e, "refreshing the placement table failed");
-        }
-        let stored = put_block(
-            &self.inner.nodes,
-            &self.inner.codec,
-            block,
-            data,
-            self.inner.min_durable,
-        )
-        .await?;
-        let degraded = if stored.missing.is_empty() {
-            vec![]
-        } else {
-            vec![pb::DegradedBlock {
-                block,
-                block_len: block_len as u32,
-                missing: stored.missing,
-            }]
-        };
-        if let Some(prev) = prev {
-            // Commit in cut order; an earlier failure is reported on its own.
-            let _ = prev.wait().await;
-        }
-        let req = pb::CommitWritesRequest {
-            volume: self.id(),
-            files: vec![pb::FileWrite {
-                ino,
-                slices: slices.clone(),
-                mtime_ns: now_ns(),
-            }],
-            degraded,
-            placement_epoch: stored.epoch,
-        };
-        let resp = self.meta().commit_writes(req).await?.into_inner();
-        if let Err(e) = self
-            .inner
-            .nodes
-            .refresh_if_stale(resp.placement_epoch)
-            .await
-        {
-            warn!(volume = self.name(), error = %e, "refreshing the placement table failed");
-        }
-        // Keep the cached slice list current rather than refetching it.
-        let mut cached = e.slices.lock().expect("slices lock");
-        cached.0 += 1;
-        if let (Some(s), Some(a)) = (cached.1.take(), resp.attrs.first()) {
-            let mut list = s.list.clone();
-            list.extend(slices);
-            cached.1 = Some(Arc::new(Slices { size: a.size, list }));
-        }
-        Ok(())
-    }
-
-    /// Makes everything written to `ino` durable and visible.
-    pub async fn flush(&self, ino: Ino) -> Result<()> {
-        let Some(e) = self.existing_entry(ino) else {
-            return Ok(());
-        };
-        self.cut_blocks(ino, &e, true).await?;
-        let last = e
-            .state
-            .lock()
-            .expect("file state lock")
-            .inflight
-            .last()
-            .cloned();
-        if let Some(p) = last {
-            let _ = p.wait().await;
-        }
-        let result = e.state.lock().expect("file state lock").take_error(ino);
-        result
-    }
-
     async fn slices(&self, ino: Ino, e: &FileEntry) -> Result<Arc<Slices>> {
         let generation = {
             let s = e.slices.lock().expect("slices lock");
@@ -832,30 +660,5 @@ impl Volume {
             }
         }
         Ok(Bytes::from(buf))
-    }
-
-    /// Flushes every file with buffered data (unmount).
-    pub async fn flush_all(&self) -> Result<()> {
-        let inos: Vec<Ino> = self
-            .inner
-            .files
-            .lock()
-            .expect("files lock")
-            .keys()
-            .copied()
-            .collect();
-        let mut first_err = None;
-        for ino in inos {
-            if let Err(e) = self.flush(ino).await {
-                first_err.get_or_insert(e);
-            }
-        }
-        // The metadata service syncs acknowledged changes within
-        // milliseconds on its own: at unmount this only hurries it, and it
-        // must not keep a mount with nothing left to store from going.
-        if let Err(e) = self.sync().await {
-            warn!(volume = self.name(), error = %e, "syncing the metadata service at unmount failed");
-        }
-        first_err.map_or(Ok(()), Err)
     }
 }

@@ -56,6 +56,11 @@ impl Pending {
         r.clone().expect("wait_for returned a finished result")
     }
 
+    /// Whether this block is committed (or failed).
+    pub fn is_finished(&self) -> bool {
+        self.done.borrow().is_some()
+    }
+
     pub fn len(&self) -> usize {
         self.extents.iter().map(|e| e.data.len()).sum()
     }

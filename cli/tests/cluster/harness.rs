@@ -357,6 +357,15 @@ impl Cluster {
             .sum()
     }
 
+    /// Shards on all running nodes, from their own Stat (`node ls` shows
+    /// what the last heartbeats said).
+    pub fn stored_shards(&self) -> u64 {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].child.is_some())
+            .map(|i| self.node_stat(i).shard_count)
+            .sum()
+    }
+
     /// Bytes of segment files on all running nodes' disks.
     pub fn segment_bytes(&self) -> u64 {
         (0..self.nodes.len())

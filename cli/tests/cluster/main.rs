@@ -13,3 +13,4 @@ mod membership;
 mod posix;
 mod repair;
 mod scrub;
+mod small;
