@@ -38,6 +38,10 @@ pub struct MetaArgs {
     /// groups move to other nodes and its shards are rebuilt there.
     #[arg(long, default_value_t = 600)]
     out_after_secs: u64,
+    /// Seconds a file that lost its last name while a mount had it open
+    /// lives after that mount stops renewing it (it died or lost us).
+    #[arg(long, default_value_t = 600)]
+    orphan_lease_secs: u64,
 }
 
 pub fn meta(a: MetaArgs) -> anyhow::Result<()> {
@@ -54,6 +58,7 @@ pub fn meta(a: MetaArgs) -> anyhow::Result<()> {
                     .context("--repair-bandwidth")?,
             },
             out_after: std::time::Duration::from_secs(a.out_after_secs),
+            orphan_lease: std::time::Duration::from_secs(a.orphan_lease_secs),
         },
     };
     runtime()?.block_on(tessera_metadata::run(config, signalled()))?;

@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tracing::warn;
 
 mod flush;
+mod orphans;
 
 use crate::{
     blocks::BlockIds,
@@ -104,6 +105,12 @@ struct FileEntry {
 struct Inner {
     meta: MetaConn,
     packer: flush::Packer,
+    /// The runtime the volume was opened on, for background tasks.
+    rt: tokio::runtime::Handle,
+    /// This mount's session, which holds its orphans (see `orphans.rs`).
+    session: u64,
+    orphans: Mutex<std::collections::HashSet<Ino>>,
+    renewing: std::sync::atomic::AtomicBool,
     id: VolumeId,
     name: String,
     codec: Codec,
@@ -160,6 +167,10 @@ impl Volume {
         Ok(Volume {
             inner: Arc::new(Inner {
                 packer: flush::Packer::default(),
+                rt: tokio::runtime::Handle::current(),
+                session: orphans::new_session(),
+                orphans: Mutex::default(),
+                renewing: Default::default(),
                 block_ids: BlockIds::new(meta.clone()),
                 meta,
                 id: v.id,
@@ -351,8 +362,11 @@ impl Volume {
             parent,
             name: Bytes::copy_from_slice(name),
             dir,
+            open: if dir { vec![] } else { self.open_inos() },
+            session: self.inner.session,
         };
-        self.meta().unlink(req).await?;
+        let resp = self.meta().unlink(req).await?.into_inner();
+        self.adopt_orphans(&resp);
         Ok(())
     }
 
@@ -374,8 +388,11 @@ impl Volume {
             new_parent,
             new_name: Bytes::copy_from_slice(new_name),
             flags,
+            open: self.open_inos(),
+            session: self.inner.session,
         };
-        self.meta().rename(req).await?;
+        let resp = self.meta().rename(req).await?.into_inner();
+        self.adopt_orphans(&resp);
         Ok(())
     }
 
@@ -509,19 +526,28 @@ impl Volume {
         self.invalidate(ino);
     }
 
-    /// A file handle is closed (after `flush`).
-    pub fn release_file(&self, ino: Ino) {
-        let mut files = self.inner.files.lock().expect("files lock");
-        if let Some(e) = files.get(&ino) {
-            let idle = {
+    /// A file handle is closed (after `flush`). The last handle of a file
+    /// that lost its last name meanwhile takes the file with it.
+    pub async fn release_file(&self, ino: Ino) -> Result<()> {
+        let orphan_closed = {
+            let mut files = self.inner.files.lock().expect("files lock");
+            let Some(e) = files.get(&ino) else {
+                return Ok(());
+            };
+            let (idle, orphan_closed) = {
                 let mut st = e.state.lock().expect("file state lock");
                 st.opens = st.opens.saturating_sub(1);
-                st.idle()
+                (st.idle(), st.orphan && st.opens == 0)
             };
             if idle {
                 files.remove(&ino);
             }
+            orphan_closed
+        };
+        if orphan_closed {
+            self.release_orphan(ino).await?;
         }
+        Ok(())
     }
 
     fn invalidate(&self, ino: Ino) {

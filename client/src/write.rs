@@ -77,6 +77,9 @@ pub(crate) struct FileState {
     pub error: Option<ClientError>,
     /// Open file handles of this inode in this mount.
     pub opens: u32,
+    /// The file lost its last name while open here: closing its last
+    /// handle releases it (see `volume/orphans.rs`).
+    pub orphan: bool,
 }
 
 impl FileState {

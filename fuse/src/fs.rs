@@ -364,8 +364,11 @@ impl Filesystem for TesseraFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.run("release", self.vol.flush(ino.0));
-        self.vol.release_file(ino.0);
+        let r = self.run("release", async {
+            let flushed = self.vol.flush(ino.0).await;
+            let released = self.vol.release_file(ino.0).await;
+            flushed.and(released)
+        });
         self.empty(reply, r);
     }
 

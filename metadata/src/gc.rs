@@ -87,6 +87,10 @@ pub async fn collect_forever(meta: Arc<Meta>, interval: Duration) {
     let clients = NodeClients::default();
     loop {
         tokio::time::sleep(interval).await;
+        let m = meta.clone();
+        if let Err(e) = blocking(move || m.expire_orphans()).await {
+            warn!(error = %e, "removing orphans whose lease ran out failed");
+        }
         loop {
             match collect_once(&meta, &clients, 4096).await {
                 Ok(0) => break,

@@ -37,6 +37,9 @@ pub const MEMBER: u8 = b'M';
 pub const PLACEMENT_HISTORY: u8 = b'H';
 /// Remap jobs (blocks of moved PG slots still to be queued): `J` + K + M + epoch.
 pub const REMAP_JOB: u8 = b'J';
+/// Files without a name kept for the clients that have them open:
+/// `O` + volume + ino -> OrphanRecord.
+pub const ORPHAN: u8 = b'O';
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());

@@ -30,6 +30,9 @@ pub struct MetaOptions {
     /// A node not heard from for this long is `out`: its placement groups
     /// are remapped and its shards rebuilt elsewhere.
     pub out_after: Duration,
+    /// How long a file kept for a client that has it open after its last
+    /// name went (an orphan) lives without the client renewing it.
+    pub orphan_lease: Duration,
 }
 
 impl Default for MetaOptions {
@@ -39,6 +42,7 @@ impl Default for MetaOptions {
             gc_interval: Duration::from_secs(5),
             repair: crate::repair::RepairOptions::default(),
             out_after: Duration::from_secs(600),
+            orphan_lease: Duration::from_secs(600),
         }
     }
 }
@@ -64,6 +68,8 @@ pub struct Meta {
     pub(crate) rebalancing: Mutex<()>,
     /// Wakes the repair task when work is queued.
     pub(crate) repair_queued: tokio::sync::Notify,
+    /// See [`MetaOptions::orphan_lease`].
+    pub(crate) orphan_lease: Duration,
 }
 
 /// What repair did since the service started, and its recent rate.
@@ -119,6 +125,7 @@ impl Meta {
             repair_stats: RepairStats::default(),
             rebalancing: Mutex::new(()),
             repair_queued: tokio::sync::Notify::new(),
+            orphan_lease: options.orphan_lease,
             store,
         };
         meta.load_usage()?;

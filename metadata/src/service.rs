@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     cluster::NodeStats,
-    fs::{Attr, FileWrite, NewNode, SetAttr},
+    fs::{Attr, FileWrite, Holder, NewNode, SetAttr},
     records::{Slice, VolumeRecord},
     repair::Degraded,
     Meta, MetaError,
@@ -47,6 +47,26 @@ impl MetaService {
         f: impl FnOnce(&Meta) -> Result<T, MetaError>,
     ) -> Result<Response<T>, Status> {
         f(&self.meta).map(Response::new).map_err(Status::from)
+    }
+}
+
+/// Most inodes an unlink or rename may name as open.
+const MAX_OPEN: usize = 1 << 20;
+
+fn holder(open: &[u64], session: u64) -> Result<Holder<'_>, MetaError> {
+    if open.len() > MAX_OPEN {
+        return Err(MetaError::Invalid(format!(
+            "{} open inodes named; at most {MAX_OPEN}",
+            open.len()
+        )));
+    }
+    Ok(Holder { open, session })
+}
+
+fn orphaned(m: &Meta, orphan: Option<u64>) -> pb::UnlinkResponse {
+    pb::UnlinkResponse {
+        orphaned: orphan.into_iter().collect(),
+        lease_ms: m.orphan_lease().as_millis() as u64,
     }
 }
 
@@ -394,25 +414,44 @@ impl MetaRpc for MetaService {
         self.inline(move |m| Ok(attr(m.link(r.volume, r.ino, r.new_parent, &r.new_name)?)))
     }
 
-    async fn unlink(&self, r: Request<pb::UnlinkRequest>) -> Rpc<pb::Empty> {
+    async fn unlink(&self, r: Request<pb::UnlinkRequest>) -> Rpc<pb::UnlinkResponse> {
         let r = r.into_inner();
         self.inline(move |m| {
-            m.unlink(r.volume, r.parent, &r.name, r.dir)?;
-            Ok(pb::Empty {})
+            let holder = holder(&r.open, r.session)?;
+            let orphan = m.unlink_held(r.volume, r.parent, &r.name, r.dir, holder)?;
+            Ok(orphaned(m, orphan))
         })
     }
 
-    async fn rename(&self, r: Request<pb::RenameRequest>) -> Rpc<pb::Empty> {
+    async fn rename(&self, r: Request<pb::RenameRequest>) -> Rpc<pb::UnlinkResponse> {
         let r = r.into_inner();
         self.inline(move |m| {
-            m.rename(
+            let holder = holder(&r.open, r.session)?;
+            let orphan = m.rename_held(
                 r.volume,
                 r.parent,
                 &r.name,
                 r.new_parent,
                 &r.new_name,
                 r.flags,
+                holder,
             )?;
+            Ok(orphaned(m, orphan))
+        })
+    }
+
+    async fn release_orphan(&self, r: Request<pb::OrphanRequest>) -> Rpc<pb::Empty> {
+        let r = r.into_inner();
+        self.inline(move |m| {
+            m.release_orphan(r.volume, r.ino)?;
+            Ok(pb::Empty {})
+        })
+    }
+
+    async fn renew_orphans(&self, r: Request<pb::RenewOrphansRequest>) -> Rpc<pb::Empty> {
+        let r = r.into_inner();
+        self.inline(move |m| {
+            m.renew_orphans(r.volume, r.session, &r.inos)?;
             Ok(pb::Empty {})
         })
     }

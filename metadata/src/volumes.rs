@@ -184,7 +184,13 @@ impl Meta {
     /// (queueing blocks left without any for GC) in the transaction that
     /// deletes them. Idempotent: safe to run again after a crash.
     pub(crate) fn purge_tree(&self, vol: VolumeId) -> Result<()> {
-        for prefix in [keys::CHUNK, keys::INODE, keys::DENTRY, keys::XATTR] {
+        for prefix in [
+            keys::CHUNK,
+            keys::INODE,
+            keys::DENTRY,
+            keys::XATTR,
+            keys::ORPHAN,
+        ] {
             let (start, end) = keys::prefix_range(&keys::in_volume(prefix, vol));
             loop {
                 let done = transact(self.store.as_ref(), |txn| {

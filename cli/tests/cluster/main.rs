@@ -14,3 +14,4 @@ mod posix;
 mod repair;
 mod scrub;
 mod small;
+mod unlinked;

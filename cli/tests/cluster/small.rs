@@ -50,7 +50,13 @@ fn small_files_flushed_together_share_blocks_and_read_back() {
             vol.open_file(a.ino);
             vol.write(a.ino, 0, &content(i)).await.unwrap();
         }
-        vol.unlink(ROOT_INO, format!("f{GONE}").as_bytes(), false)
+        // Another client, which does not have it open, removes one.
+        let meta = connect_meta(&c.meta_addr).await.unwrap();
+        let other = Volume::open(meta, "small", VolumeOptions::default())
+            .await
+            .unwrap();
+        other
+            .unlink(ROOT_INO, format!("f{GONE}").as_bytes(), false)
             .await
             .unwrap();
         vol.flush_all().await

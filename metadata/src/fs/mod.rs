@@ -8,6 +8,7 @@
 
 mod attrs;
 mod data;
+mod orphans;
 mod tree;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +24,7 @@ use crate::{
 
 pub use attrs::{SetAttr, StatFs, XATTR_CREATE, XATTR_REPLACE};
 pub use data::{FileWrite, MAX_FILE_SIZE};
+pub use orphans::{Holder, OrphanRecord};
 pub use tree::{NewNode, RENAME_EXCHANGE, RENAME_NOREPLACE};
 
 pub const KIND_FILE: u32 = 1;

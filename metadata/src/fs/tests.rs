@@ -528,3 +528,102 @@ fn sync_names_the_volume_and_create_answers_with_the_parent() {
     assert_eq!(parent.inode, m.get_attr(v, d.ino).unwrap().inode);
     assert_eq!(parent.inode.mtime_ns, f.inode.ctime_ns);
 }
+
+#[test]
+fn a_file_unlinked_while_open_lives_until_released_or_its_lease_ends() {
+    let (m, v) = meta_with_volume(1 << 30);
+    let commit = |ino, block| {
+        m.commit_writes(
+            v,
+            &[FileWrite {
+                ino,
+                slices: vec![slice(0, 1000, block)],
+                mtime_ns: 1,
+            }],
+        )
+        .unwrap();
+    };
+    let f = m.make_node(v, ROOT_INO, b"f", file(0o644)).unwrap();
+    let g = m.make_node(v, ROOT_INO, b"g", file(0o644)).unwrap();
+    commit(f.ino, 5);
+    commit(g.ino, 6);
+    let open = [f.ino, g.ino];
+    let holder = Holder {
+        open: &open,
+        session: 7,
+    };
+    // Unlinked while open: nameless, but its bytes stay, and it counts.
+    assert_eq!(
+        m.unlink_held(v, ROOT_INO, b"f", false, holder).unwrap(),
+        Some(f.ino)
+    );
+    assert!(m.lookup(v, ROOT_INO, b"f").is_err());
+    let (a, s) = m.get_slices(v, f.ino).unwrap();
+    assert_eq!((a.inode.nlink, a.inode.size, s.len()), (0, 1000, 1));
+    commit(f.ino, 7);
+    assert_eq!(m.stat_fs(v).unwrap().used, 2000);
+    // Replaced by a rename while open: the same.
+    let h = m.make_node(v, ROOT_INO, b"h", file(0o644)).unwrap();
+    assert_eq!(
+        m.rename_held(v, ROOT_INO, b"h", ROOT_INO, b"g", 0, holder)
+            .unwrap(),
+        Some(g.ino)
+    );
+    assert_eq!(m.lookup(v, ROOT_INO, b"g").unwrap().ino, h.ino);
+    // Released: gone, space given back, and its blocks queued for GC.
+    m.release_orphan(v, f.ino).unwrap();
+    assert!(m.get_attr(v, f.ino).is_err());
+    assert_eq!(m.stat_fs(v).unwrap().used, 1000);
+    assert_eq!(m.gc_pending(10).unwrap().len(), 2);
+    m.release_orphan(v, f.ino).unwrap();
+    // g is still kept: its lease has not run out.
+    m.renew_orphans(v, 8, &[g.ino]).unwrap();
+    assert_eq!(m.expire_orphans().unwrap(), 0, "lease of 10 minutes");
+    // Nothing open: a file losing its last name goes at once.
+    let k = m.make_node(v, ROOT_INO, b"k", file(0o644)).unwrap();
+    assert_eq!(
+        m.unlink_held(v, ROOT_INO, b"k", false, Holder::NONE)
+            .unwrap(),
+        None
+    );
+    assert!(m.get_attr(v, k.ino).is_err());
+}
+
+#[test]
+fn an_orphan_whose_session_stops_renewing_is_removed() {
+    let m = Meta::open(
+        Arc::new(MemoryStore::new()),
+        MetaOptions {
+            orphan_lease: std::time::Duration::from_millis(300),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for i in 0..6 {
+        m.register_node(0, format!("127.0.0.1:{}", 9000 + i), Default::default())
+            .unwrap();
+    }
+    let v = m
+        .create_volume("v", 1 << 30, "ec:4+2", Default::default())
+        .unwrap()
+        .id;
+    let f = m.make_node(v, ROOT_INO, b"f", file(0o644)).unwrap();
+    let g = m.make_node(v, ROOT_INO, b"g", file(0o644)).unwrap();
+    let open = [f.ino, g.ino];
+    let holder = Holder {
+        open: &open,
+        session: 3,
+    };
+    m.unlink_held(v, ROOT_INO, b"f", false, holder).unwrap();
+    m.unlink_held(v, ROOT_INO, b"g", false, holder).unwrap();
+    // f's session keeps renewing it; g's client is gone.
+    for _ in 0..4 {
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        m.renew_orphans(v, 3, &[f.ino]).unwrap();
+        m.renew_orphans(v, 4, &[g.ino]).unwrap();
+    }
+    assert_eq!(m.expire_orphans().unwrap(), 1);
+    assert!(m.get_attr(v, f.ino).is_ok());
+    assert!(m.get_attr(v, g.ino).is_err());
+    assert_eq!(m.stat_fs(v).unwrap().inodes, 2, "root and f");
+}

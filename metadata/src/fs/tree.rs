@@ -2,7 +2,11 @@
 
 use tessera_common::{Ino, VolumeId, ROOT_INO};
 
-use super::{check_name, Attr, Tree, KIND_DIR, KIND_FILE, KIND_SYMLINK};
+use super::{
+    check_name,
+    orphans::{self, Dropped, Holder},
+    Attr, Tree, KIND_DIR, KIND_FILE, KIND_SYMLINK,
+};
 use crate::{
     meta::{now_ns, Meta},
     records::{Dentry, Inode},
@@ -168,8 +172,23 @@ impl Meta {
 
     /// unlink (`dir == false`) or rmdir (`dir == true`).
     pub fn unlink(&self, vol: VolumeId, parent: Ino, name: &[u8], dir: bool) -> Result<()> {
+        self.unlink_held(vol, parent, name, dir, Holder::NONE)
+            .map(|_| ())
+    }
+
+    /// [`Meta::unlink`] for a caller with files open (see `orphans.rs`);
+    /// returns the inode kept as an orphan, if any.
+    pub fn unlink_held(
+        &self,
+        vol: VolumeId,
+        parent: Ino,
+        name: &[u8],
+        dir: bool,
+        holder: Holder<'_>,
+    ) -> Result<Option<Ino>> {
         check_name(name)?;
-        let freed = transact_buffered(self.store.as_ref(), |txn| {
+        let expires_ns = now_ns().saturating_add(self.orphan_lease.as_nanos() as i64);
+        let dropped = transact_buffered(self.store.as_ref(), |txn| {
             let mut t = Tree::new(txn, vol);
             let mut p = t.dir(parent)?;
             let d = t.dentry(parent, name)?.ok_or_else(|| {
@@ -186,7 +205,7 @@ impl Meta {
             }
             let now = now_ns();
             t.delete_dentry(parent, name)?;
-            let freed = drop_link(&mut t, d.ino, inode, now)?;
+            let dropped = drop_link(&mut t, d.ino, inode, now, holder, expires_ns)?;
             if dir {
                 p.nlink -= 1;
             }
@@ -194,12 +213,21 @@ impl Meta {
             p.ctime_ns = now;
             t.set(parent, p);
             t.finish()?;
-            Ok(freed)
+            Ok((d.ino, dropped))
         })?;
-        if let Some(bytes) = freed {
-            self.account(vol, -(bytes as i64), -1);
+        Ok(self.dropped(vol, dropped))
+    }
+
+    /// Accounts for what dropping a link did; returns the orphan kept.
+    fn dropped(&self, vol: VolumeId, (ino, d): (Ino, Dropped)) -> Option<Ino> {
+        match d {
+            Dropped::Linked => None,
+            Dropped::Freed(bytes) => {
+                self.account(vol, -(bytes as i64), -1);
+                None
+            }
+            Dropped::Orphaned => Some(ino),
         }
-        Ok(())
     }
 
     pub fn rename(
@@ -211,6 +239,23 @@ impl Meta {
         new_name: &[u8],
         flags: u32,
     ) -> Result<()> {
+        self.rename_held(vol, parent, name, new_parent, new_name, flags, Holder::NONE)
+            .map(|_| ())
+    }
+
+    /// [`Meta::rename`] for a caller with files open (see `orphans.rs`);
+    /// returns the replaced inode if it was kept as an orphan.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rename_held(
+        &self,
+        vol: VolumeId,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: u32,
+        holder: Holder<'_>,
+    ) -> Result<Option<Ino>> {
         check_name(name)?;
         check_name(new_name)?;
         if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
@@ -218,7 +263,8 @@ impl Meta {
         {
             return Err(MetaError::Invalid(format!("rename flags {flags:#x}")));
         }
-        let freed = transact_buffered(self.store.as_ref(), |txn| {
+        let expires_ns = now_ns().saturating_add(self.orphan_lease.as_nanos() as i64);
+        let dropped = transact_buffered(self.store.as_ref(), |txn| {
             let mut t = Tree::new(txn, vol);
             t.dir(parent)?;
             t.dir(new_parent)?;
@@ -229,7 +275,7 @@ impl Meta {
                 ))
             })?;
             if parent == new_parent && name == new_name {
-                return Ok(None);
+                return Ok((src.ino, Dropped::Linked));
             }
             let dst = t.dentry(new_parent, new_name)?;
             let src_inode = t.inode(src.ino)?;
@@ -241,7 +287,7 @@ impl Meta {
                 )));
             }
             let now = now_ns();
-            let mut freed = None;
+            let mut dropped = (src.ino, Dropped::Linked);
             if flags & RENAME_EXCHANGE != 0 {
                 let dst = dst.ok_or_else(|| {
                     MetaError::not_found(format!(
@@ -272,7 +318,7 @@ impl Meta {
                     }
                     if dst.ino == src.ino {
                         // Two hard links of one file: POSIX says do nothing.
-                        return Ok(None);
+                        return Ok((src.ino, Dropped::Linked));
                     }
                     let dst_inode = t.inode(dst.ino)?;
                     let dst_is_dir = dst_inode.kind == KIND_DIR;
@@ -287,7 +333,10 @@ impl Meta {
                         }
                         _ => {}
                     }
-                    freed = drop_link(&mut t, dst.ino, dst_inode, now)?;
+                    dropped = (
+                        dst.ino,
+                        drop_link(&mut t, dst.ino, dst_inode, now, holder, expires_ns)?,
+                    );
                     if dst_is_dir {
                         let mut np = t.inode(new_parent)?;
                         np.nlink -= 1;
@@ -305,12 +354,9 @@ impl Meta {
                 t.set(p, d);
             }
             t.finish()?;
-            Ok(freed)
+            Ok(dropped)
         })?;
-        if let Some(bytes) = freed {
-            self.account(vol, -(bytes as i64), -1);
-        }
-        Ok(())
+        Ok(self.dropped(vol, dropped))
     }
 
     /// Entries of a directory whose names sort after `after`.
@@ -349,9 +395,16 @@ impl Meta {
     }
 }
 
-/// Drops one link to `ino`; frees the inode when it was the last. Returns
-/// the bytes freed when the inode went away.
-fn drop_link(t: &mut Tree<'_>, ino: Ino, mut inode: Inode, now: i64) -> Result<Option<u64>> {
+/// Drops one link to `ino`; frees the inode when it was the last, unless
+/// `holder` has it open (then it is kept as an orphan until `expires_ns`).
+fn drop_link(
+    t: &mut Tree<'_>,
+    ino: Ino,
+    mut inode: Inode,
+    now: i64,
+    holder: Holder<'_>,
+    expires_ns: i64,
+) -> Result<Dropped> {
     if inode.kind == KIND_DIR {
         if !t.is_empty_dir(ino)? {
             return Err(MetaError::NotEmpty {
@@ -360,21 +413,25 @@ fn drop_link(t: &mut Tree<'_>, ino: Ino, mut inode: Inode, now: i64) -> Result<O
             });
         }
         t.remove(ino)?;
-        return Ok(Some(0));
+        return Ok(Dropped::Freed(0));
     }
     inode.nlink = inode.nlink.saturating_sub(1);
+    inode.ctime_ns = now;
     if inode.nlink == 0 {
+        if orphans::keep_if_open(t, ino, inode.kind, holder, expires_ns)? {
+            t.set(ino, inode);
+            return Ok(Dropped::Orphaned);
+        }
         let size = if inode.kind == KIND_FILE {
             inode.size
         } else {
             0
         };
         t.remove(ino)?;
-        return Ok(Some(size));
+        return Ok(Dropped::Freed(size));
     }
-    inode.ctime_ns = now;
     t.set(ino, inode);
-    Ok(None)
+    Ok(Dropped::Linked)
 }
 
 /// Moves inode `ino` from directory `from` to `to`: fixes a directory's
