@@ -16,6 +16,7 @@ use tracing::warn;
 
 mod flush;
 mod orphans;
+mod xattrs;
 
 use crate::{
     blocks::BlockIds,
@@ -100,6 +101,8 @@ struct FileEntry {
     /// Committed slices, and a generation bumped by every change, so a fetch
     /// that raced with a commit is not cached.
     slices: Mutex<(u64, Option<Arc<Slices>>)>,
+    /// Whether the file is known to have no capabilities (`xattrs.rs`).
+    caps: xattrs::CapsMark,
 }
 
 struct Inner {
@@ -432,61 +435,6 @@ impl Volume {
             .into_inner()
             .target
             .to_vec())
-    }
-
-    pub async fn get_xattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
-        let req = pb::XattrRequest {
-            volume: self.id(),
-            ino,
-            name: Bytes::copy_from_slice(name),
-        };
-        Ok(self
-            .meta()
-            .get_xattr(req)
-            .await?
-            .into_inner()
-            .value
-            .to_vec())
-    }
-
-    pub async fn set_xattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
-        self.inner.dir_attrs.forget(ino);
-        let req = pb::SetXattrRequest {
-            volume: self.id(),
-            ino,
-            name: Bytes::copy_from_slice(name),
-            value: Bytes::copy_from_slice(value),
-            flags,
-        };
-        self.meta().set_xattr(req).await?;
-        Ok(())
-    }
-
-    pub async fn list_xattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
-        let req = pb::GetAttrRequest {
-            volume: self.id(),
-            ino,
-        };
-        Ok(self
-            .meta()
-            .list_xattr(req)
-            .await?
-            .into_inner()
-            .names
-            .into_iter()
-            .map(|n| n.to_vec())
-            .collect())
-    }
-
-    pub async fn remove_xattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
-        self.inner.dir_attrs.forget(ino);
-        let req = pb::XattrRequest {
-            volume: self.id(),
-            ino,
-            name: Bytes::copy_from_slice(name),
-        };
-        self.meta().remove_xattr(req).await?;
-        Ok(())
     }
 
     /// (size, used bytes, inodes) of the volume.

@@ -94,6 +94,7 @@ fn posix_operations_behave() {
 
     // Extended attributes.
     xattr_roundtrip(&m.path("t"));
+    a_write_drops_capabilities(&m.path("caps"));
 
     // statfs reports the volume quota.
     let st = nix_statvfs(&m.dir);
@@ -105,7 +106,7 @@ fn posix_operations_behave() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["a", "hard", "link", "sparse", "t"]);
+    assert_eq!(names, ["a", "caps", "hard", "link", "sparse", "t"]);
     m.unmount();
 }
 
@@ -140,6 +141,50 @@ fn xattr_roundtrip(path: &std::path::Path) {
             -1
         );
     }
+}
+
+/// A write drops the file's capabilities. The kernel asks for them before
+/// every write, and the mount answers "none" for an open file it has asked
+/// about: setting capabilities through the mount must make it ask again.
+fn a_write_drops_capabilities(path: &std::path::Path) {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = CString::new("security.capability").unwrap();
+    let caps_len = || unsafe {
+        let mut buf = [0u8; 64];
+        let n = libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 64);
+        (n >= 0)
+            .then_some(n)
+            .ok_or(std::io::Error::last_os_error().raw_os_error())
+    };
+    let mut f = File::create(path).unwrap();
+    f.write_all(b"before").unwrap();
+    assert_eq!(caps_len(), Err(Some(libc::ENODATA)));
+    // struct vfs_cap_data, revision 2: CAP_NET_BIND_SERVICE permitted.
+    let mut caps = 0x0200_0000u32.to_le_bytes().to_vec();
+    for word in [1u32 << 10, 0, 0, 0] {
+        caps.extend_from_slice(&word.to_le_bytes());
+    }
+    let set = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            caps.as_ptr().cast(),
+            caps.len(),
+            0,
+        )
+    };
+    assert_eq!(set, 0, "setxattr: {}", std::io::Error::last_os_error());
+    assert_eq!(caps_len(), Ok(20));
+    f.write_all(b"after").unwrap();
+    assert_eq!(
+        caps_len(),
+        Err(Some(libc::ENODATA)),
+        "a write left the file's capabilities in place"
+    );
+    drop(f);
+    assert_eq!(fs::read(path).unwrap(), b"beforeafter");
 }
 
 /// (fragment size, blocks) from statvfs.
