@@ -9,7 +9,7 @@ use std::{
 
 use bytes::Bytes;
 use futures::future::join_all;
-use tessera_common::{overlay, Codec, Ino, Protection, VolumeId};
+use tessera_common::{is_inline, overlay, Codec, Ino, Protection, VolumeId};
 use tessera_proto::{pb, FileKind};
 use tokio::sync::Semaphore;
 use tracing::warn;
@@ -25,7 +25,7 @@ use crate::{
     nodes::Nodes,
     stripe::{read_range, BlockRef, WHOLE_BLOCK_AT},
     write::{Extent, FileState},
-    MetaConn, Result,
+    ClientError, MetaConn, Result,
 };
 
 /// Attributes of an inode as the client reports them (committed attributes
@@ -62,6 +62,9 @@ pub struct VolumeOptions {
     /// made through `block_on_names`: each calling thread then gets its
     /// own connection (see `local.rs`). None: they use the shared one.
     pub thread_meta_addr: Option<String>,
+    /// Keep blocks of at most `INLINE_MAX` bytes in the metadata service
+    /// (if it can) instead of as stripes on the storage nodes.
+    pub inline_blocks: bool,
 }
 
 impl Default for VolumeOptions {
@@ -70,6 +73,7 @@ impl Default for VolumeOptions {
             max_inflight_blocks: 12,
             cached_blocks: 8,
             thread_meta_addr: None,
+            inline_blocks: true,
         }
     }
 }
@@ -87,6 +91,8 @@ impl AsRef<[u8]> for SharedBytes {
 struct Slices {
     size: u64,
     list: Vec<pb::Slice>,
+    /// The bytes of the inline blocks the slices point into.
+    inline: HashMap<tessera_common::BlockId, Bytes>,
 }
 
 /// Bytes a sequential reader fetches ahead of where it reads.
@@ -125,6 +131,8 @@ struct Inner {
     files: Mutex<HashMap<Ino, Arc<FileEntry>>>,
     dir_attrs: DirAttrs,
     thread_meta_addr: Option<String>,
+    /// The metadata service keeps inline blocks (`INLINE_MAX`).
+    inline_blocks: bool,
 }
 
 #[derive(Clone)]
@@ -189,6 +197,7 @@ impl Volume {
                 files: Mutex::new(HashMap::new()),
                 dir_attrs: DirAttrs::default(),
                 thread_meta_addr: options.thread_meta_addr,
+                inline_blocks: v.inline_blocks && options.inline_blocks,
             }),
         })
     }
@@ -526,6 +535,11 @@ impl Volume {
         let fetched = Arc::new(Slices {
             size,
             list: resp.slices,
+            inline: resp
+                .inline_blocks
+                .into_iter()
+                .map(|b| (b.block, b.data))
+                .collect(),
         });
         let mut s = e.slices.lock().expect("slices lock");
         if s.0 == generation {
@@ -553,7 +567,7 @@ impl Volume {
                 block: s.block,
                 len: s.block_len as usize,
             };
-            if !self.inner.cache.start_loading(b.block) {
+            if is_inline(b.block) || !self.inner.cache.start_loading(b.block) {
                 continue;
             }
             let vol = self.clone();
@@ -597,14 +611,29 @@ impl Volume {
                 len: s.block_len as usize,
             };
             let at = s.block_offset as usize + (p.offset - s.offset) as usize;
-            read_range(
-                &self.inner.nodes,
-                &self.inner.codec,
-                &self.inner.cache,
-                b,
-                at,
-                p.len as usize,
-            )
+            let inline = is_inline(b.block).then(|| slices.inline.get(&b.block));
+            async move {
+                match inline {
+                    Some(Some(data)) if at + p.len as usize <= data.len() => {
+                        Ok(data.slice(at..at + p.len as usize))
+                    }
+                    Some(_) => Err(ClientError::Invalid(format!(
+                        "inode {ino}: inline block {:#x} missing or short",
+                        b.block
+                    ))),
+                    None => {
+                        read_range(
+                            &self.inner.nodes,
+                            &self.inner.codec,
+                            &self.inner.cache,
+                            b,
+                            at,
+                            p.len as usize,
+                        )
+                        .await
+                    }
+                }
+            }
         });
         let sequential = e.read_end.swap(end, std::sync::atomic::Ordering::Relaxed) == offset
             && u64::from(size) >= WHOLE_BLOCK_AT as u64;

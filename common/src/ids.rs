@@ -8,6 +8,16 @@ pub type VolumeId = u64;
 pub type BlockId = u64;
 pub type Ino = u64;
 
+/// Set in the id of an inline block: one kept in the metadata service
+/// instead of on storage nodes (at most [`crate::INLINE_MAX`] bytes).
+/// Allocated ids stay below it.
+pub const INLINE_BIT: BlockId = 1 << 63;
+
+/// Whether `block` is kept in the metadata service, not on storage nodes.
+pub fn is_inline(block: BlockId) -> bool {
+    block & INLINE_BIT != 0
+}
+
 /// The root directory of every volume.
 pub const ROOT_INO: Ino = 1;
 

@@ -15,11 +15,17 @@ pub mod validate;
 
 pub use codec::Codec;
 pub use error::{Error, Result};
-pub use ids::{BlockId, Ino, NodeId, ShardKey, VolumeId, ROOT_INO};
+pub use ids::{is_inline, BlockId, Ino, NodeId, ShardKey, VolumeId, INLINE_BIT, ROOT_INO};
 pub use protection::Protection;
 
 /// Largest block (one stripe before encoding).
 pub const MAX_BLOCK: usize = 4 << 20;
+
+/// Largest inline block. What a flush leaves in a file's first
+/// `INLINE_MAX` bytes (all of a tiny file) is kept in the metadata service,
+/// with the slices that point at it, instead of as a stripe on storage
+/// nodes (ARCHITECTURE.md, "Write path"; docs/BENCHMARKS.md).
+pub const INLINE_MAX: usize = 4 << 10;
 
 /// Bytes of a file covered by one chunk (the unit slices are listed by).
 pub const CHUNK_SIZE: u64 = 64 << 20;

@@ -555,7 +555,7 @@ impl Filesystem for TesseraFs {
         );
         match r {
             Ok(a) => {
-                self.vol.open_file(a.ino);
+                self.vol.open_created_file(a.ino);
                 reply.created(
                     &TTL,
                     &file_attr(&a),

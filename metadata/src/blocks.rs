@@ -7,9 +7,13 @@
 //! transaction that drops the last reference deletes the record and queues
 //! the block for garbage collection, so a block still referenced anywhere is
 //! never freed, whatever order writes and deletes commit in.
+//!
+//! An inline block (`tessera_common::is_inline`) has a record too; its
+//! bytes are under `L` + block id, and the transaction that drops its last
+//! reference deletes them.
 
 use serde::{Deserialize, Serialize};
-use tessera_common::{BlockId, Protection};
+use tessera_common::{is_inline, BlockId, Protection};
 
 use crate::{
     gc, keys,
@@ -69,7 +73,12 @@ pub(crate) fn drop_refs(txn: &mut dyn Txn, slices: &[Slice]) -> Result<()> {
         rec.refs = rec.refs.saturating_sub(1);
         if rec.refs == 0 {
             txn.delete(&key)?;
-            gc::queue_block(txn, s.block, rec.protection)?;
+            if is_inline(s.block) {
+                // Its bytes are here: nothing on any node to delete.
+                txn.delete(&keys::inline(s.block))?;
+            } else {
+                gc::queue_block(txn, s.block, rec.protection)?;
+            }
         } else {
             store(txn, &key, &rec)?;
         }

@@ -40,6 +40,8 @@ pub const REMAP_JOB: u8 = b'J';
 /// Files without a name kept for the clients that have them open:
 /// `O` + volume + ino -> OrphanRecord.
 pub const ORPHAN: u8 = b'O';
+/// Bytes of inline blocks (kept here, not on storage nodes): `L` + block id.
+pub const INLINE: u8 = b'L';
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
@@ -103,6 +105,10 @@ pub fn volume_purge(id: VolumeId) -> Vec<u8> {
 
 pub fn block(id: BlockId) -> Vec<u8> {
     key(BLOCK, &[&id.to_be_bytes()])
+}
+
+pub fn inline(block: BlockId) -> Vec<u8> {
+    key(INLINE, &[&block.to_be_bytes()])
 }
 
 pub fn member(id: NodeId) -> Vec<u8> {

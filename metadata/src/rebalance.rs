@@ -207,6 +207,9 @@ pub(crate) fn moves_of(
     new: &[Vec<NodeId>],
     s: Slice,
 ) -> Option<(Degraded, Vec<(u8, NodeId)>)> {
+    if tessera_common::is_inline(s.block) {
+        return None;
+    }
     let pg = pg_of(s.block, new.len() as u32) as usize;
     let (Some(before), Some(after)) = (old.get(pg), new.get(pg)) else {
         warn!(block = s.block, "placement tables of different sizes");

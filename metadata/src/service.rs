@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     cluster::NodeStats,
-    fs::{Attr, FileWrite, Holder, NewNode, SetAttr},
+    fs::{Attr, FileWrite, Holder, InlineBlock, NewNode, SetAttr},
     records::{Slice, VolumeRecord},
     repair::Degraded,
     Meta, MetaError,
@@ -96,6 +96,7 @@ fn volume(meta: &Meta, v: VolumeRecord) -> pb::Volume {
         .unwrap_or_else(|_| v.protection.min_durable());
     pb::Volume {
         min_durable: min_durable as u32,
+        inline_blocks: true,
         id: v.id,
         name: v.name,
         size_bytes: v.size,
@@ -310,10 +311,18 @@ impl MetaRpc for MetaService {
     async fn get_slices(&self, r: Request<pb::GetSlicesRequest>) -> Rpc<pb::GetSlicesResponse> {
         let r = r.into_inner();
         self.inline(move |m| {
-            let (a, slices) = m.get_slices(r.volume, r.ino)?;
+            let d = m.file_data(r.volume, r.ino)?;
             Ok(pb::GetSlicesResponse {
-                attr: Some(attr(a)),
-                slices: slices.into_iter().map(slice_to_pb).collect(),
+                attr: Some(attr(d.attr)),
+                slices: d.slices.into_iter().map(slice_to_pb).collect(),
+                inline_blocks: d
+                    .inline
+                    .into_iter()
+                    .map(|b| pb::InlineBlock {
+                        block: b.block,
+                        data: b.data.into(),
+                    })
+                    .collect(),
             })
         })
     }
@@ -355,8 +364,16 @@ impl MetaRpc for MetaService {
                     })
                 })
                 .collect::<Result<_, MetaError>>()?;
+            let inline: Vec<InlineBlock> = r
+                .inline_blocks
+                .into_iter()
+                .map(|b| InlineBlock {
+                    block: b.block,
+                    data: b.data.to_vec(),
+                })
+                .collect();
             let (attrs, epoch) =
-                m.commit_writes_placed(r.volume, &files, &degraded, r.placement_epoch)?;
+                m.commit_writes_inline(r.volume, &files, &degraded, &inline, r.placement_epoch)?;
             Ok(pb::CommitWritesResponse {
                 attrs: attrs.into_iter().map(attr).collect(),
                 placement_epoch: epoch,

@@ -8,6 +8,7 @@ mod fio;
 mod full;
 mod gc;
 mod harness;
+mod inline;
 mod input;
 mod membership;
 mod posix;

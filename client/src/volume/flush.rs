@@ -10,6 +10,12 @@
 //! together cost one stripe and one commit, not one each, and a lone flush
 //! waits for nobody.
 //!
+//! What a flush leaves in a file's first `INLINE_MAX` bytes (all of a
+//! tiny file) is not stored on the nodes at all: it goes to the metadata
+//! service with the commit, as an inline block of its own. Closing a tiny
+//! file costs one metadata transaction instead of a stripe and a
+//! transaction, and tiny files closed together share that transaction.
+//!
 //! Each file's blocks commit in the order they were cut, so a newer slice
 //! always sits on top of an older one. A failed block makes the file's next
 //! write, flush or fsync fail with its errno.
@@ -18,7 +24,7 @@ use std::{collections::VecDeque, sync::Arc};
 
 use bytes::Bytes;
 use futures::future::join_all;
-use tessera_common::{Ino, MAX_BLOCK};
+use tessera_common::{Ino, INLINE_BIT, INLINE_MAX, MAX_BLOCK};
 use tessera_proto::pb;
 use tracing::warn;
 
@@ -59,6 +65,8 @@ struct StoredBlock {
     slices: Vec<Vec<pb::Slice>>,
     degraded: Vec<pb::DegradedBlock>,
     epoch: u64,
+    /// Inline blocks, stored by the commit.
+    inline: Vec<pb::InlineBlock>,
 }
 
 /// Cuts up to one block of `st`'s dirty extents into a part in flight.
@@ -73,6 +81,57 @@ fn cut_part(st: &mut FileState, ino: Ino, entry: &Arc<FileEntry>) -> Option<Part
         pending,
         prev,
     })
+}
+
+impl Part {
+    /// Whether the part only touches the file's first `INLINE_MAX` bytes.
+    fn is_head(&self) -> bool {
+        self.pending
+            .extents
+            .iter()
+            .all(|x| x.end() <= INLINE_MAX as u64)
+    }
+}
+
+/// The slices of `parts` laid out one after another in `block`, and the
+/// block's bytes.
+fn layout(parts: &[&Part], block: u64) -> (Vec<Vec<pb::Slice>>, Bytes) {
+    let block_len: usize = parts.iter().map(|p| p.pending.len()).sum();
+    let mut at = 0;
+    let slices = parts
+        .iter()
+        .map(|p| {
+            p.pending
+                .extents
+                .iter()
+                .map(|x| {
+                    let s = pb::Slice {
+                        offset: x.offset,
+                        len: x.data.len() as u32,
+                        block,
+                        block_offset: at as u32,
+                        block_len: block_len as u32,
+                    };
+                    at += x.data.len();
+                    s
+                })
+                .collect()
+        })
+        .collect();
+    let data = match parts {
+        // A sequential writer's block is one extent: share it.
+        [p] if p.pending.extents.len() == 1 => {
+            Bytes::from_owner(SharedBytes(p.pending.extents[0].data.clone()))
+        }
+        _ => {
+            let mut v = Vec::with_capacity(block_len);
+            for x in parts.iter().flat_map(|p| &p.pending.extents) {
+                v.extend_from_slice(&x.data);
+            }
+            Bytes::from(v)
+        }
+    };
+    (slices, data)
 }
 
 impl Volume {
@@ -289,48 +348,42 @@ impl Volume {
         results
     }
 
-    /// Encodes the parts' extents as one block and stores its shards.
+    /// Encodes the parts' extents as one block and stores its shards; the
+    /// parts that only touch their file's first `INLINE_MAX` bytes become
+    /// inline blocks of their own instead, stored by the commit.
     async fn store_block(&self, parts: &[Part]) -> Result<StoredBlock> {
-        let block = self.inner.block_ids.next().await?;
-        let block_len: usize = parts.iter().map(|p| p.pending.len()).sum();
-        let mut at = 0;
-        let slices = parts
-            .iter()
-            .map(|p| {
-                p.pending
-                    .extents
-                    .iter()
-                    .map(|x| {
-                        let s = pb::Slice {
-                            offset: x.offset,
-                            len: x.data.len() as u32,
-                            block,
-                            block_offset: at as u32,
-                            block_len: block_len as u32,
-                        };
-                        at += x.data.len();
-                        s
-                    })
-                    .collect()
-            })
-            .collect();
-        let data = match parts {
-            // A sequential writer's block is one extent: share it.
-            [p] if p.pending.extents.len() == 1 => {
-                Bytes::from_owner(SharedBytes(p.pending.extents[0].data.clone()))
-            }
-            _ => {
-                let mut v = Vec::with_capacity(block_len);
-                for x in parts.iter().flat_map(|p| &p.pending.extents) {
-                    v.extend_from_slice(&x.data);
-                }
-                Bytes::from(v)
-            }
+        let mut stored = StoredBlock {
+            slices: vec![Vec::new(); parts.len()],
+            degraded: vec![],
+            epoch: 0,
+            inline: vec![],
         };
+        let (heads, rest): (Vec<usize>, Vec<usize>) =
+            (0..parts.len()).partition(|&i| self.inner.inline_blocks && parts[i].is_head());
+        for i in heads {
+            let block = self.inner.block_ids.next().await? | INLINE_BIT;
+            let (slices, data) = layout(&[&parts[i]], block);
+            stored.slices[i] = slices.into_iter().next().expect("one part");
+            stored.inline.push(pb::InlineBlock { block, data });
+        }
+        if rest.is_empty() {
+            return Ok(stored);
+        }
+        let rest: Vec<&Part> = rest.iter().map(|&i| &parts[i]).collect();
+        let block = self.inner.block_ids.next().await?;
+        let (slices, data) = layout(&rest, block);
+        let block_len = data.len();
+        for (p, s) in rest.iter().zip(slices) {
+            let i = parts
+                .iter()
+                .position(|q| std::ptr::eq(q, *p))
+                .expect("a part of the batch");
+            stored.slices[i] = s;
+        }
         if let Err(e) = self.inner.nodes.refresh_if_stale(0).await {
             warn!(volume = self.name(), error = %e, "refreshing the placement table failed");
         }
-        let stored = put_block(
+        let put = put_block(
             &self.inner.nodes,
             &self.inner.codec,
             block,
@@ -338,26 +391,34 @@ impl Volume {
             self.inner.min_durable,
         )
         .await?;
-        let degraded = if stored.missing.is_empty() {
-            vec![]
-        } else {
-            vec![pb::DegradedBlock {
+        if !put.missing.is_empty() {
+            stored.degraded.push(pb::DegradedBlock {
                 block,
                 block_len: block_len as u32,
-                missing: stored.missing,
-            }]
-        };
-        Ok(StoredBlock {
-            slices,
-            degraded,
-            epoch: stored.epoch,
-        })
+                missing: put.missing,
+            });
+        }
+        stored.epoch = put.epoch;
+        Ok(stored)
     }
 
     /// Commits the slices of one or more files in one transaction and
     /// updates their cached slice lists.
     async fn commit(&self, writes: &[(&Part, Vec<pb::Slice>)], stored: &StoredBlock) -> Result<()> {
         let mtime_ns = now_ns();
+        // What this commit's slices point into: after a batch failed, each
+        // file commits alone.
+        let ours = |block: u64| {
+            writes
+                .iter()
+                .any(|(_, slices)| slices.iter().any(|s| s.block == block))
+        };
+        let inline: Vec<pb::InlineBlock> = stored
+            .inline
+            .iter()
+            .filter(|b| ours(b.block))
+            .cloned()
+            .collect();
         let req = pb::CommitWritesRequest {
             volume: self.id(),
             files: writes
@@ -368,8 +429,14 @@ impl Volume {
                     mtime_ns,
                 })
                 .collect(),
-            degraded: stored.degraded.clone(),
+            degraded: stored
+                .degraded
+                .iter()
+                .filter(|d| ours(d.block))
+                .cloned()
+                .collect(),
             placement_epoch: stored.epoch,
+            inline_blocks: inline.clone(),
         };
         let resp = self.meta().commit_writes(req).await?.into_inner();
         if let Err(e) = self
@@ -381,15 +448,24 @@ impl Volume {
             warn!(volume = self.name(), error = %e, "refreshing the placement table failed");
         }
         // Keep the cached slice lists current rather than refetching them.
+        let batch_inline = inline;
         for (i, (p, slices)) in writes.iter().enumerate() {
             let mut cached = p.entry.slices.lock().expect("slices lock");
             cached.0 += 1;
             if let (Some(s), Some(attr)) = (cached.1.take(), resp.attrs.get(i)) {
                 let mut list = s.list.clone();
                 list.extend(slices.iter().cloned());
+                let mut inline = s.inline.clone();
+                inline.extend(
+                    batch_inline
+                        .iter()
+                        .filter(|b| slices.iter().any(|s| s.block == b.block))
+                        .map(|b| (b.block, b.data.clone())),
+                );
                 cached.1 = Some(Arc::new(Slices {
                     size: attr.size,
                     list,
+                    inline,
                 }));
             }
         }

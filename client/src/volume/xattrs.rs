@@ -5,10 +5,11 @@
 //! capabilities, since a write must drop them. Asked of the metadata
 //! service, that is one round trip per write (per 1 MiB of a sequential
 //! writer). An open file's answer "none" is kept here for [`TTL`], as long
-//! as the kernel keeps attributes. An xattr change through this mount
-//! forgets it (before and after the change, so an answer that raced with
-//! the change is not kept); one by another client shows within the TTL,
-//! as attribute changes do.
+//! as the kernel keeps attributes, and a file this mount creates starts
+//! with it. An xattr change through this mount forgets it (before and
+//! after the change, so an answer that raced with the change is not
+//! kept); one by another client shows within the TTL, as attribute
+//! changes do.
 
 use std::{
     sync::Mutex,
@@ -140,6 +141,17 @@ impl Volume {
         self.forget_caps(ino);
         r?;
         Ok(())
+    }
+
+    /// Opens a file this mount has just created. A new file has no xattrs,
+    /// so the question before its first write is answered here as well.
+    pub fn open_created_file(&self, ino: Ino) {
+        self.open_file(ino);
+        if let Some(e) = self.existing_entry(ino) {
+            if let Some(g) = e.caps.known_absent(TTL) {
+                e.caps.absent(g);
+            }
+        }
     }
 
     fn forget_caps(&self, ino: Ino) {

@@ -1,7 +1,14 @@
 //! Where a file's bytes live: its chunks' slice lists. Writers commit new
-//! slices here only after their shards are durable.
+//! slices here only after their shards are durable. A block of at most
+//! `INLINE_MAX` bytes may instead come with the commit and be kept here
+//! (an inline block: its id has `INLINE_BIT` set).
 
-use tessera_common::{overlay, Ino, Protection, VolumeId, CHUNK_SIZE, MAX_BLOCK};
+use std::collections::BTreeSet;
+
+use tessera_common::{
+    is_inline, overlay, BlockId, Ino, Protection, VolumeId, CHUNK_SIZE, INLINE_BIT, INLINE_MAX,
+    MAX_BLOCK,
+};
 
 use super::{Attr, Tree, KIND_FILE};
 use crate::{
@@ -21,6 +28,22 @@ pub const MAX_FILE_SIZE: u64 = 1 << 50;
 /// the next commit.
 const PRUNE_AT: usize = 32;
 
+/// The bytes of an inline block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InlineBlock {
+    pub block: BlockId,
+    pub data: Vec<u8>,
+}
+
+/// A file's attributes, slices and the inline blocks they point into.
+#[derive(Clone, Debug)]
+pub struct FileData {
+    pub attr: Attr,
+    /// Oldest first within each chunk.
+    pub slices: Vec<Slice>,
+    pub inline: Vec<InlineBlock>,
+}
+
 /// Slices written to one file in one flush.
 #[derive(Clone, Debug)]
 pub struct FileWrite {
@@ -37,11 +60,21 @@ impl Meta {
                 "block count {count} not in 1..=65536"
             )));
         }
-        self.block_ids.alloc(self.store.as_ref(), count.into())
+        let first = self.block_ids.alloc(self.store.as_ref(), count.into())?;
+        if first + u64::from(count) > INLINE_BIT {
+            return Err(MetaError::Invalid("block ids are exhausted".into()));
+        }
+        Ok(first)
     }
 
     /// A file's attributes and every slice, oldest first within each chunk.
     pub fn get_slices(&self, vol: VolumeId, ino: Ino) -> Result<(Attr, Vec<Slice>)> {
+        let d = self.file_data(vol, ino)?;
+        Ok((d.attr, d.slices))
+    }
+
+    /// [`Meta::get_slices`] with the bytes of the inline blocks.
+    pub fn file_data(&self, vol: VolumeId, ino: Ino) -> Result<FileData> {
         transact(self.store.as_ref(), |txn| {
             let mut t = Tree::new(txn, vol);
             let inode = t.inode(ino)?;
@@ -50,7 +83,25 @@ impl Meta {
             for (k, v) in t.txn().scan(&start, &end, usize::MAX)? {
                 slices.extend(decode::<Vec<Slice>>(&k, &v)?);
             }
-            Ok((Attr { ino, inode }, slices))
+            let blocks: BTreeSet<BlockId> = slices
+                .iter()
+                .map(|s| s.block)
+                .filter(|&b| is_inline(b))
+                .collect();
+            let mut inline = Vec::with_capacity(blocks.len());
+            for block in blocks {
+                let key = keys::inline(block);
+                let data: Vec<u8> = load(t.txn(), &key)?.ok_or_else(|| MetaError::Corrupt {
+                    key,
+                    why: format!("inline block {block:#x} of inode {ino} has no bytes"),
+                })?;
+                inline.push(InlineBlock { block, data });
+            }
+            Ok(FileData {
+                attr: Attr { ino, inode },
+                slices,
+                inline,
+            })
         })
     }
 
@@ -82,10 +133,27 @@ impl Meta {
         degraded: &[Degraded],
         placement_epoch: u64,
     ) -> Result<(Vec<Attr>, u64)> {
+        self.commit_writes_inline(vol, files, degraded, &[], placement_epoch)
+    }
+
+    /// [`Meta::commit_writes_placed`] that also stores `inline` blocks, in
+    /// the same transaction. A slice may point into an inline block only if
+    /// the block comes with this commit or is kept already.
+    pub fn commit_writes_inline(
+        &self,
+        vol: VolumeId,
+        files: &[FileWrite],
+        degraded: &[Degraded],
+        inline: &[InlineBlock],
+        placement_epoch: u64,
+    ) -> Result<(Vec<Attr>, u64)> {
         for f in files {
             for s in &f.slices {
                 check_slice(s)?;
             }
+        }
+        for b in inline {
+            check_inline(b, files)?;
         }
         let volume = self.volume_by_id(vol)?;
         let min_durable = self
@@ -117,6 +185,7 @@ impl Meta {
             for d in degraded {
                 repair::queue(txn, p, d)?;
             }
+            store_inline(txn, files, inline)?;
             // Read in the transaction, so a remap that commits first makes
             // this commit retry and see it.
             let current: Option<PlacementRecord> = load(txn, &keys::placement(p.k, p.m))?;
@@ -193,6 +262,67 @@ fn check_slice(s: &Slice) -> Result<()> {
     } else {
         Err(MetaError::Invalid(format!("malformed slice {s:?}")))
     }
+}
+
+/// An inline block must be small, marked, and pointed into by the commit.
+fn check_inline(b: &InlineBlock, files: &[FileWrite]) -> Result<()> {
+    let bad = |why: &str| {
+        Err(MetaError::Invalid(format!(
+            "inline block {:#x} of {} bytes: {why}",
+            b.block,
+            b.data.len()
+        )))
+    };
+    if !is_inline(b.block) {
+        return bad("its id lacks the inline bit");
+    }
+    if b.data.is_empty() || b.data.len() > INLINE_MAX {
+        return bad("length out of range");
+    }
+    let slices = || {
+        files
+            .iter()
+            .flat_map(|f| &f.slices)
+            .filter(|s| s.block == b.block)
+    };
+    if slices().next().is_none() {
+        return bad("no slice of this commit points into it");
+    }
+    if slices().any(|s| s.block_len as usize != b.data.len()) {
+        return bad("a slice gives it another length");
+    }
+    Ok(())
+}
+
+/// Stores the commit's inline blocks; every inline block its slices point
+/// into must then be kept. A block kept already (the same commit retried
+/// file by file) must hold the same bytes.
+fn store_inline(txn: &mut dyn Txn, files: &[FileWrite], inline: &[InlineBlock]) -> Result<()> {
+    for b in inline {
+        let key = keys::inline(b.block);
+        match load::<Vec<u8>>(txn, &key)? {
+            None => store(txn, &key, &b.data)?,
+            Some(kept) if kept == b.data => {}
+            Some(_) => {
+                return Err(MetaError::Invalid(format!(
+                    "inline block {:#x} is kept already with other bytes",
+                    b.block
+                )))
+            }
+        }
+    }
+    for s in files.iter().flat_map(|f| &f.slices) {
+        if is_inline(s.block)
+            && !inline.iter().any(|b| b.block == s.block)
+            && txn.get(&keys::inline(s.block))?.is_none()
+        {
+            return Err(MetaError::Invalid(format!(
+                "slice {s:?} points into inline block {:#x}, which is not kept",
+                s.block
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Adds a slice on top of its chunk(s), splitting it at chunk boundaries;

@@ -23,7 +23,7 @@ use crate::{
 };
 
 pub use attrs::{SetAttr, StatFs, XATTR_CREATE, XATTR_REPLACE};
-pub use data::{FileWrite, MAX_FILE_SIZE};
+pub use data::{FileData, FileWrite, InlineBlock, MAX_FILE_SIZE};
 pub use orphans::{Holder, OrphanRecord};
 pub use tree::{NewNode, RENAME_EXCHANGE, RENAME_NOREPLACE};
 

@@ -627,3 +627,96 @@ fn an_orphan_whose_session_stops_renewing_is_removed() {
     assert!(m.get_attr(v, g.ino).is_err());
     assert_eq!(m.stat_fs(v).unwrap().inodes, 2, "root and f");
 }
+
+#[test]
+fn inline_blocks_are_kept_with_their_slices_and_freed_with_the_last_one() {
+    use tessera_common::{INLINE_BIT, INLINE_MAX};
+    let (m, v) = meta_with_volume(1 << 30);
+    let f = m.make_node(v, ROOT_INO, b"f", file(0o644)).unwrap();
+    let g = m.make_node(v, ROOT_INO, b"g", file(0o644)).unwrap();
+    let block = INLINE_BIT | m.alloc_blocks(1).unwrap();
+    let data = b"hello, tiny file".to_vec();
+    let len = data.len() as u32;
+    let part = |ino, block_offset, len| FileWrite {
+        ino,
+        slices: vec![Slice {
+            offset: 0,
+            len,
+            block,
+            block_offset,
+            block_len: data.len() as u32,
+        }],
+        mtime_ns: 1,
+    };
+    let inline = [InlineBlock {
+        block,
+        data: data.clone(),
+    }];
+    // Two files packed into one inline block, committed together.
+    m.commit_writes_inline(v, &[part(f.ino, 0, 5), part(g.ino, 7, 9)], &[], &inline, 0)
+        .unwrap();
+    let d = m.file_data(v, g.ino).unwrap();
+    assert_eq!(d.attr.inode.size, 9);
+    assert_eq!(d.inline, inline);
+    // The same commit retried file by file finds the block kept.
+    m.commit_writes_inline(v, &[part(g.ino, 7, 9)], &[], &inline, 0)
+        .unwrap();
+
+    // Bad input changes nothing.
+    let h = m.make_node(v, ROOT_INO, b"h", file(0o644)).unwrap();
+    let other = INLINE_BIT | m.alloc_blocks(1).unwrap();
+    let bad = |files: &[FileWrite], inline: &[InlineBlock]| {
+        let r = m.commit_writes_inline(v, files, &[], inline, 0);
+        assert!(matches!(r, Err(MetaError::Invalid(_))), "{r:?}");
+        assert_eq!(m.get_attr(v, h.ino).unwrap().inode.size, 0);
+    };
+    let wrote = |block, block_len| FileWrite {
+        ino: h.ino,
+        slices: vec![Slice {
+            offset: 0,
+            len: 1,
+            block,
+            block_offset: 0,
+            block_len,
+        }],
+        mtime_ns: 1,
+    };
+    let ib = |block, len: usize| InlineBlock {
+        block,
+        data: vec![1; len],
+    };
+    // A slice into an inline block that is not kept.
+    bad(&[wrote(other, 1)], &[]);
+    // Too large, empty, without the bit, or of another length.
+    bad(
+        &[wrote(other, INLINE_MAX as u32 + 1)],
+        &[ib(other, INLINE_MAX + 1)],
+    );
+    bad(&[wrote(other, 1)], &[ib(other, 0)]);
+    bad(
+        &[wrote(other & !INLINE_BIT, 1)],
+        &[ib(other & !INLINE_BIT, 1)],
+    );
+    bad(&[wrote(other, 2)], &[ib(other, 1)]);
+    // Nothing points into it, or it is kept with other bytes.
+    bad(&[], &[ib(other, 1)]);
+    bad(&[wrote(block, len)], &[ib(block, len as usize)]);
+    // An inline block has no shards to repair.
+    let degraded = crate::repair::Degraded {
+        block,
+        block_len: len,
+        missing: vec![0],
+    };
+    let r = m.commit_writes_inline(v, &[part(h.ino, 0, 1)], &[degraded], &inline, 0);
+    assert!(matches!(r, Err(MetaError::Invalid(_))), "{r:?}");
+
+    // The bytes stay while any slice points into them; the last one gone
+    // removes them, and nothing waits for GC on the storage nodes.
+    m.unlink(v, ROOT_INO, b"f", false).unwrap();
+    assert_eq!(m.file_data(v, g.ino).unwrap().inline, inline);
+    m.unlink(v, ROOT_INO, b"g", false).unwrap();
+    assert!(m.block(block).unwrap().is_none());
+    let key = crate::keys::inline(block);
+    assert!(m.store.begin().get(&key).unwrap().is_none());
+    assert_eq!(m.queue_status().unwrap().gc_blocks, 0);
+}

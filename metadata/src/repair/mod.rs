@@ -65,6 +65,9 @@ pub(crate) fn check(d: &Degraded, p: Protection) -> Result<()> {
     if d.block_len == 0 || d.block_len as usize > MAX_BLOCK {
         return bad("length out of range");
     }
+    if tessera_common::is_inline(d.block) {
+        return bad("an inline block has no shards");
+    }
     if d.missing.is_empty() || d.missing.len() > usize::from(p.m) {
         return bad("must name 1 to M missing shards");
     }
