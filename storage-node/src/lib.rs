@@ -6,6 +6,7 @@
 //! Depends on tessera-common and tessera-proto only; never on the client or
 //! metadata crates.
 
+mod aligned;
 pub mod compactor;
 pub mod error;
 pub mod format;

@@ -5,7 +5,9 @@
 //! if its header, piece table and data all check out, so a record whose
 //! append was never acknowledged (torn by a crash) is never indexed. Damaged
 //! bytes followed by a valid record are skipped (logged); damaged bytes at
-//! the end of a segment are a torn tail and are truncated away.
+//! the end of a segment are a torn tail and are truncated away. Zeros from
+//! a record boundary to the next 4 KiB boundary are padding (around records
+//! written with O_DIRECT) and are skipped.
 
 use std::{fs::OpenOptions, os::unix::fs::FileExt, path::Path};
 
@@ -13,6 +15,7 @@ use tessera_common::{crc32, ShardKey};
 use tracing::{info, warn};
 
 use crate::{
+    aligned::align_up,
     error::{Error, Result},
     format::{decode_head, BadRecord, Header, Kind, FIXED_LEN, MAGIC},
     index::{Entry, Index},
@@ -114,6 +117,9 @@ pub fn scan_segment(
         .map_err(io)?;
     let mut file_len = file.metadata().map_err(io)?.len();
     let mut off = from;
+    // Where the last valid record ends: a torn tail is cut there, padding
+    // skipped before it included.
+    let mut valid_end = from;
     let mut buf = Vec::new();
     while off < file_len {
         match read_record(&file, seg, off, file_len, &mut buf).map_err(io)? {
@@ -126,6 +132,10 @@ pub fn scan_segment(
                     &h,
                 )?;
                 off += h.record_len();
+                valid_end = off;
+            }
+            Err(BadRecord(_)) if is_padding(&file, off, file_len).map_err(io)? => {
+                off = align_up(off);
             }
             Err(BadRecord(why)) => {
                 match find_next(&file, seg, off + 1, file_len, &mut buf).map_err(io)? {
@@ -140,15 +150,17 @@ pub fn scan_segment(
                         off = next;
                     }
                     None => {
+                        let cut = if valid_end <= off { valid_end } else { off };
                         warn!(
                             segment = seg,
-                            offset = off,
-                            dropped = file_len - off,
+                            offset = cut,
+                            dropped = file_len - cut,
                             why,
                             "truncating the torn tail of segment"
                         );
-                        file.set_len(off).map_err(io)?;
-                        file_len = off;
+                        file.set_len(cut).map_err(io)?;
+                        file_len = cut;
+                        off = cut;
                     }
                 }
             }
@@ -158,6 +170,19 @@ pub fn scan_segment(
     // crash, not a machine crash): make it durable before anyone relies on it.
     file.sync_all().map_err(io)?;
     Ok(off)
+}
+
+/// Whether the bytes from `off` (a record boundary) to the next 4 KiB
+/// boundary are zeros: the padding before or after a record written with
+/// O_DIRECT.
+fn is_padding(file: &std::fs::File, off: u64, file_len: u64) -> std::io::Result<bool> {
+    let next = align_up(off);
+    if next == off || next > file_len {
+        return Ok(false);
+    }
+    let mut gap = vec![0u8; (next - off) as usize];
+    file.read_exact_at(&mut gap, off)?;
+    Ok(gap.iter().all(|&b| b == 0))
 }
 
 /// Reads and checks the whole record at `off`: header, table, data. The

@@ -5,6 +5,14 @@
 //! Whoever finds no sync running starts one covering everything appended so
 //! far; the others wait on a condvar for the "synced up to" watermark, so N
 //! concurrent puts cost about one fsync, not N.
+//!
+//! A record of [`DIRECT_MIN`] bytes or more is written with O_DIRECT: it
+//! starts at a 4 KiB boundary and is padded with zeros to one, so its bytes
+//! go from one aligned copy to the disk without passing through the page
+//! cache (no page-cache copy, no writeback work, no cache filled with data
+//! nobody reads soon). Smaller records are written through the page cache,
+//! back to back. Zeros from a record's end to the next 4 KiB boundary are
+//! padding; recovery skips them (FORMAT.md).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -20,9 +28,13 @@ use std::{
 use tessera_common::ShardKey;
 
 use crate::{
+    aligned::{align_up, AlignedBuf, ALIGN},
     error::{Error, Result},
     format::{Header, Kind},
 };
+
+/// Records this large or larger are written with O_DIRECT.
+pub const DIRECT_MIN: u64 = 64 << 10;
 
 /// Size at which the writer rolls to a new segment.
 pub const SEGMENT_SIZE: u64 = 256 << 20;
@@ -99,6 +111,11 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Writer {
     segment: u32,
     file: Arc<File>,
+    /// The same file opened with O_DIRECT (None where the file system
+    /// refuses it, or when direct I/O is off).
+    direct: Option<File>,
+    /// Where a direct record is laid out before it is written.
+    buf: AlignedBuf,
     end: u64,
     /// Starts of records appended whose index update has not finished.
     inflight: BTreeSet<Pos>,
@@ -118,11 +135,30 @@ struct SyncState {
 pub struct Segments {
     dir: PathBuf,
     segment_size: u64,
+    direct_io: bool,
     writer: Mutex<Writer>,
     sync: Mutex<SyncState>,
     synced_cv: Condvar,
     readers: Mutex<HashMap<u32, Arc<File>>>,
     fsyncs: AtomicU64,
+}
+
+/// `path` opened for O_DIRECT writes, or None if its file system does not
+/// support them (tmpfs, for one).
+fn open_direct(path: &Path) -> Result<Option<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::info!(path = %path.display(), "no O_DIRECT here: writing through the page cache");
+            Ok(None)
+        }
+        Err(e) => Err(Error::io(path, e)),
+    }
 }
 
 fn open_rw(path: &Path) -> Result<File> {
@@ -138,10 +174,16 @@ fn open_rw(path: &Path) -> Result<File> {
 impl Segments {
     /// Opens for appending at the end of segment `last` (already recovered
     /// and synced), or creates segment 1 in an empty directory.
-    pub fn open(dir: &Path, last: Option<u32>, segment_size: u64) -> Result<Segments> {
+    pub fn open(
+        dir: &Path,
+        last: Option<u32>,
+        segment_size: u64,
+        direct_io: bool,
+    ) -> Result<Segments> {
         let segment = last.unwrap_or(1);
         let path = segment_path(dir, segment);
         let file = open_rw(&path)?;
+        let direct = if direct_io { open_direct(&path)? } else { None };
         if last.is_none() {
             // The new segment's directory entry must survive a crash.
             fsync_dir(dir)?;
@@ -154,9 +196,12 @@ impl Segments {
         Ok(Segments {
             dir: dir.to_path_buf(),
             segment_size,
+            direct_io,
             writer: Mutex::new(Writer {
                 segment,
                 file: Arc::new(file),
+                direct,
+                buf: AlignedBuf::default(),
                 end,
                 inflight: BTreeSet::new(),
                 fresh: 0,
@@ -207,18 +252,23 @@ impl Segments {
     fn append_from(&self, records: &[NewRecord<'_>], moved: bool) -> Result<Appended> {
         self.check_writable()?;
         let mut w = lock(&self.writer);
+        let len_of = |r: &NewRecord<'_>| {
+            Header {
+                kind: r.kind,
+                key: r.key,
+                segment: 0,
+                offset: 0,
+                data_len: r.data.len() as u32,
+                shard_crc: r.crc,
+            }
+            .record_len()
+        };
+        // With the padding a direct record may need on both sides.
         let total: u64 = records
             .iter()
-            .map(|r| {
-                Header {
-                    kind: r.kind,
-                    key: r.key,
-                    segment: 0,
-                    offset: 0,
-                    data_len: r.data.len() as u32,
-                    shard_crc: r.crc,
-                }
-                .record_len()
+            .map(|r| match len_of(r) {
+                len if len >= DIRECT_MIN => len + 2 * ALIGN as u64,
+                len => len,
             })
             .sum();
         if w.end > 0 && w.end + total > self.segment_size {
@@ -229,28 +279,50 @@ impl Segments {
         let mut at = base;
         let mut starts = Vec::with_capacity(records.len());
         let mut result = Ok(());
+        let Writer {
+            file, direct, buf, ..
+        } = &mut *w;
         for r in records {
+            let len = len_of(r);
+            let direct = direct.as_ref().filter(|_| len >= DIRECT_MIN);
+            let start = if direct.is_some() { align_up(at) } else { at };
             let header = Header {
                 kind: r.kind,
                 key: r.key,
                 segment,
-                offset: at,
+                offset: start,
                 data_len: r.data.len() as u32,
                 shard_crc: r.crc,
             };
             let head = header.encode(r.pieces);
-            result = w
-                .file
-                .write_all_at(&head, at)
-                .and_then(|()| w.file.write_all_at(r.data, at + head.len() as u64));
-            if result.is_err() {
-                break;
+            let written = match direct {
+                Some(f) => {
+                    // The gap before `start` stays a hole: it reads as zeros.
+                    let padded = align_up(len);
+                    let b = buf.get(padded as usize);
+                    b[..head.len()].copy_from_slice(&head);
+                    b[head.len()..len as usize].copy_from_slice(r.data);
+                    b[len as usize..].fill(0);
+                    f.write_all_at(b, start).map(|()| padded)
+                }
+                None => file
+                    .write_all_at(&head, start)
+                    .and_then(|()| file.write_all_at(r.data, start + head.len() as u64))
+                    .map(|()| len),
+            };
+            match written {
+                Ok(n) => {
+                    starts.push(Pos {
+                        segment,
+                        offset: start,
+                    });
+                    at = start + n;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
-            starts.push(Pos {
-                segment,
-                offset: at,
-            });
-            at += header.record_len();
         }
         if let Err(e) = result {
             // Leave no partial record behind: the next append starts at `base`.
@@ -292,12 +364,18 @@ impl Segments {
         let next = w.segment + 1;
         let path = segment_path(&self.dir, next);
         let file = open_rw(&path)?;
+        let direct = if self.direct_io {
+            open_direct(&path)?
+        } else {
+            None
+        };
         // The new segment's name must survive a crash before records in it
         // are acknowledged.
         fsync_dir(&self.dir)?;
         let end = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         w.segment = next;
         w.file = Arc::new(file);
+        w.direct = direct;
         w.end = end;
         w.fresh = 0;
         let mut st = lock(&self.sync);

@@ -34,12 +34,15 @@ pub const MAX_LIST: u32 = 10_000;
 pub struct StoreOptions {
     /// Size at which a new segment file is started.
     pub segment_size: u64,
+    /// Write large records with O_DIRECT (where the file system allows).
+    pub direct_io: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             segment_size: SEGMENT_SIZE,
+            direct_io: true,
         }
     }
 }
@@ -106,7 +109,7 @@ impl ShardStore {
         fsync_dir(&dir)?;
         let index = Index::open(&dir.join("index"))?;
         let last = recover::recover(&seg_dir, &index)?;
-        let segments = Segments::open(&seg_dir, last, options.segment_size)?;
+        let segments = Segments::open(&seg_dir, last, options.segment_size, options.direct_io)?;
         let totals = index.totals()?;
         let node_id = node_id::load(&dir)?;
         info!(dir = %dir.display(), shards = totals.1, used_bytes = totals.0, "shard store open");

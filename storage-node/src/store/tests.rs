@@ -128,6 +128,7 @@ fn reopen_keeps_acknowledged_shards_and_deletes() {
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOptions {
         segment_size: 300_000,
+        ..Default::default()
     };
     let shards: Vec<_> = (0..20)
         .map(|i| (key(i, (i % 3) as u8), bytes(i, 50_000 + i as usize)))
@@ -249,6 +250,7 @@ fn index_is_rebuilt_from_segments() {
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOptions {
         segment_size: 100_000,
+        ..Default::default()
     };
     let shards: Vec<_> = (0..12)
         .map(|i| (key(i / 2, (i % 2) as u8), bytes(100 + i, 30_000)))
@@ -426,6 +428,7 @@ fn compaction_gives_space_back_and_nothing_resurrects() {
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOptions {
         segment_size: 100_000,
+        ..Default::default()
     };
     let shards: Vec<_> = (0..40)
         .map(|i| (key(i, 0), bytes(300 + i, 20_000)))
@@ -482,6 +485,7 @@ fn a_corrupt_live_shard_is_dropped_for_repair_not_copied() {
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOptions {
         segment_size: 100_000,
+        ..Default::default()
     };
     let s = ShardStore::open_with(dir.path(), opts).unwrap();
     for i in 0..12 {
@@ -512,6 +516,7 @@ fn a_crash_between_copying_and_removing_a_segment_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOptions {
         segment_size: 100_000,
+        ..Default::default()
     };
     let shards: Vec<_> = (0..12)
         .map(|i| (key(i, 0), bytes(500 + i, 20_000)))
@@ -555,6 +560,7 @@ fn a_mostly_dead_open_segment_is_sealed_and_compacted() {
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOptions {
         segment_size: 100_000,
+        ..Default::default()
     };
     let s = ShardStore::open_with(dir.path(), opts.clone()).unwrap();
     for i in 0..3 {
@@ -593,6 +599,7 @@ fn a_segment_with_a_put_not_yet_indexed_is_not_compacted() {
         dir.path(),
         StoreOptions {
             segment_size: 100_000,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -634,4 +641,110 @@ fn a_segment_with_a_put_not_yet_indexed_is_not_compacted() {
     assert_eq!(s.compact_once(0.5).unwrap().segment, Some(1));
     assert_eq!(full(&s, key(9, 0)).unwrap(), data);
     assert_eq!(full(&s, key(10, 0)).unwrap(), bytes(10, 20_000));
+}
+
+#[test]
+fn direct_and_buffered_records_interleave_and_survive_reopen_and_rebuild() {
+    use crate::{aligned::ALIGN, segment::DIRECT_MIN};
+    let dir = tempfile::tempdir().unwrap();
+    let shards: Vec<_> = (0..12u64)
+        .map(|i| {
+            let len = if i % 3 == 0 {
+                100 + i as usize
+            } else {
+                150_000 + 7 * i as usize
+            };
+            (key(i, 0), bytes(i, len))
+        })
+        .collect();
+    let buffered = StoreOptions {
+        direct_io: false,
+        ..Default::default()
+    };
+    // Written by a node without O_DIRECT first (an older one, or another
+    // file system), then appended to with it: one segment holds both.
+    {
+        let s = ShardStore::open_with(dir.path(), buffered).unwrap();
+        for (k, d) in &shards[..4] {
+            put(&s, *k, d);
+        }
+    }
+    let aligned = |s: &ShardStore, k: ShardKey| {
+        s.index
+            .get(k)
+            .unwrap()
+            .unwrap()
+            .pos
+            .offset
+            .is_multiple_of(ALIGN as u64)
+    };
+    {
+        let s = ShardStore::open(dir.path()).unwrap();
+        for (k, d) in &shards[4..8] {
+            put(&s, *k, d);
+        }
+        assert_eq!(s.delete(&[key(5, 0)]).unwrap(), 1);
+        // The last record is a direct one: the segment ends in padding.
+        for (k, d) in &shards[8..] {
+            put(&s, *k, d);
+        }
+        for (k, d) in &shards[4..] {
+            if *k != key(5, 0) && d.len() as u64 >= DIRECT_MIN {
+                assert!(aligned(&s, *k), "direct record {k} is not 4 KiB aligned");
+            }
+        }
+    }
+    let path = seg(dir.path(), 1);
+    let len = std::fs::metadata(&path).unwrap().len();
+    let check = |s: &ShardStore| {
+        for (k, d) in &shards {
+            if *k == key(5, 0) {
+                assert!(matches!(full(s, *k), Err(Error::ShardNotFound { .. })));
+            } else {
+                assert_eq!(&full(s, *k).unwrap(), d, "{k}");
+            }
+        }
+    };
+    check(&ShardStore::open(dir.path()).unwrap());
+    // Padding is not damage: nothing is cut, and a rebuilt index finds
+    // every record.
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    check(&ShardStore::open(dir.path()).unwrap());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+}
+
+#[test]
+fn a_torn_direct_record_is_cut_with_the_padding_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (bytes(1, 1000), bytes(2, 300_000));
+    {
+        let s = ShardStore::open(dir.path()).unwrap();
+        put(&s, key(1, 0), &a);
+    }
+    let path = seg(dir.path(), 1);
+    let good_len = std::fs::metadata(&path).unwrap().len();
+    {
+        let s = ShardStore::open(dir.path()).unwrap();
+        put(&s, key(2, 0), &b);
+    }
+    // A crash in the middle of the direct write of b.
+    let len = std::fs::metadata(&path).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 100_000)
+        .unwrap();
+    let s = ShardStore::open(dir.path()).unwrap();
+    assert_eq!(full(&s, key(1, 0)).unwrap(), a);
+    assert!(matches!(
+        full(&s, key(2, 0)),
+        Err(Error::ShardNotFound { .. })
+    ));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), good_len);
+    put(&s, key(2, 0), &b);
+    drop(s);
+    let s = ShardStore::open(dir.path()).unwrap();
+    assert_eq!(full(&s, key(2, 0)).unwrap(), b);
 }
