@@ -28,7 +28,7 @@ use std::{
 use tessera_common::ShardKey;
 
 use crate::{
-    aligned::{align_up, AlignedBuf, ALIGN},
+    aligned::{align_up, AlignedBuf, AlignedBytes, ALIGN},
     error::{Error, Result},
     format::{Header, Kind},
 };
@@ -140,6 +140,8 @@ pub struct Segments {
     sync: Mutex<SyncState>,
     synced_cv: Condvar,
     readers: Mutex<HashMap<u32, Arc<File>>>,
+    /// O_DIRECT read handles, for whole large records.
+    direct_readers: Mutex<HashMap<u32, Arc<File>>>,
     fsyncs: AtomicU64,
 }
 
@@ -213,6 +215,7 @@ impl Segments {
             }),
             synced_cv: Condvar::new(),
             readers: Mutex::new(HashMap::new()),
+            direct_readers: Mutex::new(HashMap::new()),
             fsyncs: AtomicU64::new(0),
         })
     }
@@ -498,6 +501,7 @@ impl Segments {
     /// Forgets the read handle of a segment about to be removed.
     pub fn retire(&self, seg: u32) {
         lock(&self.readers).remove(&seg);
+        lock(&self.direct_readers).remove(&seg);
     }
 
     /// Reads exactly `buf.len()` bytes at `at`. Reading past the end of the
@@ -515,5 +519,47 @@ impl Segments {
             }
         };
         file.read_exact_at(buf, at.offset)
+    }
+
+    /// Reads the `len` bytes at `at` with O_DIRECT, from the page cache's
+    /// point of view not at all: the disk fills an aligned buffer that is
+    /// handed on as it is. Returns the buffer and where `at` is in it
+    /// (short at the end of the file), or None where direct I/O is off or
+    /// refused.
+    pub fn read_direct(
+        &self,
+        at: Pos,
+        len: usize,
+    ) -> std::io::Result<Option<(AlignedBytes, usize)>> {
+        if !self.direct_io {
+            return Ok(None);
+        }
+        let file = {
+            let mut readers = lock(&self.direct_readers);
+            match readers.get(&at.segment) {
+                Some(f) => f.clone(),
+                None => {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let path = segment_path(&self.dir, at.segment);
+                    match OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_DIRECT)
+                        .open(&path)
+                    {
+                        Ok(f) => {
+                            let f = Arc::new(f);
+                            readers.insert(at.segment, f.clone());
+                            f
+                        }
+                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        };
+        let start = at.offset - at.offset % ALIGN as u64;
+        let skip = (at.offset - start) as usize;
+        let span = align_up((skip + len) as u64) as usize;
+        Ok(Some((AlignedBytes::read_at(&file, start, span)?, skip)))
     }
 }

@@ -124,7 +124,7 @@ impl Node for NodeService {
             .blocking(span, move |s| s.get(key, r.offset, r.len))
             .await?;
         Ok(Response::new(pb::GetShardResponse {
-            data: d.data.into(),
+            data: d.data,
             shard_crc: d.shard_crc,
             shard_len: d.shard_len,
         }))

@@ -11,19 +11,17 @@ use std::{
     sync::Mutex,
 };
 
-use tessera_common::{crc32, ShardKey};
-use tracing::{info, warn};
+use bytes::Bytes;
+use tessera_common::ShardKey;
+use tracing::info;
 
 use crate::{
     error::{Error, Result},
-    format::{
-        decode_head, piece_crcs, whole_crc, Head, Header, Kind, FIXED_LEN, MAX_DATA_LEN, PIECE,
-        VERSION,
-    },
+    format::{piece_crcs, whole_crc, Kind, MAX_DATA_LEN, VERSION},
     index::{Entry, Index},
     locks::KeyLocks,
     node_id, recover,
-    segment::{fsync_dir, lock, NewRecord, Segments, SEGMENT_SIZE},
+    segment::{fsync_dir, lock, NewRecord, Segments, DIRECT_MIN, SEGMENT_SIZE},
 };
 
 /// Most entries one `list` returns.
@@ -58,7 +56,7 @@ pub enum PutOutcome {
 /// The answer to a get: the requested bytes, all verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardData {
-    pub data: Vec<u8>,
+    pub data: Bytes,
     pub shard_crc: u32,
     pub shard_len: u32,
 }
@@ -204,91 +202,21 @@ impl ShardStore {
                 shard_len: e.len,
             });
         }
-        let data = self.read(key, e, offset, end as u32)?;
+        let whole = offset == 0 && end == u64::from(e.len);
+        let direct = if whole && u64::from(e.len) >= DIRECT_MIN {
+            self.read_whole_direct(key, e)?
+        } else {
+            None
+        };
+        let data = match direct {
+            Some(d) => d,
+            None => Bytes::from(self.read(key, e, offset, end as u32)?),
+        };
         Ok(ShardData {
             data,
             shard_crc: e.crc,
             shard_len: e.len,
         })
-    }
-
-    /// Reads and verifies `[offset, end)` of the record at `e`; a full read
-    /// also checks the whole-shard CRC.
-    fn read(&self, key: ShardKey, e: Entry, offset: u32, end: u32) -> Result<Vec<u8>> {
-        let corrupt = |why: String| {
-            warn!(
-                block = key.block,
-                shard = key.index,
-                segment = e.pos.segment,
-                offset = e.pos.offset,
-                why = why.as_str(),
-                "corrupt shard"
-            );
-            Error::CorruptShard {
-                key,
-                segment: e.pos.segment,
-                offset: e.pos.offset,
-                why,
-            }
-        };
-        let read_at = |at: u64, buf: &mut [u8]| {
-            let pos = crate::segment::Pos {
-                segment: e.pos.segment,
-                offset: at,
-            };
-            self.segments
-                .read_at(pos, buf)
-                .map_err(|err| match err.kind() {
-                    std::io::ErrorKind::UnexpectedEof => {
-                        corrupt("record runs past the end of its segment".into())
-                    }
-                    _ => Error::io(
-                        crate::segment::segment_path(&self.dir.join("segments"), e.pos.segment),
-                        err,
-                    ),
-                })
-        };
-        let mut fixed = [0u8; FIXED_LEN];
-        read_at(e.pos.offset, &mut fixed)?;
-        let h = Header::decode_fixed(&fixed).map_err(|b| corrupt(b.0.into()))?;
-        let mut head = vec![0u8; h.head_len()];
-        read_at(e.pos.offset, &mut head)?;
-        let head: Head = decode_head(&head).map_err(|b| corrupt(b.0.into()))?;
-        let expected = Header {
-            kind: Kind::Shard,
-            key,
-            segment: e.pos.segment,
-            offset: e.pos.offset,
-            data_len: e.len,
-            shard_crc: e.crc,
-        };
-        if head.header != expected {
-            return Err(corrupt("record does not match its index entry".into()));
-        }
-        if offset == end {
-            return Ok(Vec::new());
-        }
-        let (offset, end) = (offset as usize, end as usize);
-        let first = offset / PIECE;
-        let span_start = first * PIECE;
-        let span_end = end
-            .div_ceil(PIECE)
-            .saturating_mul(PIECE)
-            .min(e.len as usize);
-        let mut buf = vec![0u8; span_end - span_start];
-        read_at(
-            e.pos.offset + h.head_len() as u64 + span_start as u64,
-            &mut buf,
-        )?;
-        if let Err(piece) = head.verify_pieces(first, &buf) {
-            return Err(corrupt(format!("CRC mismatch in 64 KiB piece {piece}")));
-        }
-        if offset == 0 && end == e.len as usize && crc32(&buf) != e.crc {
-            return Err(corrupt("whole-shard CRC mismatch".into()));
-        }
-        buf.truncate(end - span_start);
-        buf.drain(..offset - span_start);
-        Ok(buf)
     }
 
     /// Deletes `keys` durably (tombstones, fsynced); returns how many existed.
@@ -402,6 +330,7 @@ fn capacity(dir: &Path) -> Result<u64> {
 }
 
 mod compact;
+mod read;
 #[cfg(test)]
 mod tests;
 

@@ -6,7 +6,9 @@ use std::{
 };
 
 use super::*;
+use crate::format::PIECE;
 use crate::segment::segment_path;
+use tessera_common::crc32;
 
 fn key(block: u64, index: u8) -> ShardKey {
     ShardKey { block, index }
@@ -30,7 +32,7 @@ fn put(s: &ShardStore, k: ShardKey, data: &[u8]) -> PutOutcome {
 }
 
 fn full(s: &ShardStore, k: ShardKey) -> Result<Vec<u8>> {
-    s.get(k, 0, 0).map(|d| d.data)
+    s.get(k, 0, 0).map(|d| d.data.to_vec())
 }
 
 fn seg(dir: &Path, n: u32) -> PathBuf {
@@ -47,7 +49,7 @@ fn put_get_round_trip_and_ranges() {
     assert_eq!(
         got,
         ShardData {
-            data: data.clone(),
+            data: data.clone().into(),
             shard_crc: crc32(&data),
             shard_len: data.len() as u32
         }

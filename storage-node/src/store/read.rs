@@ -1,0 +1,153 @@
+//! Reading shards back. Every byte returned has had its piece CRCs checked
+//! and its record's header matched against the index entry.
+
+use bytes::Bytes;
+use tessera_common::{crc32, ShardKey};
+use tracing::warn;
+
+use super::ShardStore;
+use crate::{
+    error::{Error, Result},
+    format::{decode_head, Head, Header, Kind, FIXED_LEN, PIECE},
+    index::Entry,
+};
+
+/// The error for a record that fails a check, logged with its place.
+fn corrupt(key: ShardKey, e: Entry, why: String) -> Error {
+    warn!(
+        block = key.block,
+        shard = key.index,
+        segment = e.pos.segment,
+        offset = e.pos.offset,
+        why = why.as_str(),
+        "corrupt shard"
+    );
+    Error::CorruptShard {
+        key,
+        segment: e.pos.segment,
+        offset: e.pos.offset,
+        why,
+    }
+}
+
+/// The header the index entry `e` of `key` says the record has.
+fn expected(key: ShardKey, e: Entry) -> Header {
+    Header {
+        kind: Kind::Shard,
+        key,
+        segment: e.pos.segment,
+        offset: e.pos.offset,
+        data_len: e.len,
+        shard_crc: e.crc,
+    }
+}
+
+/// Decodes the head at the start of `b` and checks it against `e`.
+fn check_head(key: ShardKey, e: Entry, b: &[u8]) -> Result<Head> {
+    let head = decode_head(b).map_err(|bad| corrupt(key, e, bad.0.into()))?;
+    if head.header != expected(key, e) {
+        return Err(corrupt(
+            key,
+            e,
+            "record does not match its index entry".into(),
+        ));
+    }
+    Ok(head)
+}
+
+impl ShardStore {
+    /// Reads and verifies `[offset, end)` of the record at `e`; a full read
+    /// also checks the whole-shard CRC.
+    pub(super) fn read(&self, key: ShardKey, e: Entry, offset: u32, end: u32) -> Result<Vec<u8>> {
+        let corrupt = |why: String| corrupt(key, e, why);
+        let read_at = |at: u64, buf: &mut [u8]| {
+            let pos = crate::segment::Pos {
+                segment: e.pos.segment,
+                offset: at,
+            };
+            self.segments
+                .read_at(pos, buf)
+                .map_err(|err| match err.kind() {
+                    std::io::ErrorKind::UnexpectedEof => {
+                        corrupt("record runs past the end of its segment".into())
+                    }
+                    _ => Error::io(
+                        crate::segment::segment_path(&self.dir.join("segments"), e.pos.segment),
+                        err,
+                    ),
+                })
+        };
+        let mut fixed = [0u8; FIXED_LEN];
+        read_at(e.pos.offset, &mut fixed)?;
+        let h = Header::decode_fixed(&fixed).map_err(|b| corrupt(b.0.into()))?;
+        let mut head = vec![0u8; h.head_len()];
+        read_at(e.pos.offset, &mut head)?;
+        let head = check_head(key, e, &head)?;
+        if offset == end {
+            return Ok(Vec::new());
+        }
+        let (offset, end) = (offset as usize, end as usize);
+        let first = offset / PIECE;
+        let span_start = first * PIECE;
+        let span_end = end
+            .div_ceil(PIECE)
+            .saturating_mul(PIECE)
+            .min(e.len as usize);
+        let mut buf = vec![0u8; span_end - span_start];
+        read_at(
+            e.pos.offset + h.head_len() as u64 + span_start as u64,
+            &mut buf,
+        )?;
+        if let Err(piece) = head.verify_pieces(first, &buf) {
+            return Err(corrupt(format!("CRC mismatch in 64 KiB piece {piece}")));
+        }
+        if offset == 0 && end == e.len as usize && crc32(&buf) != e.crc {
+            return Err(corrupt("whole-shard CRC mismatch".into()));
+        }
+        buf.truncate(end - span_start);
+        buf.drain(..offset - span_start);
+        Ok(buf)
+    }
+
+    /// The whole shard of the record at `e`, read with O_DIRECT in one
+    /// request into a buffer of its own and handed on from there: no
+    /// page-cache copy. None where direct reads are not available.
+    pub(super) fn read_whole_direct(&self, key: ShardKey, e: Entry) -> Result<Option<Bytes>> {
+        let head_len = expected(key, e).head_len();
+        let record_len = head_len + e.len as usize;
+        let read = self
+            .segments
+            .read_direct(e.pos, record_len)
+            .map_err(|err| {
+                Error::io(
+                    crate::segment::segment_path(&self.dir.join("segments"), e.pos.segment),
+                    err,
+                )
+            })?;
+        let Some((buf, skip)) = read else {
+            return Ok(None);
+        };
+        let Some(record) = buf.as_ref().get(skip..skip + record_len) else {
+            return Err(corrupt(
+                key,
+                e,
+                "record runs past the end of its segment".into(),
+            ));
+        };
+        let head = check_head(key, e, record)?;
+        let data = &record[head_len..];
+        if let Err(piece) = head.verify_pieces(0, data) {
+            return Err(corrupt(
+                key,
+                e,
+                format!("CRC mismatch in 64 KiB piece {piece}"),
+            ));
+        }
+        if crc32(data) != e.crc {
+            return Err(corrupt(key, e, "whole-shard CRC mismatch".into()));
+        }
+        Ok(Some(
+            Bytes::from_owner(buf).slice(skip + head_len..skip + record_len),
+        ))
+    }
+}
