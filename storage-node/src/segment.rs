@@ -142,11 +142,13 @@ pub struct Segments {
     readers: Mutex<HashMap<u32, Arc<File>>>,
     /// O_DIRECT read handles, for whole large records.
     direct_readers: Mutex<HashMap<u32, Arc<File>>>,
+    /// The file system refused an O_DIRECT open: read through the cache.
+    direct_refused: std::sync::atomic::AtomicBool,
     fsyncs: AtomicU64,
 }
 
 /// `path` opened for O_DIRECT writes, or None if its file system does not
-/// support them (tmpfs, for one).
+/// support them (some do not: tmpfs on older kernels, network file systems).
 fn open_direct(path: &Path) -> Result<Option<File>> {
     use std::os::unix::fs::OpenOptionsExt;
     match OpenOptions::new()
@@ -216,6 +218,7 @@ impl Segments {
             synced_cv: Condvar::new(),
             readers: Mutex::new(HashMap::new()),
             direct_readers: Mutex::new(HashMap::new()),
+            direct_refused: Default::default(),
             fsyncs: AtomicU64::new(0),
         })
     }
@@ -531,7 +534,7 @@ impl Segments {
         at: Pos,
         len: usize,
     ) -> std::io::Result<Option<(AlignedBytes, usize)>> {
-        if !self.direct_io {
+        if !self.direct_io || self.direct_refused.load(Ordering::Relaxed) {
             return Ok(None);
         }
         let file = {
@@ -551,7 +554,10 @@ impl Segments {
                             readers.insert(at.segment, f.clone());
                             f
                         }
-                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                            self.direct_refused.store(true, Ordering::Relaxed);
+                            return Ok(None);
+                        }
                         Err(e) => return Err(e),
                     }
                 }
