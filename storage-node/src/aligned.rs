@@ -112,6 +112,12 @@ impl AlignedBytes {
             };
             match n {
                 0 => break,
+                // Short: the end of the file. Asking again at an unaligned
+                // offset would be refused.
+                n if n > 0 && (n as usize) < len - out.len => {
+                    out.len += n as usize;
+                    break;
+                }
                 n if n > 0 => out.len += n as usize,
                 _ => {
                     let e = std::io::Error::last_os_error();

@@ -49,6 +49,19 @@ fn tiny_files_are_kept_in_the_metadata_service() {
         before,
         "tiny files were stored on the storage nodes"
     );
+    // Overlapping rewrites of the first 4 KiB: more dirty bytes than an
+    // inline block holds, all of them in the file's first 4 KiB.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::create(m.path("rewritten")).unwrap();
+        f.write_all_at(&[b'a'; 3096], 1000).unwrap();
+        f.write_all_at(&[b'b'; 1000], 0).unwrap();
+        f.write_all_at(&[b'c'; 3096], 1000).unwrap();
+        f.sync_all().unwrap();
+    }
+    let mut rewritten = vec![b'b'; 1000];
+    rewritten.extend_from_slice(&[b'c'; 3096]);
+    assert_eq!(fs::read(m.path("rewritten")).unwrap(), rewritten);
     // An overwrite in place, and a file that grows past an inline block.
     fs::write(m.path("f0"), b"overwritten").unwrap();
     let mut big = vec![0u8; 3 << 20];
@@ -97,7 +110,9 @@ fn tiny_files_are_kept_in_the_metadata_service() {
     c.wait_nodes_up(6);
     let m = c.mount("tiny");
     assert_eq!(fs::read(m.path("f1")).unwrap(), grown);
+    assert_eq!(fs::read(m.path("rewritten")).unwrap(), rewritten);
     // Removing them gives the quota back.
+    fs::remove_file(m.path("rewritten")).unwrap();
     for i in 0..FILES {
         fs::remove_file(m.path(&format!("f{i}"))).unwrap();
     }

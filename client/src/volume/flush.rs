@@ -84,12 +84,16 @@ fn cut_part(st: &mut FileState, ino: Ino, entry: &Arc<FileEntry>) -> Option<Part
 }
 
 impl Part {
-    /// Whether the part only touches the file's first `INLINE_MAX` bytes.
+    /// Whether the part only touches the file's first `INLINE_MAX` bytes
+    /// and fits an inline block (its extents may overlap, so their total
+    /// can be more than they cover).
     fn is_head(&self) -> bool {
-        self.pending
-            .extents
-            .iter()
-            .all(|x| x.end() <= INLINE_MAX as u64)
+        self.pending.len() <= INLINE_MAX
+            && self
+                .pending
+                .extents
+                .iter()
+                .all(|x| x.end() <= INLINE_MAX as u64)
     }
 }
 
