@@ -373,15 +373,11 @@ impl Volume {
         if rest.is_empty() {
             return Ok(stored);
         }
-        let rest: Vec<&Part> = rest.iter().map(|&i| &parts[i]).collect();
         let block = self.inner.block_ids.next().await?;
-        let (slices, data) = layout(&rest, block);
+        let rest_parts: Vec<&Part> = rest.iter().map(|&i| &parts[i]).collect();
+        let (slices, data) = layout(&rest_parts, block);
         let block_len = data.len();
-        for (p, s) in rest.iter().zip(slices) {
-            let i = parts
-                .iter()
-                .position(|q| std::ptr::eq(q, *p))
-                .expect("a part of the batch");
+        for (&i, s) in rest.iter().zip(slices) {
             stored.slices[i] = s;
         }
         if let Err(e) = self.inner.nodes.refresh_if_stale(0).await {

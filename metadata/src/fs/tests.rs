@@ -720,3 +720,35 @@ fn inline_blocks_are_kept_with_their_slices_and_freed_with_the_last_one() {
     assert!(m.store.begin().get(&key).unwrap().is_none());
     assert_eq!(m.queue_status().unwrap().gc_blocks, 0);
 }
+
+#[test]
+fn an_inline_block_refused_for_quota_leaves_nothing_behind() {
+    use tessera_common::INLINE_BIT;
+    let (m, v) = meta_with_volume(1 << 20);
+    let f = m.make_node(v, ROOT_INO, b"f", file(0o644)).unwrap();
+    let w = |slices| FileWrite {
+        ino: f.ino,
+        slices,
+        mtime_ns: 1,
+    };
+    m.commit_writes(v, &[w(vec![slice(0, (1 << 20) - 8, 5)])])
+        .unwrap();
+    let block = INLINE_BIT | m.alloc_blocks(1).unwrap();
+    let inline = [InlineBlock {
+        block,
+        data: vec![7; 16],
+    }];
+    let s = Slice {
+        offset: (1 << 20) - 8,
+        len: 16,
+        block,
+        block_offset: 0,
+        block_len: 16,
+    };
+    let r = m.commit_writes_inline(v, &[w(vec![s])], &[], &inline, 0);
+    assert!(matches!(r, Err(MetaError::Quota { .. })), "{r:?}");
+    assert!(m.block(block).unwrap().is_none());
+    let key = crate::keys::inline(block);
+    assert!(m.store.begin().get(&key).unwrap().is_none());
+    assert_eq!(m.get_attr(v, f.ino).unwrap().inode.size, (1 << 20) - 8);
+}

@@ -56,6 +56,14 @@ fn check_head(key: ShardKey, e: Entry, b: &[u8]) -> Result<Head> {
 }
 
 impl ShardStore {
+    /// An I/O error reading the segment of the record at `e`.
+    fn segment_io(&self, e: Entry, err: std::io::Error) -> Error {
+        Error::io(
+            crate::segment::segment_path(&self.dir.join("segments"), e.pos.segment),
+            err,
+        )
+    }
+
     /// Reads and verifies `[offset, end)` of the record at `e`; a full read
     /// also checks the whole-shard CRC.
     pub(super) fn read(&self, key: ShardKey, e: Entry, offset: u32, end: u32) -> Result<Vec<u8>> {
@@ -71,10 +79,7 @@ impl ShardStore {
                     std::io::ErrorKind::UnexpectedEof => {
                         corrupt("record runs past the end of its segment".into())
                     }
-                    _ => Error::io(
-                        crate::segment::segment_path(&self.dir.join("segments"), e.pos.segment),
-                        err,
-                    ),
+                    _ => self.segment_io(e, err),
                 })
         };
         let mut fixed = [0u8; FIXED_LEN];
@@ -118,12 +123,7 @@ impl ShardStore {
         let read = self
             .segments
             .read_direct(e.pos, record_len)
-            .map_err(|err| {
-                Error::io(
-                    crate::segment::segment_path(&self.dir.join("segments"), e.pos.segment),
-                    err,
-                )
-            })?;
+            .map_err(|err| self.segment_io(e, err))?;
         let Some((buf, skip)) = read else {
             return Ok(None);
         };
