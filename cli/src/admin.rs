@@ -1,10 +1,10 @@
-//! Admin commands: `tessera volume ...` and `tessera node ls`.
+//! Admin commands: `tessera volume ...`, `tessera node ls/drain/rm` and
+//! `tessera cluster status`.
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use tessera_client::connect_meta;
-use tessera_common::validate;
-use tessera_proto::pb;
+use tessera_client::MetaClient;
+use tessera_common::{units::human_bytes as human, validate, NodeInfo, VolumeInfo, VolumeSpec};
 
 use crate::{runtime, MetaAddr};
 
@@ -52,16 +52,10 @@ enum VolumeSub {
     },
 }
 
-use tessera_common::units::human_bytes as human;
-
-fn print_volume(v: &pb::Volume) {
+fn print_volume(v: &VolumeInfo) {
     println!("name:        {}", v.name);
     println!("id:          {}", v.id);
-    println!(
-        "size:        {} ({} bytes)",
-        human(v.size_bytes),
-        v.size_bytes
-    );
+    println!("size:        {} ({} bytes)", human(v.size), v.size);
     println!(
         "used:        {} ({} bytes)",
         human(v.used_bytes),
@@ -73,146 +67,136 @@ fn print_volume(v: &pb::Volume) {
     println!("created_ms:  {}", v.created_ms);
 }
 
-pub fn volume(c: VolumeCommand) -> anyhow::Result<()> {
-    let rt = runtime()?;
-    rt.block_on(async {
-        match c.sub {
-            VolumeSub::Create {
-                name,
-                size,
-                protection,
-                min_durable,
-                meta,
-            } => {
-                // Validate locally first for a clear message; the service
-                // validates again.
-                validate::volume_name(&name)?;
-                let size_bytes = validate::volume_size(&size)?;
-                let p = protection.parse::<tessera_common::Protection>()?;
-                if let Some(n) = min_durable {
-                    p.check_min_durable(n.into())?;
-                }
-                let mut m = connect_meta(&meta.meta).await?;
-                let v = m
-                    .create_volume(pb::CreateVolumeRequest {
-                        name: name.clone(),
-                        size_bytes,
-                        protection,
-                        labels: Default::default(),
-                        min_durable: min_durable.unwrap_or(0).into(),
-                    })
-                    .await
-                    .map_err(|s| anyhow::anyhow!("creating volume {name}: {}", s.message()))?
-                    .into_inner();
-                println!(
-                    "created volume {} ({}, {})",
-                    v.name,
-                    human(v.size_bytes),
-                    v.protection
-                );
-            }
-            VolumeSub::Ls { meta } => {
-                let mut m = connect_meta(&meta.meta).await?;
-                let list = m
-                    .list_volumes(pb::ListVolumesRequest {})
-                    .await?
-                    .into_inner();
-                println!(
-                    "{:<24} {:>10} {:>10} {:>9} {:<12}",
-                    "NAME", "SIZE", "USED", "INODES", "PROTECTION"
-                );
-                for v in list.volumes {
-                    println!(
-                        "{:<24} {:>10} {:>10} {:>9} {:<12}",
-                        v.name,
-                        human(v.size_bytes),
-                        human(v.used_bytes),
-                        v.inodes,
-                        v.protection
-                    );
-                }
-            }
-            VolumeSub::Inspect { name, meta } => {
-                let mut m = connect_meta(&meta.meta).await?;
-                let v = m
-                    .get_volume(pb::GetVolumeRequest { name: name.clone() })
-                    .await
-                    .map_err(|s| anyhow::anyhow!("volume {name}: {}", s.message()))?
-                    .into_inner();
-                print_volume(&v);
-            }
-            VolumeSub::Rm { name, meta } => {
-                let mut m = connect_meta(&meta.meta).await?;
-                m.delete_volume(pb::DeleteVolumeRequest { name: name.clone() })
-                    .await
-                    .map_err(|s| anyhow::anyhow!("removing volume {name}: {}", s.message()))?;
-                println!("removed volume {name}");
-            }
-        }
-        Ok(())
+/// Runs `f` with a connection to the metadata service.
+fn with_meta<T>(
+    meta: &MetaAddr,
+    f: impl AsyncFnOnce(MetaClient) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    runtime()?.block_on(async {
+        let m = MetaClient::connect(&meta.meta).await?;
+        f(m).await
     })
 }
 
-async fn list_nodes(m: &mut tessera_client::MetaConn) -> anyhow::Result<Vec<pb::NodeInfo>> {
-    Ok(m.list_nodes(pb::ListNodesRequest {})
-        .await
-        .context("listing nodes")?
-        .into_inner()
-        .nodes)
+pub fn volume(c: VolumeCommand) -> anyhow::Result<()> {
+    match c.sub {
+        VolumeSub::Create {
+            name,
+            size,
+            protection,
+            min_durable,
+            meta,
+        } => {
+            // Validate locally first for a clear message; the service
+            // validates again.
+            validate::volume_name(&name)?;
+            let size = validate::volume_size(&size)?;
+            let protection = protection.parse::<tessera_common::Protection>()?;
+            if let Some(n) = min_durable {
+                protection.check_min_durable(n.into())?;
+            }
+            let spec = VolumeSpec {
+                name: name.clone(),
+                size,
+                protection,
+                labels: Default::default(),
+                min_durable: min_durable.unwrap_or(0),
+            };
+            let v = with_meta(&meta, async |m| {
+                m.create_volume(spec)
+                    .await
+                    .with_context(|| format!("creating volume {name}"))
+            })?;
+            println!(
+                "created volume {} ({}, {})",
+                v.name,
+                human(v.size),
+                v.protection
+            );
+        }
+        VolumeSub::Ls { meta } => {
+            let list = with_meta(&meta, async |m| Ok(m.volumes().await?))?;
+            println!(
+                "{:<24} {:>10} {:>10} {:>9} {:<12}",
+                "NAME", "SIZE", "USED", "INODES", "PROTECTION"
+            );
+            for v in list {
+                println!(
+                    "{:<24} {:>10} {:>10} {:>9} {:<12}",
+                    v.name,
+                    human(v.size),
+                    human(v.used_bytes),
+                    v.inodes,
+                    v.protection.to_string()
+                );
+            }
+        }
+        VolumeSub::Inspect { name, meta } => {
+            let v = with_meta(&meta, async |m| {
+                m.volume(&name)
+                    .await
+                    .with_context(|| format!("volume {name}"))
+            })?;
+            print_volume(&v);
+        }
+        VolumeSub::Rm { name, meta } => {
+            with_meta(&meta, async |m| {
+                m.delete_volume(&name)
+                    .await
+                    .with_context(|| format!("removing volume {name}"))
+            })?;
+            println!("removed volume {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn list_nodes(m: &MetaClient) -> anyhow::Result<Vec<NodeInfo>> {
+    m.nodes().await.context("listing nodes")
 }
 
 pub fn node_ls(meta: &MetaAddr) -> anyhow::Result<()> {
-    runtime()?.block_on(async {
-        let mut m = connect_meta(&meta.meta).await?;
-        let nodes = list_nodes(&mut m).await?;
+    let nodes = with_meta(meta, async |m| list_nodes(&m).await)?;
+    println!(
+        "{:<4} {:<22} {:<6} {:>10} {:>10} {:>8} {:<}",
+        "ID", "ADDRESS", "STATE", "CAPACITY", "USED", "SHARDS", "LABELS"
+    );
+    for n in nodes {
+        let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
-            "{:<4} {:<22} {:<6} {:>10} {:>10} {:>8} {:<}",
-            "ID", "ADDRESS", "STATE", "CAPACITY", "USED", "SHARDS", "LABELS"
+            "{:<4} {:<22} {:<6} {:>10} {:>10} {:>8} {}",
+            n.id,
+            n.addr,
+            n.state(),
+            human(n.capacity_bytes),
+            human(n.used_bytes),
+            n.shards,
+            labels.join(",")
         );
-        for n in nodes {
-            let mut labels: Vec<String> =
-                n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            labels.sort();
-            println!(
-                "{:<4} {:<22} {:<6} {:>10} {:>10} {:>8} {}",
-                n.id,
-                n.addr,
-                n.state,
-                human(n.capacity_bytes),
-                human(n.used_bytes),
-                n.shard_count,
-                labels.join(",")
-            );
-        }
-        Ok(())
-    })
+    }
+    Ok(())
 }
 
 pub fn node_drain(id: u64, meta: &MetaAddr) -> anyhow::Result<()> {
-    runtime()?.block_on(async {
-        let mut m = connect_meta(&meta.meta).await?;
-        let r = m
-            .drain_node(pb::NodeIdRequest { id })
+    let moved = with_meta(meta, async |m| {
+        m.drain_node(id)
             .await
-            .map_err(|s| anyhow::anyhow!("draining node {id}: {}", s.message()))?
-            .into_inner();
-        println!(
-            "draining node {id}: {} placement slots moved; `tessera cluster status` shows the copy",
-            r.moved_slots
-        );
-        Ok(())
-    })
+            .with_context(|| format!("draining node {id}"))
+    })?;
+    println!(
+        "draining node {id}: {moved} placement slots moved; `tessera cluster status` shows the copy"
+    );
+    Ok(())
 }
 
 pub fn node_rm(id: u64, meta: &MetaAddr) -> anyhow::Result<()> {
-    runtime()?.block_on(async {
-        let mut m = connect_meta(&meta.meta).await?;
-        m.remove_node(pb::NodeIdRequest { id })
+    with_meta(meta, async |m| {
+        m.remove_node(id)
             .await
-            .map_err(|s| anyhow::anyhow!("removing node {id}: {}", s.message()))?;
-        println!("removed node {id}");
-        Ok(())
-    })
+            .with_context(|| format!("removing node {id}"))
+    })?;
+    println!("removed node {id}");
+    Ok(())
 }
 
 #[derive(Args)]
@@ -232,41 +216,40 @@ enum ClusterSub {
 
 pub fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
     let ClusterSub::Status { meta } = c.sub;
-    runtime()?.block_on(async {
-        let mut m = connect_meta(&meta.meta).await?;
-        let nodes = list_nodes(&mut m).await?;
+    let (nodes, s) = with_meta(&meta, async |m| {
+        let nodes = list_nodes(&m).await?;
         let s = m
-            .cluster_status(pb::ClusterStatusRequest {})
+            .cluster_status()
             .await
-            .context("reading the cluster status")?
-            .into_inner();
-        let up = nodes.iter().filter(|n| n.state == "up").count();
-        println!("nodes:       {up} up, {} down", nodes.len() - up);
-        println!(
-            "repair:      {} shards waiting, {} ({} bytes), in {} blocks",
-            s.repair_shards,
-            human(s.repair_bytes),
-            s.repair_bytes,
-            s.repair_blocks
-        );
-        if s.repair_bytes > 0 {
-            let eta = match s.repair_rate {
-                0 => "unknown".to_string(),
-                r => format!("{}s", s.repair_bytes.div_ceil(r)),
-            };
-            println!("rate:        {}/s, done in {eta}", human(s.repair_rate));
-        }
-        println!(
-            "repaired:    {} shards, {} ({} bytes), since the metadata service started",
-            s.repaired_shards,
-            human(s.repaired_bytes),
-            s.repaired_bytes
-        );
-        println!(
-            "corrupt:     {} shards reported since the metadata service started",
-            s.corrupt_reported
-        );
-        println!("gc:          {} blocks waiting", s.gc_blocks);
-        Ok(())
-    })
+            .context("reading the cluster status")?;
+        Ok((nodes, s))
+    })?;
+    let up = nodes.iter().filter(|n| n.state() == "up").count();
+    println!("nodes:       {up} up, {} down", nodes.len() - up);
+    println!(
+        "repair:      {} shards waiting, {} ({} bytes), in {} blocks",
+        s.repair_shards,
+        human(s.repair_bytes),
+        s.repair_bytes,
+        s.repair_blocks
+    );
+    if s.repair_bytes > 0 {
+        let eta = match s.repair_rate {
+            0 => "unknown".to_string(),
+            r => format!("{}s", s.repair_bytes.div_ceil(r)),
+        };
+        println!("rate:        {}/s, done in {eta}", human(s.repair_rate));
+    }
+    println!(
+        "repaired:    {} shards, {} ({} bytes), since the metadata service started",
+        s.repaired_shards,
+        human(s.repaired_bytes),
+        s.repaired_bytes
+    );
+    println!(
+        "corrupt:     {} shards reported since the metadata service started",
+        s.corrupt_reported
+    );
+    println!("gc:          {} blocks waiting", s.gc_blocks);
+    Ok(())
 }

@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
-use tessera_client::{connect_meta, Volume, VolumeOptions};
+use tessera_client::{Volume, VolumeOptions};
 use tessera_common::validate;
 use tracing::info;
 
@@ -29,20 +29,17 @@ pub fn mount(a: MountArgs) -> anyhow::Result<()> {
     validate::volume_name(&a.name)?;
     let rt = runtime()?;
     let vol = rt
-        .block_on(async {
-            let meta = connect_meta(&a.meta.meta).await?;
-            let options = VolumeOptions {
-                thread_meta_addr: Some(a.meta.meta.clone()),
-                ..Default::default()
-            };
-            Volume::open(meta, &a.name, options).await
-        })
+        .block_on(Volume::open(
+            &a.meta.meta,
+            &a.name,
+            VolumeOptions::default(),
+        ))
         .with_context(|| format!("opening volume {}", a.name))?;
     let options = tessera_fuse::MountOptions {
         threads: a.threads,
         ..Default::default()
     };
-    let session = tessera_fuse::mount(vol.clone(), &a.dir, rt.handle().clone(), &options)
+    let session = tessera_fuse::mount(vol.clone(), &a.dir, &options)
         .with_context(|| format!("mounting {} on {}", a.name, a.dir.display()))?;
     info!(volume = %a.name, dir = %a.dir.display(), "mounted");
     println!("mounted {} on {}", a.name, a.dir.display());
@@ -65,7 +62,7 @@ pub fn mount(a: MountArgs) -> anyhow::Result<()> {
         // Unmount even if the flush failed: the process ends either way,
         // and a mount left behind would only answer "transport endpoint
         // is not connected".
-        let flushed = rt.block_on(vol.flush_all());
+        let flushed = vol.flush_for_unmount();
         session.umount_and_join().context("unmounting")?;
         flushed.context("flushing buffered writes")?;
     }

@@ -61,8 +61,11 @@ fn docker_plugin(a: DockerArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the tessera binary")?;
     let mounts = MountTable::open(MountConfig::new(a.state_dir.clone(), exe, a.meta.meta))
         .with_context(|| format!("opening plugin state in {}", a.state_dir.display()))?;
-    let driver = Arc::new(Driver::new(cfg, mounts));
-    runtime()?.block_on(docker::serve(&a.socket, driver, signalled()))?;
+    runtime()?.block_on(async {
+        // The driver's channel to the metadata service lives on this runtime.
+        let driver = Arc::new(Driver::new(cfg, mounts)?);
+        docker::serve(&a.socket, driver, signalled()).await
+    })?;
     // Mounts stay: containers keep using them, and the next plugin process
     // adopts them from the state file.
     Ok(())

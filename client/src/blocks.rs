@@ -3,19 +3,18 @@
 use tokio::sync::Mutex;
 
 use tessera_common::BlockId;
-use tessera_proto::pb;
 
-use crate::{MetaConn, Result};
+use crate::{meta::MetaClient, Result};
 
 const BATCH: u32 = 256;
 
 pub(crate) struct BlockIds {
-    meta: MetaConn,
+    meta: MetaClient,
     range: Mutex<(u64, u64)>,
 }
 
 impl BlockIds {
-    pub fn new(meta: MetaConn) -> Self {
+    pub fn new(meta: MetaClient) -> Self {
         BlockIds {
             meta,
             range: Mutex::new((0, 0)),
@@ -25,13 +24,8 @@ impl BlockIds {
     pub async fn next(&self) -> Result<BlockId> {
         let mut r = self.range.lock().await;
         if r.0 == r.1 {
-            let resp = self
-                .meta
-                .clone()
-                .alloc_blocks(pb::AllocBlocksRequest { count: BATCH })
-                .await?
-                .into_inner();
-            *r = (resp.first, resp.first + u64::from(resp.count));
+            let ids = self.meta.alloc_blocks(BATCH).await?;
+            *r = (ids.start, ids.end);
         }
         let id = r.0;
         r.0 += 1;

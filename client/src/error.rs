@@ -35,8 +35,19 @@ pub enum ClientError {
         node: u64,
         why: String,
     },
+    /// The caller asked for something that cannot be done (EINVAL).
     #[error("{0}")]
     Invalid(String),
+    /// The metadata service answered with something that makes no sense:
+    /// a value that does not parse, an inline block without its bytes.
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+    #[error("inode {ino}: a write at {offset} ends past the largest file")]
+    TooLarge { ino: u64, offset: u64 },
+    #[error("volume {volume} is shutting down")]
+    ShuttingDown { volume: String },
+    #[error("the write pipeline of inode {ino} went away before the write was stored")]
+    PipelineDropped { ino: u64 },
     /// A write that was buffered earlier failed; the error sticks until the
     /// file is flushed, like the kernel's writeback errors.
     #[error("an earlier write to inode {ino} failed: {why}")]
@@ -57,6 +68,21 @@ impl From<tessera_common::Error> for ClientError {
     fn from(e: tessera_common::Error) -> Self {
         ClientError::Invalid(e.to_string())
     }
+}
+
+impl From<tessera_proto::transport::ConnectError> for ClientError {
+    fn from(e: tessera_proto::transport::ConnectError) -> Self {
+        ClientError::Connect {
+            what: "metadata service",
+            addr: e.addr,
+            why: e.why,
+        }
+    }
+}
+
+/// An answer from the wire that does not convert.
+pub(crate) fn malformed(e: tessera_common::Error) -> ClientError {
+    ClientError::Malformed(e.to_string())
 }
 
 impl ClientError {
@@ -95,6 +121,7 @@ impl ClientError {
                 ..
             } => libc::ENOSPC,
             ClientError::Invalid(_) => libc::EINVAL,
+            ClientError::TooLarge { .. } => libc::EFBIG,
             ClientError::EarlierWrite { errno, .. } => *errno,
             _ => libc::EIO,
         }
@@ -102,5 +129,26 @@ impl ClientError {
 
     pub fn is_not_found(&self) -> bool {
         self.errno() == libc::ENOENT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_of_the_system_are_eio_and_only_bad_requests_einval() {
+        for e in [
+            ClientError::Malformed("inline block 0x8000000000000005 missing".into()),
+            ClientError::ShuttingDown { volume: "v".into() },
+            ClientError::PipelineDropped { ino: 5 },
+            malformed(tessera_common::Error::invalid("file kind", "9", "unknown")),
+        ] {
+            assert_eq!(e.errno(), libc::EIO, "{e}");
+        }
+        assert_eq!(
+            ClientError::Invalid("write past the largest file".into()).errno(),
+            libc::EINVAL
+        );
     }
 }

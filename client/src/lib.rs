@@ -1,24 +1,23 @@
 //! Tessera's data path, shared by the FUSE mount, the plugins and the CLI:
-//! metadata calls, placement, stripe writes with a per-file write buffer,
-//! systematic and degraded reads.
+//! the metadata service's calls in domain types (`meta/`), placement and
+//! links to storage nodes, stripe writes from a per-file write buffer
+//! (`write/`), systematic and degraded reads (`read/`).
 //!
 //! Depends on tessera-common and tessera-proto; never on server crates.
 
 mod blocks;
-mod cache;
-mod dir_attrs;
 mod error;
-mod lean;
-mod local;
 mod meta;
 mod node_link;
 mod nodes;
+mod read;
 mod stripe;
 mod volume;
 mod write;
 
-pub use dir_attrs::TTL as ATTR_TTL;
 pub use error::{ClientError, Result};
-pub use meta::{connect_meta, MetaConn};
-pub use tessera_proto::FileKind;
-pub use volume::{Attr, DirEntry, Volume, VolumeOptions};
+pub use meta::{
+    names::{Made, NewNode},
+    MetaClient,
+};
+pub use volume::{Volume, VolumeOptions};

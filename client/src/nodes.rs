@@ -9,9 +9,8 @@ use std::{
 };
 
 use tessera_common::{placement::pg_of, BlockId, NodeId, Protection, ShardKey};
-use tessera_proto::pb;
 
-use crate::{node_link::NodeLink, MetaConn, Result};
+use crate::{meta::MetaClient, node_link::NodeLink, Result};
 
 /// How long a node that failed a request is skipped by readers.
 const SUSPECT_FOR: Duration = Duration::from_secs(3);
@@ -33,14 +32,14 @@ struct Table {
 }
 
 pub(crate) struct Nodes {
-    meta: MetaConn,
+    meta: MetaClient,
     protection: Protection,
     table: RwLock<Table>,
     suspects: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl Nodes {
-    pub async fn load(meta: MetaConn, protection: Protection) -> Result<Self> {
+    pub async fn load(meta: MetaClient, protection: Protection) -> Result<Self> {
         let nodes = Nodes {
             meta,
             protection,
@@ -59,40 +58,25 @@ impl Nodes {
 
     /// Fetches the placement table and node addresses again.
     pub async fn refresh(&self) -> Result<()> {
-        let resp = self
-            .meta
-            .clone()
-            .get_placement(pb::GetPlacementRequest {
-                k: self.protection.k.into(),
-                m: self.protection.m.into(),
-            })
-            .await?
-            .into_inner();
-        let mut conns = HashMap::new();
-        for n in &resp.nodes {
-            conns.insert(n.id, Arc::new(NodeLink::new(&n.addr)?));
-        }
-        let width = self.protection.width();
-        if resp.pgs.is_empty() || resp.pgs.iter().any(|p| p.nodes.len() != width) {
-            return Err(crate::ClientError::Invalid(format!(
-                "placement table for {} is malformed",
-                self.protection
-            )));
-        }
+        let fetched = self.meta.placement(self.protection).await?;
         let mut table = self.table.write().expect("placement lock");
-        // Keep existing links: they hold connections.
-        for (id, conn) in conns {
-            table.conns.entry(id).or_insert(conn);
+        for n in &fetched.nodes {
+            // Keep existing links: they hold connections. A node that
+            // moved gets a new one.
+            let known = table.conns.get(&n.id).is_some_and(|c| c.addr() == n.addr);
+            if !known {
+                table.conns.insert(n.id, Arc::new(NodeLink::new(&n.addr)?));
+            }
         }
-        table.epoch = resp.epoch;
+        table.epoch = fetched.epoch;
         table.fetched = Instant::now();
-        table.down = resp
+        table.down = fetched
             .nodes
             .iter()
             .filter(|n| !n.reachable)
             .map(|n| n.id)
             .collect();
-        table.pgs = resp.pgs.into_iter().map(|p| p.nodes).collect();
+        table.pgs = fetched.pgs;
         Ok(())
     }
 
@@ -133,14 +117,10 @@ impl Nodes {
     /// Tells the metadata service a shard is corrupt, in the background:
     /// it is queued for repair; the read goes on from the other shards.
     pub fn report_corrupt(&self, key: ShardKey) {
-        let mut meta = self.meta.clone();
+        let meta = self.meta.clone();
         tokio::spawn(async move {
-            let req = pb::ReportCorruptRequest {
-                keys: vec![key.into()],
-                node: 0,
-            };
-            if let Err(e) = meta.report_corrupt(req).await {
-                tracing::debug!(%key, error = %e.message(), "reporting a corrupt shard failed");
+            if let Err(e) = meta.report_corrupt(&[key]).await {
+                tracing::debug!(%key, error = %e, "reporting a corrupt shard failed");
             }
         });
     }

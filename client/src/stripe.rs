@@ -7,10 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::join_all;
 use tessera_common::{crc32, BlockId, Codec, NodeId, ShardKey};
-use tessera_proto::pb;
 use tracing::{debug, warn};
 
-use crate::{cache::BlockCache, nodes::Nodes, ClientError, Result};
+use crate::{node_link::Fetched, nodes::Nodes, read::cache::BlockCache, ClientError, Result};
 
 const PUT_TIMEOUT: Duration = Duration::from_secs(20);
 const GET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,7 +31,7 @@ pub(crate) struct BlockRef {
 /// the commit).
 pub(crate) struct Stored {
     pub epoch: u64,
-    pub missing: Vec<u32>,
+    pub missing: Vec<u8>,
 }
 
 /// Encodes `data` and stores every shard; succeeds when at least
@@ -80,11 +79,11 @@ pub(crate) async fn put_block(
             needed: min_durable,
         });
     }
-    let missing: Vec<u32> = results
+    let missing: Vec<u8> = results
         .iter()
         .enumerate()
         .filter(|(_, r)| r.is_err())
-        .map(|(i, _)| i as u32)
+        .map(|(i, _)| i as u8)
         .collect();
     if !missing.is_empty() {
         warn!(
@@ -109,13 +108,7 @@ async fn put_shard(
     let conn = nodes
         .conn(node)
         .ok_or_else(|| shard_err("node unknown".into()))?;
-    let req = pb::PutShardRequest {
-        key: Some(key.into()),
-        data,
-        crc,
-        epoch,
-    };
-    match tokio::time::timeout(PUT_TIMEOUT, conn.put_shard(req)).await {
+    match tokio::time::timeout(PUT_TIMEOUT, conn.put_shard(key, data, crc, epoch)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(s)) => Err(shard_err(s.message().to_string())),
         Err(_) => Err(shard_err("timed out".into())),
@@ -128,17 +121,12 @@ async fn get_shard(
     key: ShardKey,
     offset: u32,
     len: u32,
-) -> Result<pb::GetShardResponse> {
+) -> Result<Fetched> {
     let shard_err = |why: String| ClientError::Shard { key, node, why };
     let conn = nodes
         .conn(node)
         .ok_or_else(|| shard_err("node unknown".into()))?;
-    let req = pb::GetShardRequest {
-        key: Some(key.into()),
-        offset,
-        len,
-    };
-    let resp = match tokio::time::timeout(GET_TIMEOUT, conn.get_shard(req)).await {
+    let resp = match tokio::time::timeout(GET_TIMEOUT, conn.get_shard(key, offset, len)).await {
         Ok(Ok(r)) => r,
         Ok(Err(s)) => {
             if s.code() == tonic::Code::DataLoss {

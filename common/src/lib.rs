@@ -1,10 +1,15 @@
 //! Shared vocabulary of every Tessera crate: ids, the protection class, the
-//! erasure codec, CRC helpers, placement and input validation.
+//! erasure codec, CRC helpers, placement, input validation, and the domain
+//! types every crate speaks (file tree, slices, volumes, cluster), which
+//! `tessera-proto` converts to and from the wire.
 //!
 //! This crate depends on no other Tessera crate and does no I/O.
 
+pub mod cluster;
 pub mod codec;
+pub mod data;
 pub mod error;
+pub mod fs;
 pub mod ids;
 pub mod overlay;
 pub mod pace;
@@ -12,11 +17,16 @@ pub mod placement;
 pub mod protection;
 pub mod units;
 pub mod validate;
+pub mod volume;
 
+pub use cluster::{ClusterStatus, Membership, NodeInfo, PlacementTable};
 pub use codec::Codec;
+pub use data::{Commit, Committed, DegradedBlock, FileSlices, FileWrite, InlineBlock, Slice};
 pub use error::{Error, Result};
+pub use fs::{Attr, DirEntry, FileKind, SetAttr, StatFs, MAX_FILE_SIZE};
 pub use ids::{is_inline, BlockId, Ino, NodeId, ShardKey, VolumeId, INLINE_BIT, ROOT_INO};
 pub use protection::Protection;
+pub use volume::{VolumeInfo, VolumeSpec};
 
 /// Largest block (one stripe before encoding).
 pub const MAX_BLOCK: usize = 4 << 20;

@@ -3,7 +3,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo, TimeOrNow};
-use tessera_client::{Attr, ClientError, FileKind};
+use tessera_client::ClientError;
+use tessera_common::{Attr, FileKind};
 
 /// Preferred I/O size reported by stat: one large FUSE write.
 pub const IO_SIZE: u32 = 1 << 20;
@@ -65,7 +66,7 @@ pub fn file_attr(a: &Attr) -> FileAttr {
         ctime: time(a.ctime_ns),
         crtime: time(a.ctime_ns),
         kind: file_type(a.kind),
-        perm: a.perm,
+        perm: (a.perm & 0o7777) as u16,
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,

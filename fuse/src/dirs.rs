@@ -10,7 +10,7 @@ use std::{
     },
 };
 
-use tessera_client::DirEntry;
+use tessera_common::DirEntry;
 
 #[derive(Default)]
 pub struct DirHandles {

@@ -1,12 +1,14 @@
-//! `TesseraFs`: the fuser::Filesystem implementation.
+//! `TesseraFs`: the fuser::Filesystem implementation. Each method parses
+//! its arguments, calls one `Volume` function and maps the error to an
+//! errno. Calls on names and attributes run on the FUSE worker thread
+//! itself (one metadata call each); calls of the data path run on the
+//! volume's runtime, the worker thread waiting for them.
+//!
+//! The kernel's own questions that the mount answers without a round
+//! trip live here too: a directory's attributes after this mount's
+//! create (`dir_attrs.rs`) and an open file's capabilities (`caps.rs`).
 
-use std::{
-    ffi::OsStr,
-    future::Future,
-    os::unix::ffi::OsStrExt,
-    path::Path,
-    time::{Duration, SystemTime},
-};
+use std::{ffi::OsStr, os::unix::ffi::OsStrExt, path::Path, time::SystemTime};
 
 use fuser::{
     BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
@@ -14,96 +16,18 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
     WriteFlags,
 };
-use tessera_client::{ClientError, DirEntry, FileKind, Volume};
-use tracing::{debug, warn};
+use tessera_common::{FileKind, SetAttr};
+use tracing::warn;
 
 use crate::{
-    attr::{errno, file_attr, file_type, kind_of_mode, ns_of, IO_SIZE},
-    dirs::DirHandles,
+    attr::{file_attr, file_type, kind_of_mode, ns_of, IO_SIZE},
+    caps::{Ask, CAPS},
+    dir_attrs::TTL,
+    state::{node, TesseraFs},
 };
 
-/// How long the kernel may cache attributes and names.
-const TTL: Duration = tessera_client::ATTR_TTL;
-/// Entries fetched per metadata call when listing a directory.
-const DIR_PAGE: u32 = 1000;
-
-pub struct TesseraFs {
-    vol: Volume,
-    rt: tokio::runtime::Handle,
-    dirs: DirHandles,
-}
-
-impl TesseraFs {
-    pub fn new(vol: Volume, rt: tokio::runtime::Handle) -> Self {
-        TesseraFs {
-            vol,
-            rt,
-            dirs: DirHandles::default(),
-        }
-    }
-
-    /// Runs a call of the data path (it may start background work) on the
-    /// shared runtime.
-    fn run<T>(
-        &self,
-        op: &str,
-        f: impl Future<Output = Result<T, ClientError>>,
-    ) -> Result<T, Errno> {
-        self.result(op, self.rt.block_on(f))
-    }
-
-    /// Runs a call on names and attributes on this thread
-    /// (`Volume::block_on_names`).
-    fn run_names<T>(
-        &self,
-        op: &str,
-        f: impl Future<Output = Result<T, ClientError>>,
-    ) -> Result<T, Errno> {
-        self.result(op, self.vol.block_on_names(&self.rt, f))
-    }
-
-    fn result<T>(&self, op: &str, r: Result<T, ClientError>) -> Result<T, Errno> {
-        r.map_err(|e| {
-            let code = e.errno();
-            if code == libc::EIO {
-                warn!(volume = self.vol.name(), op, error = %e, "I/O error");
-            } else {
-                debug!(volume = self.vol.name(), op, error = %e, "request failed");
-            }
-            errno(&e)
-        })
-    }
-
-    fn entry(&self, reply: ReplyEntry, r: Result<tessera_client::Attr, Errno>) {
-        match r {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn empty(&self, reply: ReplyEmpty, r: Result<(), Errno>) {
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    async fn list(vol: &Volume, ino: u64) -> Result<Vec<DirEntry>, ClientError> {
-        let mut all = Vec::new();
-        let mut after = Vec::new();
-        loop {
-            let page = vol.read_dir(ino, &after, DIR_PAGE).await?;
-            let done = page.len() < DIR_PAGE as usize;
-            if let Some(last) = page.last() {
-                after = last.name.clone();
-            }
-            all.extend(page);
-            if done {
-                return Ok(all);
-            }
-        }
-    }
-}
+/// Statfs's block size.
+const BSIZE: u64 = 4096;
 
 impl Filesystem for TesseraFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
@@ -114,18 +38,22 @@ impl Filesystem for TesseraFs {
     }
 
     fn destroy(&mut self) {
-        if let Err(e) = self.rt.block_on(self.vol.flush_all()) {
+        if let Err(e) = self.vol.flush_for_unmount() {
             warn!(volume = self.vol.name(), error = %e, "flush at unmount failed");
         }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r = self.run_names("lookup", self.vol.lookup(parent.0, name.as_bytes()));
+        let r = self.result("lookup", self.vol.lookup(parent.0, name.as_bytes()));
         self.entry(reply, r);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.run_names("getattr", self.vol.getattr(ino.0)) {
+        let r = match self.dir_attrs.get(ino.0) {
+            Some(a) => Ok(a),
+            None => self.result("getattr", self.vol.getattr(ino.0)),
+        };
+        match r {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(e),
         }
@@ -149,26 +77,23 @@ impl Filesystem for TesseraFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let r = self.run(
-            "setattr",
-            self.vol.setattr(
-                ino.0,
-                mode.map(|m| m & 0o7777),
-                uid,
-                gid,
-                size,
-                atime.map(ns_of),
-                mtime.map(ns_of),
-            ),
-        );
-        match r {
+        self.dir_attrs.forget(ino.0);
+        let change = SetAttr {
+            perm: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime_ns: atime.map(ns_of),
+            mtime_ns: mtime.map(ns_of),
+        };
+        match self.result("setattr", self.vol.setattr(ino.0, &change)) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.run_names("readlink", self.vol.read_link(ino.0)) {
+        match self.result("readlink", self.vol.read_link(ino.0)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
         }
@@ -188,19 +113,7 @@ impl Filesystem for TesseraFs {
             return reply.error(Errno::EINVAL);
         };
         let perm = mode & !umask & 0o7777;
-        let r = self.run_names(
-            "mknod",
-            self.vol.make_node(
-                parent.0,
-                name.as_bytes(),
-                kind,
-                perm,
-                req.uid(),
-                req.gid(),
-                rdev,
-                b"",
-            ),
-        );
+        let r = self.make("mknod", req, parent.0, name, node(kind, perm, rdev, b""));
         self.entry(reply, r);
     }
 
@@ -214,29 +127,26 @@ impl Filesystem for TesseraFs {
         reply: ReplyEntry,
     ) {
         let perm = mode & !umask & 0o7777;
-        let r = self.run_names(
+        let r = self.make(
             "mkdir",
-            self.vol.make_node(
-                parent.0,
-                name.as_bytes(),
-                FileKind::Dir,
-                perm,
-                req.uid(),
-                req.gid(),
-                0,
-                b"",
-            ),
+            req,
+            parent.0,
+            name,
+            node(FileKind::Dir, perm, 0, b""),
         );
         self.entry(reply, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.run_names("unlink", self.vol.unlink(parent.0, name.as_bytes(), false));
+        self.dir_attrs.forget(parent.0);
+        let r = self.result("unlink", self.vol.unlink(parent.0, name.as_bytes(), false));
         self.empty(reply, r);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.run_names("rmdir", self.vol.unlink(parent.0, name.as_bytes(), true));
+        // The removed directory may be kept too; its inode is not known.
+        self.dir_attrs.forget_all();
+        let r = self.result("rmdir", self.vol.unlink(parent.0, name.as_bytes(), true));
         self.empty(reply, r);
     }
 
@@ -248,19 +158,9 @@ impl Filesystem for TesseraFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self.run_names(
-            "symlink",
-            self.vol.make_node(
-                parent.0,
-                link_name.as_bytes(),
-                FileKind::Symlink,
-                0o777,
-                req.uid(),
-                req.gid(),
-                0,
-                target.as_os_str().as_bytes(),
-            ),
-        );
+        let target = target.as_os_str().as_bytes();
+        let new = node(FileKind::Symlink, 0o777, 0, target);
+        let r = self.make("symlink", req, parent.0, link_name, new);
         self.entry(reply, r);
     }
 
@@ -274,7 +174,10 @@ impl Filesystem for TesseraFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = self.run_names(
+        // The moved entry may be a directory: its ctime and parent change.
+        // Its inode is not known here, so nothing is kept across a rename.
+        self.dir_attrs.forget_all();
+        let r = self.result(
             "rename",
             self.vol.rename(
                 parent.0,
@@ -295,7 +198,8 @@ impl Filesystem for TesseraFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let r = self.run_names(
+        self.dir_attrs.forget(newparent.0);
+        let r = self.result(
             "link",
             self.vol.link(ino.0, newparent.0, newname.as_bytes()),
         );
@@ -304,6 +208,7 @@ impl Filesystem for TesseraFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.vol.open_file(ino.0);
+        self.caps.opened(ino.0, false);
         reply.opened(FileHandle(0), FopenFlags::empty());
     }
 
@@ -318,7 +223,7 @@ impl Filesystem for TesseraFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.run("read", self.vol.read(ino.0, offset, size)) {
+        match self.data("read", self.vol.read(ino.0, offset, size)) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(e),
         }
@@ -336,7 +241,7 @@ impl Filesystem for TesseraFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.run("write", self.vol.write(ino.0, offset, data)) {
+        match self.data("write", self.vol.write(ino.0, offset, data)) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(e),
         }
@@ -350,7 +255,7 @@ impl Filesystem for TesseraFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let r = self.run("flush", self.vol.flush(ino.0));
+        let r = self.data("flush", self.vol.flush(ino.0));
         self.empty(reply, r);
     }
 
@@ -364,7 +269,8 @@ impl Filesystem for TesseraFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.run("release", async {
+        self.caps.released(ino.0);
+        let r = self.data("release", async {
             let flushed = self.vol.flush(ino.0).await;
             let released = self.vol.release_file(ino.0).await;
             flushed.and(released)
@@ -380,12 +286,12 @@ impl Filesystem for TesseraFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.run("fsync", self.vol.fsync(ino.0));
+        let r = self.result("fsync", self.vol.fsync(ino.0));
         self.empty(reply, r);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.run_names("opendir", Self::list(&self.vol, ino.0)) {
+        match self.result("opendir", self.list(ino.0)) {
             Ok(entries) => reply.opened(FileHandle(self.dirs.insert(entries)), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
@@ -451,22 +357,21 @@ impl Filesystem for TesseraFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.run_names("fsyncdir", self.vol.sync());
+        let r = self.result("fsyncdir", self.vol.sync());
         self.empty(reply, r);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        const BSIZE: u64 = 4096;
-        match self.run_names("statfs", self.vol.stat_fs()) {
-            Ok((size, used, inodes)) => {
-                let blocks = size / BSIZE;
-                let free = size.saturating_sub(used) / BSIZE;
+        match self.result("statfs", self.vol.stat_fs()) {
+            Ok(s) => {
+                let blocks = s.size / BSIZE;
+                let free = s.size.saturating_sub(s.used) / BSIZE;
                 let free_inodes = u64::from(u32::MAX);
                 reply.statfs(
                     blocks,
                     free,
                     free,
-                    inodes + free_inodes,
+                    s.inodes + free_inodes,
                     free_inodes,
                     BSIZE as u32,
                     255,
@@ -487,45 +392,58 @@ impl Filesystem for TesseraFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let r = self.run_names(
-            "setxattr",
-            self.vol
-                .set_xattr(ino.0, name.as_bytes(), value, flags as u32),
-        );
+        self.dir_attrs.forget(ino.0);
+        self.caps.forget(ino.0);
+        let set = self
+            .vol
+            .set_xattr(ino.0, name.as_bytes(), value, flags as u32);
+        self.caps.forget(ino.0);
+        let r = self.result("setxattr", set);
         self.empty(reply, r);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.run_names("getxattr", self.vol.get_xattr(ino.0, name.as_bytes())) {
-            Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) if v.len() <= size as usize => reply.data(&v),
-            Ok(_) => reply.error(Errno::ERANGE),
+        let name = name.as_bytes();
+        let ask = if name == CAPS {
+            self.caps.ask(ino.0)
+        } else {
+            Ask::NotOpen
+        };
+        if ask == Ask::KnownAbsent {
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        }
+        let got = self.vol.get_xattr(ino.0, name);
+        if let (Ask::Unknown(generation), Err(e)) = (&ask, &got) {
+            if e.errno() == libc::ENODATA {
+                self.caps.absent(ino.0, *generation);
+            }
+        }
+        match self.result("getxattr", got) {
+            Ok(v) => Self::xattr_reply(reply, size, &v),
             Err(e) => reply.error(e),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.run_names("listxattr", self.vol.list_xattr(ino.0)) {
+        match self.result("listxattr", self.vol.list_xattr(ino.0)) {
             Ok(names) => {
                 let mut buf = Vec::new();
                 for n in names {
                     buf.extend_from_slice(&n);
                     buf.push(0);
                 }
-                if size == 0 {
-                    reply.size(buf.len() as u32);
-                } else if buf.len() <= size as usize {
-                    reply.data(&buf);
-                } else {
-                    reply.error(Errno::ERANGE);
-                }
+                Self::xattr_reply(reply, size, &buf);
             }
             Err(e) => reply.error(e),
         }
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.run_names("removexattr", self.vol.remove_xattr(ino.0, name.as_bytes()));
+        self.dir_attrs.forget(ino.0);
+        self.caps.forget(ino.0);
+        let removed = self.vol.remove_xattr(ino.0, name.as_bytes());
+        self.caps.forget(ino.0);
+        let r = self.result("removexattr", removed);
         self.empty(reply, r);
     }
 
@@ -540,22 +458,19 @@ impl Filesystem for TesseraFs {
         reply: ReplyCreate,
     ) {
         let perm = mode & !umask & 0o7777;
-        let r = self.run_names(
+        let r = self.make(
             "create",
-            self.vol.make_node(
-                parent.0,
-                name.as_bytes(),
-                FileKind::File,
-                perm,
-                req.uid(),
-                req.gid(),
-                0,
-                b"",
-            ),
+            req,
+            parent.0,
+            name,
+            node(FileKind::File, perm, 0, b""),
         );
         match r {
             Ok(a) => {
-                self.vol.open_created_file(a.ino);
+                self.vol.open_file(a.ino);
+                // A new file has no xattrs: the question before its first
+                // write is answered here as well.
+                self.caps.opened(a.ino, true);
                 reply.created(
                     &TTL,
                     &file_attr(&a),

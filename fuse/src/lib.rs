@@ -1,12 +1,17 @@
 //! The FUSE file system: a thin `fuser::Filesystem` adapter over
 //! `tessera_client::Volume`. Each method parses its arguments, calls one
-//! client function on the tokio runtime, and maps the error to an errno.
+//! client function, and maps the error to an errno. The kernel's questions
+//! the mount answers itself (directory attributes after a create, an open
+//! file's capabilities) are kept here, not in the client.
 //!
 //! Depends on tessera-client only (plus tessera-common for ids).
 
 mod attr;
+mod caps;
+mod dir_attrs;
 mod dirs;
 mod fs;
+mod state;
 
 use std::{io, path::Path};
 
@@ -14,7 +19,7 @@ pub use fuser::BackgroundSession;
 use fuser::{Config, MountOption, SessionACL};
 use tessera_client::Volume;
 
-pub use crate::fs::TesseraFs;
+pub use crate::state::TesseraFs;
 
 /// How a volume is mounted.
 #[derive(Clone, Debug)]
@@ -36,12 +41,7 @@ impl Default for MountOptions {
 
 /// Mounts `volume` at `dir`; the mount lives until the returned session is
 /// unmounted or dropped, or the mount point is unmounted from outside.
-pub fn mount(
-    volume: Volume,
-    dir: &Path,
-    rt: tokio::runtime::Handle,
-    options: &MountOptions,
-) -> io::Result<BackgroundSession> {
+pub fn mount(volume: Volume, dir: &Path, options: &MountOptions) -> io::Result<BackgroundSession> {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("tessera:{}", volume.name())),
@@ -55,5 +55,5 @@ pub fn mount(
     }
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
-    fuser::spawn_mount(TesseraFs::new(volume, rt), dir, &config)
+    fuser::spawn_mount(TesseraFs::new(volume), dir, &config)
 }

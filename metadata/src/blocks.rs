@@ -12,6 +12,8 @@
 //! bytes are under `L` + block id, and the transaction that drops its last
 //! reference deletes them.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use tessera_common::{is_inline, BlockId, Protection};
 
@@ -19,7 +21,7 @@ use crate::{
     gc, keys,
     records::{load, store, Slice},
     store::Txn,
-    Meta, MetaError, Result,
+    MetaError, Result,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,68 +33,78 @@ pub struct BlockRecord {
     pub refs: u64,
 }
 
-/// Adds one reference to the block of `s`, creating its record.
-pub(crate) fn add_ref(txn: &mut dyn Txn, protection: Protection, s: &Slice) -> Result<()> {
-    let key = keys::block(s.block);
-    let rec = match load::<BlockRecord>(txn, &key)? {
-        None => {
-            if txn.get(&keys::gc(s.block))?.is_some() {
-                return Err(MetaError::Invalid(format!(
-                    "block {} was freed and cannot be referenced again",
-                    s.block
-                )));
-            }
-            BlockRecord {
-                protection,
-                block_len: s.block_len,
-                refs: 1,
-            }
-        }
-        Some(r) if r.protection != protection || r.block_len != s.block_len => {
+/// Adds one reference per slice, creating the records of new blocks.
+/// Each block's record is read and written once, however many of the
+/// slices point into it.
+pub(crate) fn add_refs(txn: &mut dyn Txn, protection: Protection, slices: &[Slice]) -> Result<()> {
+    let mut counts: BTreeMap<BlockId, (u32, u64)> = BTreeMap::new();
+    for s in slices {
+        let c = counts.entry(s.block).or_insert((s.block_len, 0));
+        if c.0 != s.block_len {
             return Err(MetaError::Invalid(format!(
-                "block {} is a {} block of {} bytes, not {protection} of {}",
-                s.block, r.protection, r.block_len, s.block_len
-            )))
+                "block {} given as {} and {} bytes long",
+                s.block, c.0, s.block_len
+            )));
         }
-        Some(r) => BlockRecord {
-            refs: r.refs + 1,
-            ..r
-        },
-    };
-    store(txn, &key, &rec)
+        c.1 += 1;
+    }
+    for (block, (block_len, n)) in counts {
+        let key = keys::block(block);
+        let rec = match load::<BlockRecord>(txn, &key)? {
+            None => {
+                if txn.get(&keys::gc(block))?.is_some() {
+                    return Err(MetaError::Invalid(format!(
+                        "block {block} was freed and cannot be referenced again"
+                    )));
+                }
+                BlockRecord {
+                    protection,
+                    block_len,
+                    refs: n,
+                }
+            }
+            Some(r) if r.protection != protection || r.block_len != block_len => {
+                return Err(MetaError::Invalid(format!(
+                    "block {block} is a {} block of {} bytes, not {protection} of {block_len}",
+                    r.protection, r.block_len
+                )))
+            }
+            Some(r) => BlockRecord {
+                refs: r.refs + n,
+                ..r
+            },
+        };
+        store(txn, &key, &rec)?;
+    }
+    Ok(())
 }
 
 /// Drops one reference per slice; a block left with none is queued for GC.
+/// Each block's record is read and written once, however many of the
+/// slices point into it.
 pub(crate) fn drop_refs(txn: &mut dyn Txn, slices: &[Slice]) -> Result<()> {
+    let mut counts: BTreeMap<BlockId, u64> = BTreeMap::new();
     for s in slices {
-        let key = keys::block(s.block);
+        *counts.entry(s.block).or_insert(0) += 1;
+    }
+    for (block, n) in counts {
+        let key = keys::block(block);
         let Some(mut rec) = load::<BlockRecord>(txn, &key)? else {
             // Already freed by an earlier reference drop of this commit.
             continue;
         };
-        rec.refs = rec.refs.saturating_sub(1);
+        rec.refs = rec.refs.saturating_sub(n);
         if rec.refs == 0 {
             txn.delete(&key)?;
-            if is_inline(s.block) {
+            if is_inline(block) {
                 // Its bytes are here: nothing on any node to delete.
-                txn.delete(&keys::inline(s.block))?;
+                txn.delete(&keys::inline(block))?;
             } else {
-                gc::queue_block(txn, s.block, rec.protection)?;
+                gc::queue_block(txn, block, rec.protection)?;
             }
         } else {
             store(txn, &key, &rec)?;
         }
     }
     Ok(())
-}
-
-impl Meta {
-    /// A live block's record.
-    pub fn block(&self, id: BlockId) -> Result<Option<BlockRecord>> {
-        let key = keys::block(id);
-        match self.store.begin().get(&key)? {
-            Some(v) => crate::records::decode(&key, &v).map(Some),
-            None => Ok(None),
-        }
-    }
 }

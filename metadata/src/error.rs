@@ -36,6 +36,15 @@ pub enum MetaError {
     Busy(String),
     #[error("xattr {name} not found on inode {ino}")]
     NoXattr { ino: u64, name: String },
+    #[error(
+        "file size {size} is past the largest file ({} bytes)",
+        tessera_common::MAX_FILE_SIZE
+    )]
+    FileTooLarge { size: u64 },
+    /// Inode `ino` has a truncation still being cut: finish it, then try
+    /// again (`fs/release.rs`). Never leaves the service.
+    #[error("a truncation of inode {ino} of volume {volume} is still being cut")]
+    TrimPending { volume: u64, ino: u64 },
     #[error("corrupt metadata record at key {key:?}: {why}")]
     Corrupt { key: Vec<u8>, why: String },
     #[error(transparent)]
@@ -66,9 +75,11 @@ impl MetaError {
             MetaError::Quota { .. } => libc_errno::ENOSPC,
             MetaError::Busy(_) => libc_errno::EBUSY,
             MetaError::NoXattr { .. } => libc_errno::ENODATA,
-            MetaError::Unavailable(_) | MetaError::Corrupt { .. } | MetaError::Store(_) => {
-                libc_errno::EIO
-            }
+            MetaError::FileTooLarge { .. } => libc_errno::EFBIG,
+            MetaError::Unavailable(_)
+            | MetaError::Corrupt { .. }
+            | MetaError::Store(_)
+            | MetaError::TrimPending { .. } => libc_errno::EIO,
         }
     }
 }
@@ -81,6 +92,7 @@ mod libc_errno {
     pub const EIO: i32 = 5;
     pub const EBUSY: i32 = 16;
     pub const EEXIST: i32 = 17;
+    pub const EFBIG: i32 = 27;
     pub const ENOTDIR: i32 = 20;
     pub const EISDIR: i32 = 21;
     pub const EINVAL: i32 = 22;
@@ -99,13 +111,15 @@ impl From<MetaError> for Status {
             MetaError::NotEmpty { .. } | MetaError::NotDir { .. } | MetaError::IsDir { .. } => {
                 Code::FailedPrecondition
             }
-            MetaError::Invalid(_) | MetaError::NameTooLong(_) => Code::InvalidArgument,
+            MetaError::Invalid(_) | MetaError::NameTooLong(_) | MetaError::FileTooLarge { .. } => {
+                Code::InvalidArgument
+            }
             MetaError::NotPermitted(_) => Code::PermissionDenied,
             MetaError::Quota { .. } => Code::ResourceExhausted,
             MetaError::Busy(_) => Code::FailedPrecondition,
             MetaError::Unavailable(_) => Code::Unavailable,
             MetaError::Corrupt { .. } => Code::DataLoss,
-            MetaError::Store(_) => Code::Internal,
+            MetaError::Store(_) | MetaError::TrimPending { .. } => Code::Internal,
         };
         if matches!(code, Code::Internal | Code::DataLoss) {
             tracing::error!(error = %e, "metadata request failed");

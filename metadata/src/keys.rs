@@ -42,6 +42,15 @@ pub const REMAP_JOB: u8 = b'J';
 pub const ORPHAN: u8 = b'O';
 /// Bytes of inline blocks (kept here, not on storage nodes): `L` + block id.
 pub const INLINE: u8 = b'L';
+/// Removed files whose rows are still being deleted (`fs/release.rs`):
+/// `F` + volume + ino -> (empty).
+pub const RELEASE: u8 = b'F';
+/// Files whose slices past a truncation are still being cut
+/// (`fs/release.rs`): `T` + volume + ino -> TrimRecord.
+pub const TRIM: u8 = b'T';
+
+/// Every prefix keyed by volume first: what a volume's deletion deletes.
+pub const VOLUME_TREE: [u8; 7] = [CHUNK, INODE, DENTRY, XATTR, ORPHAN, RELEASE, TRIM];
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
@@ -127,15 +136,41 @@ pub fn repair(block: BlockId) -> Vec<u8> {
     key(REPAIR, &[&block.to_be_bytes()])
 }
 
+pub fn release(vol: VolumeId, ino: Ino) -> Vec<u8> {
+    under(RELEASE, vol, ino)
+}
+
+pub fn trim(vol: VolumeId, ino: Ino) -> Vec<u8> {
+    under(TRIM, vol, ino)
+}
+
+pub fn orphan(vol: VolumeId, ino: Ino) -> Vec<u8> {
+    under(ORPHAN, vol, ino)
+}
+
 /// The id (block, node or volume) of a `G`, `R`, `M` or `Z` key.
-pub fn block_of(k: &[u8], prefix: u8) -> crate::Result<BlockId> {
+pub fn id_of(k: &[u8], prefix: u8) -> crate::Result<u64> {
     suffix(k, &[prefix])
         .try_into()
         .map(u64::from_be_bytes)
         .map_err(|_| crate::MetaError::Corrupt {
             key: k.to_vec(),
-            why: "the key holds one block id".into(),
+            why: "the key holds one id".into(),
         })
+}
+
+/// The (volume, ino) of an `O`, `F` or `T` key.
+pub fn volume_ino_of(k: &[u8]) -> crate::Result<(VolumeId, Ino)> {
+    match k {
+        [_, vol @ ..] if vol.len() == 16 => Ok((
+            u64::from_be_bytes(vol[..8].try_into().expect("8 bytes")),
+            u64::from_be_bytes(vol[8..].try_into().expect("8 bytes")),
+        )),
+        _ => Err(crate::MetaError::Corrupt {
+            key: k.to_vec(),
+            why: "the key holds a volume and an inode".into(),
+        }),
+    }
 }
 
 /// `[start, end)` of every key that starts with `prefix`.

@@ -1,20 +1,34 @@
-//! `Meta`: the metadata service's state and the entry point of every domain
-//! operation (implemented in cluster.rs, volumes.rs and fs/).
+//! `Meta`: the metadata service's state, and the way into each of its
+//! domains. Every operation lives with its domain and is reached through
+//! one handle:
+//!
+//! | handle | module | what |
+//! |---|---|---|
+//! | [`Meta::tree`] | `fs/` | names, attributes, xattrs, orphans |
+//! | [`Meta::files`] | `data/` | a file's slices: reads, commits, block ids |
+//! | [`Meta::volumes`] | `volumes/` | volumes, their settings and usage |
+//! | [`Meta::cluster`] | `cluster/` | nodes, membership, placement, remaps |
+//! | [`Meta::repair`] | `repair/` | the repair queue and its figures |
+//! | [`Meta::gc`] | `gc/` | blocks whose shards are to be deleted |
+//!
+//! Every call is synchronous and may wait on the store: the gRPC and lean
+//! RPC edges (`service/`) run them on blocking threads, never on a
+//! runtime's worker.
 
 use std::{
-    collections::HashMap,
-    sync::{atomic::AtomicU64, Arc, Mutex},
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use tessera_common::VolumeId;
-
 use crate::{
-    cluster::Cluster,
+    cluster::{ClusterMap, Liveness},
+    data::FileData,
+    fs::{self, FileTree},
+    gc::GcQueue,
     ids::IdAllocator,
-    keys,
-    records::{decode, Inode, VolumeRecord},
+    repair::{RepairOptions, RepairQueue, RepairStats},
     store::MetaStore,
+    volumes::{usage::Usage, Volumes},
     Result,
 };
 
@@ -26,7 +40,7 @@ pub struct MetaOptions {
     /// Pause between garbage collection rounds.
     pub gc_interval: Duration,
     /// How repair runs: pause, concurrency, bandwidth limit.
-    pub repair: crate::repair::RepairOptions,
+    pub repair: RepairOptions,
     /// A node not heard from for this long is `out`: its placement groups
     /// are remapped and its shards rebuilt elsewhere.
     pub out_after: Duration,
@@ -40,157 +54,95 @@ impl Default for MetaOptions {
         MetaOptions {
             down_after: Duration::from_secs(10),
             gc_interval: Duration::from_secs(5),
-            repair: crate::repair::RepairOptions::default(),
+            repair: RepairOptions::default(),
             out_after: Duration::from_secs(600),
             orphan_lease: Duration::from_secs(600),
         }
     }
 }
 
-/// Bytes and inodes a volume uses. Kept in memory, computed from the inodes
-/// at start and updated after each commit: the inodes are the durable truth.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Usage {
-    pub bytes: u64,
-    pub inodes: u64,
+/// Id allocators, each over its own counter in the store.
+pub(crate) struct Ids {
+    pub inode: IdAllocator,
+    pub block: IdAllocator,
+    pub volume: IdAllocator,
+    pub node: IdAllocator,
 }
 
 pub struct Meta {
     pub(crate) store: Arc<dyn MetaStore>,
-    pub(crate) cluster: Cluster,
-    pub(crate) inode_ids: IdAllocator,
-    pub(crate) block_ids: IdAllocator,
-    pub(crate) volume_ids: IdAllocator,
-    pub(crate) node_ids: IdAllocator,
-    pub(crate) usage: Mutex<HashMap<VolumeId, Usage>>,
-    pub(crate) repair_stats: RepairStats,
+    pub(crate) options: MetaOptions,
+    pub(crate) ids: Ids,
+    /// What each volume uses (`volumes/usage.rs`).
+    pub(crate) usage: Usage,
+    /// Heartbeats (`cluster/`).
+    pub(crate) liveness: Liveness,
     /// Serializes placement changes.
     pub(crate) rebalancing: Mutex<()>,
+    pub(crate) repair_stats: RepairStats,
     /// Wakes the repair task when work is queued.
     pub(crate) repair_queued: tokio::sync::Notify,
-    /// See [`MetaOptions::orphan_lease`].
-    pub(crate) orphan_lease: Duration,
-}
-
-/// What repair did since the service started, and its recent rate.
-#[derive(Debug, Default)]
-pub struct RepairStats {
-    pub shards: AtomicU64,
-    pub bytes: AtomicU64,
-    /// Corrupt shards reported by scrubbers and readers.
-    pub corrupt: AtomicU64,
-    /// (when, bytes) of recent repairs, for the rate.
-    recent: Mutex<std::collections::VecDeque<(std::time::Instant, u64)>>,
-}
-
-/// The window the repair rate is measured over.
-const RATE_WINDOW: Duration = Duration::from_secs(10);
-
-impl RepairStats {
-    pub(crate) fn record(&self, shards: u64, bytes: u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.shards.fetch_add(shards, Relaxed);
-        self.bytes.fetch_add(bytes, Relaxed);
-        let mut r = self.recent.lock().expect("repair stats lock");
-        r.push_back((std::time::Instant::now(), bytes));
-        while r.front().is_some_and(|(t, _)| t.elapsed() > RATE_WINDOW) {
-            r.pop_front();
-        }
-    }
-
-    /// Bytes per second repaired over the last few seconds.
-    pub fn rate(&self) -> u64 {
-        let r = self.recent.lock().expect("repair stats lock");
-        let Some((first, _)) = r.front() else {
-            return 0;
-        };
-        let span = first.elapsed().max(Duration::from_secs(1));
-        if span > RATE_WINDOW {
-            return 0;
-        }
-        let bytes: u64 = r.iter().map(|(_, b)| b).sum();
-        (bytes as f64 / span.as_secs_f64()) as u64
-    }
 }
 
 impl Meta {
+    /// Opens the service over `store`, finishing what a crash cut short:
+    /// volume deletions, releases and trims of large files, remaps.
     pub fn open(store: Arc<dyn MetaStore>, options: MetaOptions) -> Result<Self> {
         let meta = Meta {
-            cluster: Cluster::new(options.down_after),
-            inode_ids: IdAllocator::new("inode", 2, 4096),
-            block_ids: IdAllocator::new("block", 1, 1 << 16),
-            volume_ids: IdAllocator::new("volume", 1, 16),
-            node_ids: IdAllocator::new("node", 1, 1),
-            usage: Mutex::new(HashMap::new()),
-            repair_stats: RepairStats::default(),
+            ids: Ids {
+                inode: IdAllocator::new("inode", 2, 4096),
+                block: IdAllocator::new("block", 1, 1 << 16),
+                volume: IdAllocator::new("volume", 1, 16),
+                node: IdAllocator::new("node", 1, 1),
+            },
+            usage: Usage::default(),
+            liveness: Liveness::new(options.down_after),
             rebalancing: Mutex::new(()),
+            repair_stats: RepairStats::default(),
             repair_queued: tokio::sync::Notify::new(),
-            orphan_lease: options.orphan_lease,
+            options,
             store,
         };
-        meta.load_usage()?;
-        // Volume deletions a crash cut short.
-        meta.resume_purges()?;
-        // Placement changes whose moves were not all queued before a crash.
-        meta.run_remap_jobs()?;
+        meta.volumes().resume_purges()?;
+        fs::release::resume(meta.store())?;
+        meta.volumes().load_usage()?;
+        meta.cluster().run_remap_jobs()?;
         Ok(meta)
     }
 
-    fn load_usage(&self) -> Result<()> {
-        let mut usage = HashMap::new();
-        for vol in self.list_volumes()? {
-            let mut u = Usage::default();
-            let prefix = keys::in_volume(keys::INODE, vol.id);
-            let (mut start, end) = keys::prefix_range(&prefix);
-            loop {
-                let batch = self.store.begin().scan(&start, &end, 4096)?;
-                let Some(last) = batch.last() else { break };
-                start = last.0.clone();
-                start.push(0);
-                for (k, v) in &batch {
-                    let inode: Inode = decode(k, v)?;
-                    u.inodes += 1;
-                    u.bytes += inode.size;
-                }
-            }
-            usage.insert(vol.id, u);
-        }
-        *self.usage.lock().expect("usage lock") = usage;
-        Ok(())
+    pub fn options(&self) -> &MetaOptions {
+        &self.options
     }
 
-    /// Shards and bytes rebuilt by repair since start.
-    pub fn repaired(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (
-            self.repair_stats.shards.load(Relaxed),
-            self.repair_stats.bytes.load(Relaxed),
-        )
+    pub(crate) fn store(&self) -> &dyn MetaStore {
+        self.store.as_ref()
     }
 
-    pub(crate) fn usage_of(&self, vol: VolumeId) -> Usage {
-        self.usage
-            .lock()
-            .expect("usage lock")
-            .get(&vol)
-            .copied()
-            .unwrap_or_default()
+    /// Names, attributes, xattrs and orphans of every volume's tree.
+    pub fn tree(&self) -> FileTree<'_> {
+        FileTree { meta: self }
     }
 
-    /// Applies a committed change to a volume's usage.
-    pub(crate) fn account(&self, vol: VolumeId, bytes: i64, inodes: i64) {
-        let mut all = self.usage.lock().expect("usage lock");
-        let u = all.entry(vol).or_default();
-        u.bytes = u.bytes.saturating_add_signed(bytes);
-        u.inodes = u.inodes.saturating_add_signed(inodes);
+    /// Where files' bytes live: slices, commits, block ids.
+    pub fn files(&self) -> FileData<'_> {
+        FileData { meta: self }
     }
 
-    pub(crate) fn volume_by_id(&self, vol: VolumeId) -> Result<VolumeRecord> {
-        let key = keys::volume(vol);
-        match self.store.begin().get(&key)? {
-            Some(v) => decode(&key, &v),
-            None => Err(crate::MetaError::not_found(format!("volume {vol}"))),
-        }
+    pub fn volumes(&self) -> Volumes<'_> {
+        Volumes { meta: self }
+    }
+
+    /// Storage nodes, their membership, and placement.
+    pub fn cluster(&self) -> ClusterMap<'_> {
+        ClusterMap { meta: self }
+    }
+
+    pub fn repair(&self) -> RepairQueue<'_> {
+        RepairQueue { meta: self }
+    }
+
+    pub fn gc(&self) -> GcQueue<'_> {
+        GcQueue { meta: self }
     }
 }
 

@@ -5,8 +5,14 @@
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use tessera_common::NodeId;
-use tessera_proto::{pb::node_client::NodeClient, MAX_MESSAGE};
-use tonic::transport::{Channel, Endpoint};
+use tessera_proto::{
+    pb::node_client::NodeClient,
+    transport::{grpc, settings::MAX_MESSAGE},
+};
+use tonic::transport::Channel;
+
+/// A call to a node that takes longer than this failed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 pub struct NodeClients {
@@ -19,13 +25,9 @@ impl NodeClients {
         if let Some(c) = self.channels.lock().expect("channels lock").get(&node) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30))
-            .connect()
+        let channel = grpc::channel(addr, Some(CALL_TIMEOUT))
             .await
-            .map_err(|e| format!("connecting to node {node} at {addr}: {e}"))?;
+            .map_err(|e| format!("node {node}: {e}"))?;
         let client = NodeClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use tessera_common::{BlockId, Ino, NodeId, Protection, VolumeId};
+use tessera_common::{FileKind, Ino, NodeId, Protection, VolumeId};
+
+pub use tessera_common::Slice;
 
 use crate::{store::Txn, MetaError, Result};
 
@@ -38,8 +40,8 @@ pub struct VolumeRecord {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Inode {
-    /// Wire numbering of `tessera_proto::FileKind`.
-    pub kind: u32,
+    /// Stored as its number (a u32).
+    pub kind: FileKind,
     pub perm: u32,
     pub nlink: u32,
     pub uid: u32,
@@ -58,23 +60,33 @@ pub struct Inode {
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Dentry {
     pub ino: Ino,
-    pub kind: u32,
+    /// Stored as its number (a u32).
+    pub kind: FileKind,
 }
 
-/// A run of a file's bytes stored at `[block_offset, block_offset+len)` of a
-/// block of `block_len` bytes.
+/// A truncation whose cut of the file's slices is not finished (`T`).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Slice {
-    pub offset: u64,
-    pub len: u32,
-    pub block: BlockId,
-    pub block_offset: u32,
-    pub block_len: u32,
+pub struct TrimRecord {
+    /// The size the file was cut to.
+    pub size: u64,
 }
 
-impl Slice {
-    pub fn end(&self) -> u64 {
-        self.offset + u64::from(self.len)
+impl Inode {
+    /// The inode with its number, as clients see it.
+    pub fn attr(&self, ino: Ino) -> tessera_common::Attr {
+        tessera_common::Attr {
+            ino,
+            kind: self.kind,
+            perm: self.perm,
+            nlink: self.nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: self.rdev,
+            size: self.size,
+            atime_ns: self.atime_ns,
+            mtime_ns: self.mtime_ns,
+            ctime_ns: self.ctime_ns,
+        }
     }
 }
 

@@ -1,14 +1,18 @@
-//! `tessera meta`: open the store, serve gRPC until shutdown.
+//! `tessera meta`: open the store, run the background tasks, serve gRPC
+//! and lean RPC on one port until shutdown.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use tessera_proto::{pb::meta_server::MetaServer, MAX_MESSAGE};
-use tracing::info;
+use tessera_proto::{
+    pb::meta_server::MetaServer,
+    transport::{self, settings::MAX_MESSAGE, OnThreads},
+};
+use tracing::{info, warn};
 
-use crate::{store::RocksStore, Meta, MetaError, MetaOptions, MetaService};
+use crate::{background::blocking, store::RocksStore, Meta, MetaError, MetaOptions, MetaService};
 
-/// How long a shutdown waits for clients to close their connections.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often nodes silent for too long are looked for.
+const MEMBERSHIP_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct MetaConfig {
@@ -22,75 +26,56 @@ pub async fn run(
     config: MetaConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MetaError> {
-    let path = config.data_dir.join("meta.db");
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        MetaError::Unavailable(format!("creating {}: {e}", config.data_dir.display()))
-    })?;
-    let store = Arc::new(RocksStore::open(&path)?);
-    let meta = Arc::new(Meta::open(store, config.options.clone())?);
-    let gc = tokio::spawn(crate::gc::collect_forever(
-        meta.clone(),
-        config.options.gc_interval,
-    ));
-    let repair = tokio::spawn(crate::repair::repair_forever(
-        meta.clone(),
-        config.options.repair.clone(),
-    ));
-    let out_after = config.options.out_after;
-    let membership = tokio::spawn({
-        let meta = meta.clone();
-        async move {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                let m = meta.clone();
-                match tokio::task::spawn_blocking(move || m.mark_out(out_after)).await {
-                    Ok(Err(e)) => tracing::warn!(error = %e, "marking nodes out failed"),
-                    Err(e) => tracing::warn!(error = %e, "membership task"),
-                    Ok(Ok(_)) => {}
-                }
-            }
-        }
-    });
-    let service = MetaServer::new(MetaService::new(meta))
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+    let (dir, options) = (config.data_dir.clone(), config.options.clone());
+    // Opening finishes what a crash cut short: store work, off the runtime.
+    let meta = blocking(move || {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| MetaError::Unavailable(format!("creating {}: {e}", dir.display())))?;
+        let store = Arc::new(RocksStore::open(&dir.join("meta.db"))?);
+        Meta::open(store, options)
+    })
+    .await?;
+    let meta = Arc::new(meta);
+    let tasks = [
+        tokio::spawn(crate::gc::collect_forever(
+            meta.clone(),
+            config.options.gc_interval,
+        )),
+        tokio::spawn(crate::repair::repair_forever(
+            meta.clone(),
+            config.options.repair.clone(),
+        )),
+        tokio::spawn(mark_out_forever(meta.clone(), config.options.out_after)),
+    ];
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| MetaError::Unavailable(format!("listening on {}: {e}", config.listen)))?;
-    info!(listen = %listener.local_addr().map_err(|e| MetaError::Unavailable(e.to_string()))?, "metadata service ready");
-    // A graceful shutdown waits for clients to close their connections,
-    // and a mount's per-thread connections are idle between calls (nobody
-    // reads the server's goodbye on them). Every answered change is in
-    // the WAL already, so after a short grace the rest are just dropped.
-    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (stop_lean, lean_stopped) = tokio::sync::watch::channel(false);
-    let (incoming, _lean) = tessera_proto::lean::server::accept(
-        listener,
-        crate::lean::LeanMeta(service.clone()),
-        lean_stopped,
+    let addr = listener
+        .local_addr()
+        .map_err(|e| MetaError::Unavailable(e.to_string()))?;
+    info!(listen = %addr, "metadata service ready");
+    let service = MetaService::new(meta);
+    let grpc = transport::grpc::server().add_service(
+        MetaServer::new(service.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
     );
-    let serve = tonic::transport::Server::builder()
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
-            let _ = stop_lean.send(true);
-            let _ = stopping.send(());
-        });
-    let grace = async {
-        match stopped.await {
-            Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
-            Err(_) => std::future::pending().await,
-        }
-    };
-    let served = tokio::select! {
-        r = serve => r.map_err(|e| MetaError::Unavailable(format!("metadata server: {e}"))),
-        () = grace => {
-            info!(grace = ?SHUTDOWN_GRACE, "closing the connections still open");
-            Ok(())
-        }
-    };
-    gc.abort();
-    repair.abort();
-    membership.abort();
+    let served = transport::serve(listener, grpc, OnThreads::new(Arc::new(service)), shutdown)
+        .await
+        .map_err(|e| MetaError::Unavailable(format!("metadata server on {addr}: {e}")));
+    for t in tasks {
+        t.abort();
+    }
     served
+}
+
+/// Marks nodes silent for `out_after` out, every second.
+async fn mark_out_forever(meta: Arc<Meta>, out_after: Duration) {
+    loop {
+        tokio::time::sleep(MEMBERSHIP_EVERY).await;
+        let m = meta.clone();
+        if let Err(e) = blocking(move || m.cluster().mark_out(out_after)).await {
+            warn!(error = %e, "marking nodes out failed");
+        }
+    }
 }

@@ -5,8 +5,11 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use tessera_proto::pb::{self, meta_client::MetaClient};
-use tonic::transport::{Channel, Endpoint};
+use tessera_proto::{
+    pb::{self, meta_client::MetaClient},
+    transport::grpc,
+};
+use tonic::transport::Channel;
 use tracing::{debug, error, info, warn};
 
 use tessera_common::ShardKey;
@@ -16,6 +19,8 @@ use crate::{scrub::Reports, store::ShardStore};
 pub const INTERVAL: Duration = Duration::from_secs(1);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A registration or heartbeat that takes longer than this failed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the node tells meta about itself.
 #[derive(Clone, Debug)]
@@ -54,20 +59,9 @@ async fn session(
     backoff: &mut Duration,
     failures: &mut u32,
 ) -> String {
-    let url = if reg.meta.contains("://") {
-        reg.meta.clone()
-    } else {
-        format!("http://{}", reg.meta)
-    };
-    let endpoint = match Endpoint::from_shared(url) {
-        Ok(e) => e
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5)),
-        Err(e) => return format!("bad meta address: {e}"),
-    };
-    let channel = match endpoint.connect().await {
+    let channel = match grpc::channel(&reg.meta, Some(CALL_TIMEOUT)).await {
         Ok(c) => c,
-        Err(e) => return format!("connect: {e}"),
+        Err(e) => return e.to_string(),
     };
     let mut client = MetaClient::new(channel);
     let id = match register(store, reg, &mut client).await {

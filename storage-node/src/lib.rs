@@ -13,6 +13,7 @@ pub mod format;
 pub mod heartbeat;
 pub mod index;
 pub mod keys;
+mod lean;
 mod locks;
 mod node_id;
 mod recover;

@@ -13,17 +13,16 @@ use std::{
 };
 
 use tessera_proto::{
-    lean::{node::NodeHandler, server::accept},
     pb::node_server::NodeServer,
-    CONNECTION_WINDOW, MAX_FRAME, MAX_MESSAGE, STREAM_WINDOW,
+    transport::{self, settings::MAX_MESSAGE, OnTasks},
 };
-use tonic::transport::Server;
 use tracing::info;
 
 use crate::{
     compactor::{self, CompactConfig, CompactStats},
     error::{Error, Result},
     heartbeat::{heartbeat_loop, Registration},
+    lean::NodeHandler,
     scrub::{self, Reports, ScrubConfig, ScrubStats},
     service::NodeService,
     store::ShardStore,
@@ -103,23 +102,12 @@ pub async fn run(
             .with_compact_stats(compact_stats),
     );
     // gRPC and lean RPC on one port; shard traffic from mounts is lean.
-    let (stop_lean, lean_stopped) = tokio::sync::watch::channel(false);
-    let (incoming, lean) = accept(listener, NodeHandler(service.clone()), lean_stopped);
-    let svc = NodeServer::from_arc(service)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
-    let served = Server::builder()
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
-        .add_service(svc)
-        .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
-            let _ = stop_lean.send(true);
-        })
-        .await;
-    // Every lean connection holds the store: wait for them to end.
-    let _ = lean.await;
+    let grpc = transport::grpc::server().add_service(
+        NodeServer::from_arc(service.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+    );
+    let served = transport::serve(listener, grpc, OnTasks(NodeHandler(service)), shutdown).await;
     heartbeats.abort();
     stop_scrub.store(true, Ordering::Relaxed);
     for t in [scrubber, compactor].into_iter().flatten() {

@@ -8,8 +8,8 @@
 //! - [`docker`]: Docker's volume plugin protocol (JSON over HTTP on a unix
 //!   socket) on top of those mounts and the metadata service.
 //!
-//! Depends on tessera-client, tessera-proto and tessera-common; never on
-//! server crates.
+//! Depends on tessera-client and tessera-common; never on server crates
+//! or on the wire (`tessera-proto`).
 
 pub mod docker;
 mod error;

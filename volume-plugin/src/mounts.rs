@@ -10,6 +10,12 @@
 //! told the mount point, and a record leaves the state file only after its
 //! mount is gone. A record without callers means an unmount was cut short;
 //! [`MountTable::open`] finishes it.
+//!
+//! The table is shared: its state is locked only to read it or to record
+//! a change (which saves the file), never while a mount process starts or
+//! stops, so a slow mount of one volume holds up no other. Operations on
+//! one volume must not overlap: the caller serializes them per volume (the
+//! Docker driver's volume locks).
 
 use std::{
     collections::HashMap,
@@ -18,6 +24,7 @@ use std::{
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{Mutex, MutexGuard},
     thread,
     time::{Duration, Instant},
 };
@@ -61,13 +68,13 @@ impl MountConfig {
     }
 }
 
-/// The mounts of this host. Not thread-safe: callers serialize access.
+/// The mounts of this host.
 pub struct MountTable {
     cfg: MountConfig,
     state_path: PathBuf,
-    state: State,
+    state: Mutex<State>,
     /// Mount processes this plugin process started, so they can be reaped.
-    children: HashMap<u32, Child>,
+    children: Mutex<HashMap<u32, Child>>,
 }
 
 impl MountTable {
@@ -83,14 +90,14 @@ impl MountTable {
             .map_err(|e| PluginError::io(format!("resolving {}", cfg.state_dir.display()), e))?;
         let state_path = state::path_in(&cfg.state_dir);
         let state = state::load(&state_path)?;
-        let mut table = MountTable {
+        let table = MountTable {
             cfg,
             state_path,
-            state,
-            children: HashMap::new(),
+            state: Mutex::new(state),
+            children: Mutex::new(HashMap::new()),
         };
         let unfinished: Vec<String> = table
-            .state
+            .state()
             .volumes
             .iter()
             .filter(|(_, r)| r.callers.is_empty())
@@ -99,20 +106,28 @@ impl MountTable {
         for name in unfinished {
             table.finish_unmount(&name)?;
         }
-        for (name, rec) in &table.state.volumes {
+        for (name, rec) in &table.state().volumes {
             let serving = serving(rec);
             info!(volume = %name, dir = %rec.dir.display(), pid = rec.pid, callers = rec.callers.len(), serving, "adopted mount");
         }
         Ok(table)
     }
 
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("mount state lock")
+    }
+
+    fn record(&self, name: &str) -> Option<MountRecord> {
+        self.state().volumes.get(name).cloned()
+    }
+
     /// Mounts `name` for `caller` (or adds the caller to the existing mount)
     /// and returns the mount point.
-    pub fn mount(&mut self, name: &str, caller: &str) -> Result<PathBuf> {
+    pub fn mount(&self, name: &str, caller: &str) -> Result<PathBuf> {
         validate::volume_name(name)?;
         check_caller(caller)?;
         self.reap();
-        let previous = self.state.volumes.get(name).cloned();
+        let previous = self.record(name);
         if let Some(rec) = &previous {
             if serving(rec) {
                 let mut next = rec.clone();
@@ -153,10 +168,10 @@ impl MountTable {
 
     /// Drops `caller`'s reference to `name`; the last one unmounts. Unknown
     /// volumes and callers are not an error: Docker may repeat an unmount.
-    pub fn unmount(&mut self, name: &str, caller: &str) -> Result<()> {
+    pub fn unmount(&self, name: &str, caller: &str) -> Result<()> {
         validate::volume_name(name)?;
         self.reap();
-        let Some(rec) = self.state.volumes.get(name).cloned() else {
+        let Some(rec) = self.record(name) else {
             return Ok(());
         };
         if !rec.callers.contains(caller) {
@@ -178,7 +193,7 @@ impl MountTable {
 
     /// The mount point of `name` if it is mounted here.
     pub fn mountpoint(&self, name: &str) -> Option<PathBuf> {
-        self.state
+        self.state()
             .volumes
             .get(name)
             .filter(|r| !r.callers.is_empty())
@@ -187,13 +202,18 @@ impl MountTable {
 
     /// How many callers hold `name` mounted on this host.
     pub fn callers(&self, name: &str) -> usize {
-        self.state.volumes.get(name).map_or(0, |r| r.callers.len())
+        self.state()
+            .volumes
+            .get(name)
+            .map_or(0, |r| r.callers.len())
     }
 
     /// Takes down the mount of a record that has no callers left, then
     /// forgets the record.
-    fn finish_unmount(&mut self, name: &str) -> Result<()> {
-        let rec = self.state.volumes[name].clone();
+    fn finish_unmount(&self, name: &str) -> Result<()> {
+        let Some(rec) = self.record(name) else {
+            return Ok(());
+        };
         unmount_dir(&rec.dir).map_err(|why| PluginError::Unmount {
             name: name.to_string(),
             dir: rec.dir.clone(),
@@ -208,15 +228,16 @@ impl MountTable {
 
     /// Replaces (or removes) the record of `name` and saves the state; on
     /// failure the in-memory state is left as it was.
-    fn commit(&mut self, name: &str, rec: Option<MountRecord>) -> Result<()> {
+    fn commit(&self, name: &str, rec: Option<MountRecord>) -> Result<()> {
+        let mut state = self.state();
         let old = match rec {
-            Some(r) => self.state.volumes.insert(name.to_string(), r),
-            None => self.state.volumes.remove(name),
+            Some(r) => state.volumes.insert(name.to_string(), r),
+            None => state.volumes.remove(name),
         };
-        if let Err(e) = state::save(&self.state_path, &self.state) {
+        if let Err(e) = state::save(&self.state_path, &state) {
             match old {
-                Some(r) => self.state.volumes.insert(name.to_string(), r),
-                None => self.state.volumes.remove(name),
+                Some(r) => state.volumes.insert(name.to_string(), r),
+                None => state.volumes.remove(name),
             };
             return Err(e);
         }
@@ -225,7 +246,7 @@ impl MountTable {
 
     /// Starts `tessera mount` for `name` on `dir` in its own session and
     /// waits until the mount appears.
-    fn spawn(&mut self, name: &str, dir: &Path) -> Result<u32> {
+    fn spawn(&self, name: &str, dir: &Path) -> Result<u32> {
         let fail = |why: String| PluginError::Mount {
             name: name.to_string(),
             dir: dir.to_path_buf(),
@@ -266,7 +287,10 @@ impl MountTable {
         let deadline = Instant::now() + self.cfg.mount_timeout;
         loop {
             if is_mounted(dir) {
-                self.children.insert(pid, child);
+                self.children
+                    .lock()
+                    .expect("children lock")
+                    .insert(pid, child);
                 return Ok(pid);
             }
             match child.try_wait() {
@@ -294,15 +318,21 @@ impl MountTable {
 
     /// Waits until mount process `pid` has exited (it flushes, then exits
     /// once its mount is gone).
-    fn wait_exit(&mut self, pid: u32, name: &str) {
+    fn wait_exit(&self, pid: u32, name: &str) {
         let deadline = Instant::now() + self.cfg.exit_timeout;
         loop {
-            let exited = match self.children.get_mut(&pid) {
-                Some(child) => !matches!(child.try_wait(), Ok(None)),
-                None => !alive(pid),
+            let exited = {
+                let mut children = self.children.lock().expect("children lock");
+                let exited = match children.get_mut(&pid) {
+                    Some(child) => !matches!(child.try_wait(), Ok(None)),
+                    None => !alive(pid),
+                };
+                if exited {
+                    children.remove(&pid);
+                }
+                exited
             };
             if exited {
-                self.children.remove(&pid);
                 return;
             }
             if Instant::now() > deadline {
@@ -317,8 +347,10 @@ impl MountTable {
     }
 
     /// Reaps mount processes that exited on their own.
-    fn reap(&mut self) {
+    fn reap(&self) {
         self.children
+            .lock()
+            .expect("children lock")
             .retain(|_, c| matches!(c.try_wait(), Ok(None)));
     }
 }
@@ -455,7 +487,7 @@ mod tests {
     fn refuses_bad_callers_and_names_without_touching_state() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = MountConfig::new(dir.path().into(), "/bin/false".into(), "127.0.0.1:1".into());
-        let mut t = MountTable::open(cfg).unwrap();
+        let t = MountTable::open(cfg).unwrap();
         assert!(t.mount("../x", "id").is_err());
         assert!(t.mount("ok", "").is_err());
         assert!(t.mount("ok", "a\0b").is_err());
@@ -474,7 +506,7 @@ mod tests {
         .unwrap();
         fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let cfg = MountConfig::new(dir.path().join("state"), script, "127.0.0.1:1".into());
-        let mut t = MountTable::open(cfg).unwrap();
+        let t = MountTable::open(cfg).unwrap();
         let err = t.mount("v1", "caller-1").unwrap_err().to_string();
         assert!(err.contains("no such volume"), "{err}");
         assert_eq!(t.callers("v1"), 0);

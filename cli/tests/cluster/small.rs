@@ -4,8 +4,8 @@
 
 use std::{fs, thread};
 
-use tessera_client::{connect_meta, FileKind, Volume, VolumeOptions};
-use tessera_common::ROOT_INO;
+use tessera_client::{NewNode, Volume, VolumeOptions};
+use tessera_common::{FileKind, ROOT_INO};
 use tracing::info;
 
 use crate::harness::{pattern, Cluster};
@@ -27,40 +27,37 @@ fn small_files_flushed_together_share_blocks_and_read_back() {
     // 200 files written, then flushed together (as an unmount does), one
     // of them removed by another client before its data is committed.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let flushed = rt.block_on(async {
-        let meta = connect_meta(&c.meta_addr).await.unwrap();
-        let vol = Volume::open(meta, "small", VolumeOptions::default())
-            .await
-            .unwrap();
-        for i in 0..FILES {
-            let name = format!("f{i}");
-            let a = vol
-                .make_node(
-                    ROOT_INO,
-                    name.as_bytes(),
-                    FileKind::File,
-                    0o644,
-                    0,
-                    0,
-                    0,
-                    b"",
-                )
-                .await
-                .unwrap();
-            vol.open_file(a.ino);
-            vol.write(a.ino, 0, &content(i)).await.unwrap();
-        }
-        // Another client, which does not have it open, removes one.
-        let meta = connect_meta(&c.meta_addr).await.unwrap();
-        let other = Volume::open(meta, "small", VolumeOptions::default())
-            .await
-            .unwrap();
-        other
-            .unlink(ROOT_INO, format!("f{GONE}").as_bytes(), false)
-            .await
-            .unwrap();
-        vol.flush_all().await
-    });
+    let open = || {
+        rt.block_on(Volume::open(
+            &c.meta_addr,
+            "small",
+            VolumeOptions::default(),
+        ))
+        .unwrap()
+    };
+    let vol = open();
+    let file = NewNode {
+        kind: FileKind::File,
+        perm: 0o644,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        target: b"",
+    };
+    for i in 0..FILES {
+        let name = format!("f{i}");
+        let a = vol
+            .make_node(ROOT_INO, name.as_bytes(), &file)
+            .unwrap()
+            .node;
+        vol.open_file(a.ino);
+        vol.block_on(vol.write(a.ino, 0, &content(i))).unwrap();
+    }
+    // Another client, which does not have it open, removes one.
+    open()
+        .unlink(ROOT_INO, format!("f{GONE}").as_bytes(), false)
+        .unwrap();
+    let flushed = vol.block_on(vol.flush_all());
     let err = flushed.expect_err("the removed file's flush fails");
     info!("--- flush of the removed file: {err}");
     // About 1 MiB in all: a few blocks, not one per file.

@@ -1,10 +1,10 @@
 use std::{collections::HashMap, sync::Arc};
 
 use tessera_proto::{
-    lean::{node::NodeHandler, server::accept},
     pb::node_server::{Node, NodeServer},
+    transport::{self, Handler, OnTasks, Reply},
 };
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{transport::server::TcpIncoming, Code, Request, Response};
 
 use super::*;
@@ -69,12 +69,47 @@ impl Node for FakeNode {
     }
 }
 
-/// Serves `node` over lean RPC only (gRPC connections are dropped) at
-/// `addr` until the sender is dropped or sent true.
-async fn serve_lean(node: Arc<FakeNode>, addr: &str) -> (watch::Sender<bool>, JoinHandle<()>) {
+/// Answers PutShard and GetShard over lean RPC, as a storage node does.
+#[derive(Clone)]
+struct LeanFake(Arc<FakeNode>);
+
+impl Handler for LeanFake {
+    async fn call(&mut self, path: &str, message: Bytes) -> Reply {
+        let answer = match path {
+            node::PUT_SHARD => match pb::PutShardRequest::decode(message) {
+                Ok(r) => self
+                    .0
+                    .put_shard(Request::new(r))
+                    .await
+                    .map(|a| Reply::message(&a.into_inner())),
+                Err(e) => Err(Status::invalid_argument(e.to_string())),
+            },
+            node::GET_SHARD => match pb::GetShardRequest::decode(message) {
+                Ok(r) => self
+                    .0
+                    .get_shard(Request::new(r))
+                    .await
+                    .map(|a| Reply::message(&a.into_inner())),
+                Err(e) => Err(Status::invalid_argument(e.to_string())),
+            },
+            _ => return Reply::unknown_method("fake node", path),
+        };
+        answer.unwrap_or_else(|s| Reply::status(&s))
+    }
+}
+
+/// Serves `node` at `addr` (lean RPC; a gRPC router with no service)
+/// until the sender is dropped or sent to.
+async fn serve_lean(node: Arc<FakeNode>, addr: &str) -> (oneshot::Sender<()>, JoinHandle<()>) {
     let listener = TcpListener::bind(addr).await.unwrap();
-    let (stop, stopped) = watch::channel(false);
-    let (_grpc, task) = accept(listener, NodeHandler(node), stopped);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let grpc = transport::grpc::server().add_optional_service::<NodeServer<FakeNode>>(None);
+    let task = tokio::spawn(async move {
+        let _ = transport::serve(listener, grpc, OnTasks(LeanFake(node)), async move {
+            let _ = stopped.await;
+        })
+        .await;
+    });
     (stop, task)
 }
 
@@ -91,21 +126,18 @@ async fn serve_grpc_only(node: Arc<FakeNode>) -> String {
     addr
 }
 
-fn put(block: u64, data: &[u8]) -> pb::PutShardRequest {
-    pb::PutShardRequest {
-        key: Some(pb::ShardKey { block, index: 1 }),
-        data: Bytes::copy_from_slice(data),
-        crc: tessera_common::crc32(data),
-        epoch: 1,
-    }
+fn key(block: u64) -> ShardKey {
+    ShardKey { block, index: 1 }
 }
 
-fn get(block: u64) -> pb::GetShardRequest {
-    pb::GetShardRequest {
-        key: Some(pb::ShardKey { block, index: 1 }),
-        offset: 0,
-        len: 0,
-    }
+async fn put(link: &NodeLink, block: u64, data: &[u8]) -> Result<(), Status> {
+    let crc = tessera_common::crc32(data);
+    link.put_shard(key(block), Bytes::copy_from_slice(data), crc, 1)
+        .await
+}
+
+async fn get(link: &NodeLink, block: u64) -> Result<Fetched, Status> {
+    link.get_shard(key(block), 0, 0).await
 }
 
 fn free_addr() -> String {
@@ -123,22 +155,18 @@ async fn shards_go_over_lean_rpc_and_failures_keep_their_status() {
     let (_stop, _task) = serve_lean(node.clone(), &addr).await;
     let link = NodeLink::new(&addr).unwrap();
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
-    link.put_shard(put(1, &data)).await.unwrap();
-    let got = link.get_shard(get(1)).await.unwrap();
+    put(&link, 1, &data).await.unwrap();
+    let got = get(&link, 1).await.unwrap();
     assert!(got.data == data);
     assert_eq!(got.shard_crc, tessera_common::crc32(&data));
-    let e = link.get_shard(get(2)).await.unwrap_err();
+    let e = get(&link, 2).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     assert!(e.message().contains("(2, 1)"), "{e}");
-    let mut bad = put(3, b"abc");
-    bad.crc ^= 1;
-    assert_eq!(
-        link.put_shard(bad).await.unwrap_err().code(),
-        Code::InvalidArgument
-    );
+    let bad = link
+        .put_shard(key(3), Bytes::from_static(b"abc"), 1, 1)
+        .await;
+    assert_eq!(bad.unwrap_err().code(), Code::InvalidArgument);
     assert!(!link.grpc_only());
-    // Calls one after another share one connection.
-    assert_eq!(link.idle.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -146,9 +174,9 @@ async fn a_node_without_lean_rpc_is_called_over_grpc() {
     let node = Arc::new(FakeNode::default());
     let addr = serve_grpc_only(node.clone()).await;
     let link = NodeLink::new(&addr).unwrap();
-    link.put_shard(put(1, b"old node")).await.unwrap();
+    put(&link, 1, b"old node").await.unwrap();
     assert!(link.grpc_only());
-    assert_eq!(&link.get_shard(get(1)).await.unwrap().data[..], b"old node");
+    assert_eq!(&get(&link, 1).await.unwrap().data[..], b"old node");
     assert_eq!(node.shards.lock().unwrap().len(), 1);
 }
 
@@ -158,20 +186,20 @@ async fn a_restarted_node_is_reached_on_a_new_connection() {
     let addr = free_addr();
     let (stop, task) = serve_lean(node.clone(), &addr).await;
     let link = NodeLink::new(&addr).unwrap();
-    link.put_shard(put(1, b"before")).await.unwrap();
-    stop.send(true).unwrap();
+    put(&link, 1, b"before").await.unwrap();
+    stop.send(()).unwrap();
     task.await.unwrap();
     // The pooled connection is closed; the node comes back on its port.
     let (_stop, _task) = serve_lean(node, &addr).await;
-    assert_eq!(&link.get_shard(get(1)).await.unwrap().data[..], b"before");
-    link.put_shard(put(2, b"after")).await.unwrap();
+    assert_eq!(&get(&link, 1).await.unwrap().data[..], b"before");
+    put(&link, 2, b"after").await.unwrap();
     assert!(!link.grpc_only());
 }
 
 #[tokio::test]
 async fn a_node_nobody_serves_is_unavailable() {
     let link = NodeLink::new(&free_addr()).unwrap();
-    let e = link.put_shard(put(1, b"x")).await.unwrap_err();
+    let e = put(&link, 1, b"x").await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e}");
     // Down is not "speaks only gRPC": the next call tries lean RPC again.
     assert!(!link.grpc_only());
@@ -189,8 +217,8 @@ async fn a_node_that_hangs_up_is_not_taken_for_an_old_one() {
         }
     });
     let link = NodeLink::new(&addr).unwrap();
-    assert!(link.put_shard(put(1, b"x")).await.is_err());
-    assert!(link.get_shard(get(1)).await.is_err());
+    assert!(put(&link, 1, b"x").await.is_err());
+    assert!(get(&link, 1).await.is_err());
     // Lean RPC is tried again on the next call, not skipped for a minute.
     assert!(!link.grpc_only());
 }

@@ -11,12 +11,11 @@
 
 use std::{sync::atomic::Ordering, time::Duration};
 
-use tessera_common::Ino;
-use tessera_proto::pb;
+use tessera_common::{fs::MAX_RENEW, Ino};
 use tracing::warn;
 
 use super::Volume;
-use crate::Result;
+use crate::{meta::names::Unlinked, Result};
 
 impl Volume {
     /// Inodes this mount has open, for unlink and rename.
@@ -32,7 +31,7 @@ impl Volume {
     }
 
     /// Takes over the orphans an unlink or rename made.
-    pub(super) fn adopt_orphans(&self, resp: &pb::UnlinkResponse) {
+    pub(super) fn adopt_orphans(&self, resp: &Unlinked) {
         if resp.orphaned.is_empty() {
             return;
         }
@@ -78,13 +77,15 @@ impl Volume {
                 }
                 orphans.iter().copied().collect()
             };
-            let req = pb::RenewOrphansRequest {
-                volume: self.id(),
-                session: self.inner.session,
-                inos,
-            };
-            if let Err(e) = self.inner.meta.clone().renew_orphans(req).await {
-                warn!(volume = self.name(), error = %e, "renewing the lease of open unlinked files failed");
+            for batch in inos.chunks(MAX_RENEW) {
+                let renewed = self
+                    .inner
+                    .meta
+                    .renew_orphans(self.id(), self.inner.session, batch.to_vec())
+                    .await;
+                if let Err(e) = renewed {
+                    warn!(volume = self.name(), error = %e, "renewing the lease of open unlinked files failed");
+                }
             }
         }
     }
@@ -96,12 +97,7 @@ impl Volume {
             .lock()
             .expect("orphans lock")
             .remove(&ino);
-        let req = pb::OrphanRequest {
-            volume: self.id(),
-            ino,
-        };
-        self.meta().release_orphan(req).await?;
-        Ok(())
+        self.inner.meta.release_orphan(self.id(), ino).await
     }
 }
 

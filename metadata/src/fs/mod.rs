@@ -1,55 +1,56 @@
-//! The file tree of a volume: inodes, directory entries, symlinks, xattrs
-//! and each file's slices, all in the metadata store.
+//! The file tree of every volume: inodes, directory entries, symlinks,
+//! xattrs and orphans, all in the metadata store. A file's slices are the
+//! file data domain's (`data/`).
 //!
-//! Every operation is one transaction. Creating or removing an entry always
+//! Every operation is one transaction (a large file's release and trim
+//! take steps, see `release.rs`). Creating or removing an entry always
 //! rewrites the parent directory's inode (its times, and nlink for
 //! subdirectories), which is also what makes "is this directory empty?"
 //! safe under optimistic concurrency: rmdir reads that inode too.
+//!
+//! Changes of names and attributes are buffered commits
+//! (`transact_buffered`): durable against a killed process at once, and
+//! against power loss at the next `sync` or within milliseconds.
 
 mod attrs;
-mod data;
-mod orphans;
-mod tree;
+mod names;
+pub(crate) mod orphans;
+pub(crate) mod release;
+mod xattrs;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tessera_common::{validate, Ino, VolumeId};
+use tessera_common::{validate, FileKind, Ino, VolumeId};
 
 use crate::{
     keys,
-    records::{decode, load, store, Dentry, Inode, Slice},
+    meta::Meta,
+    records::{load, store, Dentry, Inode},
     store::Txn,
     MetaError, Result,
 };
 
-pub use attrs::{SetAttr, StatFs, XATTR_CREATE, XATTR_REPLACE};
-pub use data::{FileData, FileWrite, InlineBlock, MAX_FILE_SIZE};
-pub use orphans::{Holder, OrphanRecord};
-pub use tree::{NewNode, RENAME_EXCHANGE, RENAME_NOREPLACE};
+pub use names::{Made, MakeNode, Rename, Unlink};
+pub use orphans::{Holder, OrphanRecord, MAX_OPEN, MAX_RENEW};
 
-pub const KIND_FILE: u32 = 1;
-pub const KIND_DIR: u32 = 2;
-pub const KIND_SYMLINK: u32 = 3;
-
-/// An inode number with its attributes, as returned to clients.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Attr {
-    pub ino: Ino,
-    pub inode: Inode,
+/// The file tree domain of a [`Meta`].
+#[derive(Clone, Copy)]
+pub struct FileTree<'m> {
+    pub(crate) meta: &'m Meta,
 }
 
-/// A transaction's view of one volume's tree: inodes are read once, changed
-/// in memory and written back by `finish`.
-pub(crate) struct Tree<'t> {
+/// A transaction's view of one volume's tree: inodes are read once,
+/// changed in memory and written back by `finish`.
+pub(crate) struct TreeTxn<'t> {
     txn: &'t mut dyn Txn,
     vol: VolumeId,
     inodes: BTreeMap<Ino, Option<Inode>>,
     dirty: BTreeSet<Ino>,
 }
 
-impl<'t> Tree<'t> {
+impl<'t> TreeTxn<'t> {
     pub fn new(txn: &'t mut dyn Txn, vol: VolumeId) -> Self {
-        Tree {
+        TreeTxn {
             txn,
             vol,
             inodes: BTreeMap::new(),
@@ -69,10 +70,22 @@ impl<'t> Tree<'t> {
 
     pub fn dir(&mut self, ino: Ino) -> Result<Inode> {
         let inode = self.inode(ino)?;
-        if inode.kind != KIND_DIR {
+        if inode.kind != FileKind::Dir {
             return Err(MetaError::NotDir { ino });
         }
         Ok(inode)
+    }
+
+    /// A regular file's inode.
+    pub fn file(&mut self, ino: Ino) -> Result<Inode> {
+        let inode = self.inode(ino)?;
+        match inode.kind {
+            FileKind::File => Ok(inode),
+            FileKind::Dir => Err(MetaError::IsDir { ino }),
+            _ => Err(MetaError::Invalid(format!(
+                "inode {ino} is not a regular file"
+            ))),
+        }
     }
 
     pub fn set(&mut self, ino: Ino, inode: Inode) {
@@ -80,20 +93,10 @@ impl<'t> Tree<'t> {
         self.dirty.insert(ino);
     }
 
-    /// Removes an inode and everything stored under it.
-    pub fn remove(&mut self, ino: Ino) -> Result<()> {
+    /// Deletes the inode record itself (`release.rs` deletes what it holds).
+    pub fn forget_inode(&mut self, ino: Ino) {
         self.inodes.insert(ino, None);
         self.dirty.insert(ino);
-        for prefix in [keys::CHUNK, keys::XATTR] {
-            let (start, end) = keys::prefix_range(&keys::under(prefix, self.vol, ino));
-            for (k, v) in self.txn.scan(&start, &end, usize::MAX)? {
-                if prefix == keys::CHUNK {
-                    crate::blocks::drop_refs(self.txn, &decode::<Vec<Slice>>(&k, &v)?)?;
-                }
-                self.txn.delete(&k)?;
-            }
-        }
-        Ok(())
     }
 
     pub fn dentry(&mut self, parent: Ino, name: &[u8]) -> Result<Option<Dentry>> {
@@ -143,6 +146,11 @@ pub(crate) fn check_name(name: &[u8]) -> Result<()> {
         )));
     }
     Ok(validate::file_name(name)?)
+}
+
+/// "name" in directory `parent`, for errors.
+pub(crate) fn entry_name(name: &[u8], parent: Ino) -> String {
+    format!("{:?} in directory {parent}", String::from_utf8_lossy(name))
 }
 
 #[cfg(test)]

@@ -6,22 +6,26 @@
 //! inode and data, and gets an orphan record (`O` + volume + ino) naming
 //! the caller's session and when its lease ends. The caller releases it
 //! when it closes the file; a caller that dies without doing so stops
-//! renewing the lease, and the garbage collection loop removes the file
+//! renewing the lease, and the garbage collection task removes the file
 //! once the lease has run out. Until then the file counts in its volume's
 //! usage, as it does on a local disk.
 
 use serde::{Deserialize, Serialize};
-use tessera_common::{Ino, VolumeId};
+use tessera_common::{FileKind, Ino, VolumeId};
 use tracing::info;
 
-use super::{Tree, KIND_FILE};
+use super::{release, FileTree, TreeTxn};
 use crate::{
     keys,
-    meta::{now_ns, Meta},
+    meta::now_ns,
     records::{decode, load, store},
     store::{transact, transact_buffered, Txn},
     MetaError, Result,
 };
+
+pub use tessera_common::fs::{MAX_OPEN, MAX_RENEW};
+/// Orphans whose lease ran out that one round of expiry removes.
+const EXPIRE_BATCH: usize = 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrphanRecord {
@@ -45,28 +49,28 @@ impl Holder<'_> {
         open: &[],
         session: 0,
     };
-}
 
-/// What dropping a link did to the inode.
-pub(super) enum Dropped {
-    /// Still linked elsewhere.
-    Linked,
-    /// Gone; its size in bytes was freed.
-    Freed(u64),
-    /// Kept as an orphan for the holder.
-    Orphaned,
+    pub(super) fn check(&self) -> Result<()> {
+        if self.open.len() > MAX_OPEN {
+            return Err(MetaError::Invalid(format!(
+                "{} open inodes named; at most {MAX_OPEN}",
+                self.open.len()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Keeps `ino`, which just lost its last link, as an orphan of `holder` if
 /// it is a file the holder has open.
 pub(super) fn keep_if_open(
-    t: &mut Tree<'_>,
+    t: &mut TreeTxn<'_>,
     ino: Ino,
-    kind: u32,
+    kind: FileKind,
     holder: Holder<'_>,
     expires_ns: i64,
 ) -> Result<bool> {
-    if kind != KIND_FILE || !holder.open.contains(&ino) {
+    if kind != FileKind::File || !holder.open.contains(&ino) {
         return Ok(false);
     }
     let rec = OrphanRecord {
@@ -74,38 +78,47 @@ pub(super) fn keep_if_open(
         expires_ns,
     };
     let vol = t.vol();
-    store(t.txn(), &keys::under(keys::ORPHAN, vol, ino), &rec)?;
+    store(t.txn(), &keys::orphan(vol, ino), &rec)?;
     Ok(true)
 }
 
-impl Meta {
+impl FileTree<'_> {
     /// How long an orphan lives without its session renewing it.
     pub fn orphan_lease(&self) -> std::time::Duration {
-        self.orphan_lease
+        self.meta.options.orphan_lease
+    }
+
+    /// When an orphan made now goes unless renewed.
+    pub(super) fn lease_end(&self) -> i64 {
+        now_ns().saturating_add(self.orphan_lease().as_nanos() as i64)
     }
 
     /// The client that kept `ino` open has closed it: the file goes, with
     /// its data. Releasing a file that is no orphan (any more) does nothing.
     pub fn release_orphan(&self, vol: VolumeId, ino: Ino) -> Result<()> {
-        let freed = transact_buffered(self.store.as_ref(), |txn| release(txn, vol, ino))?;
-        if let Some(bytes) = freed {
-            self.account(vol, -(bytes as i64), -1);
+        let freed = transact_buffered(self.meta.store(), |txn| release(txn, vol, ino))?;
+        if let Some((bytes, pending)) = freed {
+            self.meta.usage.account(vol, -(bytes as i64), -1);
+            if pending {
+                release::finish_release(self.meta.store(), vol, ino)?;
+            }
         }
         Ok(())
     }
 
-    /// Extends the lease of the orphans of `session` among `inos`.
+    /// Extends the lease of the orphans of `session` among `inos` (at most
+    /// [`MAX_RENEW`]).
     pub fn renew_orphans(&self, vol: VolumeId, session: u64, inos: &[Ino]) -> Result<()> {
-        if inos.len() > 1 << 20 {
+        if inos.len() > MAX_RENEW {
             return Err(MetaError::Invalid(format!(
-                "{} orphans in one renewal",
+                "{} orphans in one renewal; at most {MAX_RENEW}",
                 inos.len()
             )));
         }
-        let expires_ns = now_ns().saturating_add(self.orphan_lease.as_nanos() as i64);
-        transact_buffered(self.store.as_ref(), |txn| {
+        let expires_ns = self.lease_end();
+        transact_buffered(self.meta.store(), |txn| {
             for &ino in inos {
-                let key = keys::under(keys::ORPHAN, vol, ino);
+                let key = keys::orphan(vol, ino);
                 if let Some(mut rec) = load::<OrphanRecord>(txn, &key)? {
                     if rec.session == session {
                         rec.expires_ns = expires_ns;
@@ -117,21 +130,24 @@ impl Meta {
         })
     }
 
-    /// Removes the orphans whose lease ran out (their client died or lost
-    /// the metadata service); returns how many.
+    /// Removes orphans whose lease ran out (their client died or lost the
+    /// metadata service), up to a batch; returns how many.
     pub fn expire_orphans(&self) -> Result<usize> {
         let now = now_ns();
-        let (start, end) = keys::prefix_range(&[keys::ORPHAN]);
+        let (mut from, end) = keys::prefix_range(&[keys::ORPHAN]);
         let mut expired = Vec::new();
-        let rows = transact(self.store.as_ref(), |txn| {
-            Ok(txn.scan(&start, &end, 10_000)?)
-        })?;
-        for (k, v) in rows {
-            let rec: OrphanRecord = decode(&k, &v)?;
-            if rec.expires_ns <= now && k.len() == 17 {
-                let vol = u64::from_be_bytes(k[1..9].try_into().expect("8 bytes"));
-                let ino = u64::from_be_bytes(k[9..17].try_into().expect("8 bytes"));
-                expired.push((vol, ino));
+        while expired.len() < EXPIRE_BATCH {
+            let rows = transact(self.meta.store(), |txn| {
+                Ok(txn.scan(&from, &end, EXPIRE_BATCH)?)
+            })?;
+            let Some(last) = rows.last() else { break };
+            from = last.0.clone();
+            from.push(0);
+            for (k, v) in &rows {
+                let rec: OrphanRecord = decode(k, v)?;
+                if rec.expires_ns <= now {
+                    expired.push(keys::volume_ino_of(k)?);
+                }
             }
         }
         for &(vol, ino) in &expired {
@@ -142,14 +158,15 @@ impl Meta {
     }
 }
 
-/// Removes orphan `ino` in `txn`; returns the bytes freed.
-fn release(txn: &mut dyn Txn, vol: VolumeId, ino: Ino) -> Result<Option<u64>> {
-    let key = keys::under(keys::ORPHAN, vol, ino);
+/// Removes orphan `ino` in `txn`; returns the bytes freed and whether its
+/// rows are still to be released.
+fn release(txn: &mut dyn Txn, vol: VolumeId, ino: Ino) -> Result<Option<(u64, bool)>> {
+    let key = keys::orphan(vol, ino);
     if load::<OrphanRecord>(txn, &key)?.is_none() {
         return Ok(None);
     }
     txn.delete(&key)?;
-    let mut t = Tree::new(txn, vol);
+    let mut t = TreeTxn::new(txn, vol);
     let inode = match t.inode(ino) {
         Ok(inode) => inode,
         Err(MetaError::NotFound { .. }) => return Ok(None),
@@ -158,7 +175,7 @@ fn release(txn: &mut dyn Txn, vol: VolumeId, ino: Ino) -> Result<Option<u64>> {
     if inode.nlink > 0 {
         return Ok(None);
     }
-    t.remove(ino)?;
+    let pending = release::remove_inode(&mut t, ino)?;
     t.finish()?;
-    Ok(Some(inode.size))
+    Ok(Some((inode.size, pending)))
 }

@@ -5,34 +5,28 @@
 //! least `min_durable` shards durable) names them in its CommitWrites; they
 //! are queued (`R` + block id) in the transaction that commits the slices,
 //! so an acknowledged write is never left under-protected without a record.
-//! A background task rebuilds queued shards once their target node is up:
-//! a node that comes back after a short outage receives exactly the shards
-//! it missed (catch-up), never a full rebuild.
+//! A background task (`worker.rs`) rebuilds queued shards once their target
+//! node is up: a node that comes back after a short outage receives exactly
+//! the shards it missed (catch-up), never a full rebuild.
 
+mod stats;
 mod worker;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tessera_common::{BlockId, Codec, NodeId, Protection, MAX_BLOCK};
+use tessera_common::{BlockId, ClusterStatus, Codec, DegradedBlock, NodeId, Protection, ShardKey};
 
+pub use stats::RepairStats;
 pub use worker::{repair_forever, repair_once, RepairOptions};
 
 use crate::{
     keys,
-    meta::now_ns,
+    meta::{now_ns, Meta},
     records::{decode, load, store},
     store::{transact, Txn},
-    Meta, MetaError, Result,
+    MetaError, Result,
 };
-
-/// A block stored with some shards missing, as a client reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Degraded {
-    pub block: BlockId,
-    pub block_len: u32,
-    pub missing: Vec<u8>,
-}
 
 /// One queued block.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -54,39 +48,13 @@ impl RepairRecord {
     }
 }
 
-/// Checks a client's report against the protection class.
-pub(crate) fn check(d: &Degraded, p: Protection) -> Result<()> {
-    let bad = |why: &str| {
-        Err(MetaError::Invalid(format!(
-            "degraded block {}: {why}",
-            d.block
-        )))
-    };
-    if d.block_len == 0 || d.block_len as usize > MAX_BLOCK {
-        return bad("length out of range");
-    }
-    if tessera_common::is_inline(d.block) {
-        return bad("an inline block has no shards");
-    }
-    if d.missing.is_empty() || d.missing.len() > usize::from(p.m) {
-        return bad("must name 1 to M missing shards");
-    }
-    if d.missing.iter().any(|i| usize::from(*i) >= p.width()) {
-        return bad("shard index beyond the stripe");
-    }
-    Ok(())
-}
-
-/// Queues `d` in `txn`, merging with what is queued for the block already.
-pub(crate) fn queue(txn: &mut dyn Txn, protection: Protection, d: &Degraded) -> Result<()> {
-    queue_with_sources(txn, protection, d, &[])
-}
-
-/// [`queue`], remembering where moved shards can be copied from.
-pub(crate) fn queue_with_sources(
+/// Queues the missing shards of `d` in `txn`, merging with what is queued
+/// for the block already; `sources` names where moved shards can be copied
+/// from.
+pub(crate) fn queue(
     txn: &mut dyn Txn,
     protection: Protection,
-    d: &Degraded,
+    d: &DegradedBlock,
     sources: &[(u8, NodeId)],
 ) -> Result<()> {
     let key = keys::repair(d.block);
@@ -107,28 +75,26 @@ pub(crate) fn queue_with_sources(
     store(txn, &key, &rec)
 }
 
-/// Queue lengths, for `tessera cluster status`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct QueueStatus {
-    pub repair_blocks: u64,
-    pub repair_shards: u64,
-    pub repair_bytes: u64,
-    pub gc_blocks: u64,
+/// The repair domain of a [`Meta`].
+#[derive(Clone, Copy)]
+pub struct RepairQueue<'m> {
+    pub(crate) meta: &'m Meta,
 }
 
-impl Meta {
-    pub fn repair_pending(&self, limit: usize) -> Result<Vec<(BlockId, RepairRecord)>> {
+impl RepairQueue<'_> {
+    /// Up to `limit` queued blocks, lowest ids first.
+    pub fn pending(&self, limit: usize) -> Result<Vec<(BlockId, RepairRecord)>> {
         let (start, end) = keys::prefix_range(&[keys::REPAIR]);
-        let rows = self.store.begin().scan(&start, &end, limit)?;
+        let rows = self.meta.store().begin().scan(&start, &end, limit)?;
         rows.iter()
-            .map(|(k, v)| Ok((keys::block_of(k, keys::REPAIR)?, decode(k, v)?)))
+            .map(|(k, v)| Ok((keys::id_of(k, keys::REPAIR)?, decode(k, v)?)))
             .collect()
     }
 
     /// Removes `done` from the shards queued for `block`.
-    pub fn repair_done(&self, block: BlockId, done: &[u8]) -> Result<()> {
+    pub fn done(&self, block: BlockId, done: &[u8]) -> Result<()> {
         let key = keys::repair(block);
-        transact(self.store.as_ref(), |txn| {
+        transact(self.meta.store(), |txn| {
             let Some(mut rec) = load::<RepairRecord>(txn, &key)? else {
                 return Ok(());
             };
@@ -143,17 +109,13 @@ impl Meta {
         })
     }
 
-    /// Queues shards found corrupt (by a node's scrubber or a client's read)
-    /// for rebuilding in place. Shards of blocks no longer live are ignored.
-    /// Returns how many were queued.
-    pub fn report_corrupt(
-        &self,
-        reporter: NodeId,
-        keys: &[tessera_common::ShardKey],
-    ) -> Result<usize> {
+    /// Queues shards found corrupt (by a node's scrubber or a client's
+    /// read) for rebuilding in place. Shards of blocks no longer live are
+    /// ignored. Returns how many were queued.
+    pub fn report_corrupt(&self, reporter: NodeId, keys: &[ShardKey]) -> Result<usize> {
         let mut queued = 0;
         for key in keys {
-            let Some(b) = self.block(key.block)? else {
+            let Some(b) = self.meta.files().block(key.block)? else {
                 continue;
             };
             if usize::from(key.index) >= b.protection.width() {
@@ -162,40 +124,57 @@ impl Meta {
                     b.protection
                 )));
             }
-            let d = Degraded {
+            let d = DegradedBlock {
                 block: key.block,
                 block_len: b.block_len,
                 missing: vec![key.index],
             };
-            transact(self.store.as_ref(), |txn| queue(txn, b.protection, &d))?;
+            transact(self.meta.store(), |txn| queue(txn, b.protection, &d, &[]))?;
             queued += 1;
         }
-        self.repair_stats
-            .corrupt
-            .fetch_add(keys.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.meta.repair_stats.corrupt_reported(keys.len() as u64);
         tracing::warn!(
             reporter,
             shards = keys.len(),
             queued,
             "corrupt shards reported"
         );
+        if queued > 0 {
+            self.meta.repair_queued.notify_one();
+        }
         Ok(queued)
     }
 
-    /// Whether `block` waits for garbage collection (nothing refers to it).
-    pub fn is_garbage(&self, block: BlockId) -> Result<bool> {
-        Ok(self.store.begin().get(&keys::gc(block))?.is_some())
+    /// Blocks with a shard still to be copied off `node`.
+    pub(crate) fn blocks_sourced_from(&self, node: NodeId) -> Result<usize> {
+        Ok(self
+            .pending(usize::MAX)?
+            .into_iter()
+            .filter(|(_, r)| r.sources.values().any(|n| *n == node))
+            .count())
     }
 
-    pub fn queue_status(&self) -> Result<QueueStatus> {
-        let mut s = QueueStatus::default();
-        for (_, rec) in self.repair_pending(usize::MAX)? {
+    /// The repair and GC queues, and what repair did, for `cluster status`.
+    pub fn status(&self) -> Result<ClusterStatus> {
+        let stats = &self.meta.repair_stats;
+        let (repaired_shards, repaired_bytes) = stats.repaired();
+        let mut s = ClusterStatus {
+            repaired_shards,
+            repaired_bytes,
+            repair_rate: stats.rate(),
+            corrupt_reported: stats.corrupt(),
+            gc_blocks: self.meta.gc().queued()?,
+            ..ClusterStatus::default()
+        };
+        for (_, rec) in self.pending(usize::MAX)? {
             s.repair_blocks += 1;
             s.repair_shards += rec.missing.len() as u64;
             s.repair_bytes += rec.shard_bytes();
         }
-        let (start, end) = keys::prefix_range(&[keys::GC]);
-        s.gc_blocks = self.store.begin().scan(&start, &end, usize::MAX)?.len() as u64;
         Ok(s)
+    }
+
+    pub fn stats(&self) -> &RepairStats {
+        &self.meta.repair_stats
     }
 }

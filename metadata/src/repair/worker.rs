@@ -14,10 +14,10 @@ use tracing::{debug, info, warn};
 
 use super::RepairRecord;
 use crate::{
-    gc::{blocking, cached_placement},
+    background::{blocking, cached_placement},
     node_clients::NodeClients,
     records::PlacementRecord,
-    Meta, NodeState, Result,
+    Meta, Result,
 };
 
 /// How repair runs.
@@ -77,24 +77,19 @@ pub async fn repair_once(
     limit: usize,
 ) -> Result<usize> {
     let m = meta.clone();
-    let pending = blocking(move || m.repair_pending(limit)).await?;
+    let pending = blocking(move || m.repair().pending(limit)).await?;
     if pending.is_empty() {
         return Ok(0);
     }
     let m = meta.clone();
-    let up: HashMap<NodeId, String> = blocking(move || m.list_nodes())
-        .await?
-        .into_iter()
-        .filter(|n| n.state == NodeState::Up)
-        .map(|n| (n.record.id, n.record.addr))
-        .collect();
+    let up: HashMap<NodeId, String> = blocking(move || m.cluster().up_nodes()).await?;
     let mut tables: BTreeMap<(u8, u8), PlacementRecord> = BTreeMap::new();
     let mut jobs = Vec::new();
     for (block, rec) in pending {
         let m = meta.clone();
-        if blocking(move || m.is_garbage(block)).await? {
+        if blocking(move || m.gc().is_garbage(block)).await? {
             let (m, all) = (meta.clone(), rec.missing.clone());
-            blocking(move || m.repair_done(block, &all)).await?;
+            blocking(move || m.repair().done(block, &all)).await?;
             continue;
         }
         let table = cached_placement(meta, &mut tables, rec.protection).await?;
@@ -138,7 +133,7 @@ pub async fn repair_once(
                     .record(done.len() as u64, per_shard * done.len() as u64);
                 rebuilt += done.len();
                 let (m, block) = (meta.clone(), job.block);
-                blocking(move || m.repair_done(block, &done)).await?;
+                blocking(move || m.repair().done(block, &done)).await?;
             }
             Ok(_) => {}
             Err(e) => debug!(block = job.block, error = %e, "repair of block deferred"),

@@ -24,11 +24,8 @@
 //! protobuf message without gRPC's 5-byte prefix. `code` is the gRPC
 //! status code: 0 carries the answer, anything else the status message
 //! and, when not 0, the errno of the failure (see [`crate::errno`]).
-//! Calls are answered in order, one at a time. [`server`] serves it.
-
-pub mod io;
-pub mod node;
-pub mod server;
+//! Calls are answered in order, one at a time. [`crate::transport`]
+//! makes and serves the connections.
 
 use bytes::Bytes;
 use prost::{
@@ -36,7 +33,58 @@ use prost::{
     Message,
 };
 
-use crate::MAX_MESSAGE;
+use crate::transport::settings::MAX_MESSAGE;
+
+/// The Node service's methods, and where a shard's bytes sit in the
+/// messages that carry them (sent apart from the rest of the message, see
+/// [`message_with_bytes_head`]).
+pub mod node {
+    pub const PUT_SHARD: &str = "/tessera.v1.Node/PutShard";
+    pub const GET_SHARD: &str = "/tessera.v1.Node/GetShard";
+    pub const DELETE_SHARDS: &str = "/tessera.v1.Node/DeleteShards";
+    pub const LIST_SHARDS: &str = "/tessera.v1.Node/ListShards";
+    pub const STAT: &str = "/tessera.v1.Node/Stat";
+    /// Field numbers of the shard bytes in PutShardRequest and
+    /// GetShardResponse.
+    pub const PUT_DATA_TAG: u32 = 2;
+    pub const GET_DATA_TAG: u32 = 1;
+}
+
+/// The Meta service's methods.
+pub mod meta {
+    pub const REGISTER_NODE: &str = "/tessera.v1.Meta/RegisterNode";
+    pub const HEARTBEAT: &str = "/tessera.v1.Meta/Heartbeat";
+    pub const LIST_NODES: &str = "/tessera.v1.Meta/ListNodes";
+    pub const GET_PLACEMENT: &str = "/tessera.v1.Meta/GetPlacement";
+    pub const CLUSTER_STATUS: &str = "/tessera.v1.Meta/ClusterStatus";
+    pub const DRAIN_NODE: &str = "/tessera.v1.Meta/DrainNode";
+    pub const REMOVE_NODE: &str = "/tessera.v1.Meta/RemoveNode";
+    pub const REPORT_CORRUPT: &str = "/tessera.v1.Meta/ReportCorrupt";
+    pub const CREATE_VOLUME: &str = "/tessera.v1.Meta/CreateVolume";
+    pub const GET_VOLUME: &str = "/tessera.v1.Meta/GetVolume";
+    pub const LIST_VOLUMES: &str = "/tessera.v1.Meta/ListVolumes";
+    pub const DELETE_VOLUME: &str = "/tessera.v1.Meta/DeleteVolume";
+    pub const ALLOC_BLOCKS: &str = "/tessera.v1.Meta/AllocBlocks";
+    pub const GET_SLICES: &str = "/tessera.v1.Meta/GetSlices";
+    pub const COMMIT_WRITES: &str = "/tessera.v1.Meta/CommitWrites";
+    pub const SYNC: &str = "/tessera.v1.Meta/Sync";
+    pub const LOOKUP: &str = "/tessera.v1.Meta/Lookup";
+    pub const GET_ATTR: &str = "/tessera.v1.Meta/GetAttr";
+    pub const SET_ATTR: &str = "/tessera.v1.Meta/SetAttr";
+    pub const MAKE_NODE: &str = "/tessera.v1.Meta/MakeNode";
+    pub const LINK: &str = "/tessera.v1.Meta/Link";
+    pub const UNLINK: &str = "/tessera.v1.Meta/Unlink";
+    pub const RENAME: &str = "/tessera.v1.Meta/Rename";
+    pub const RELEASE_ORPHAN: &str = "/tessera.v1.Meta/ReleaseOrphan";
+    pub const RENEW_ORPHANS: &str = "/tessera.v1.Meta/RenewOrphans";
+    pub const READ_DIR: &str = "/tessera.v1.Meta/ReadDir";
+    pub const READ_LINK: &str = "/tessera.v1.Meta/ReadLink";
+    pub const GET_XATTR: &str = "/tessera.v1.Meta/GetXattr";
+    pub const SET_XATTR: &str = "/tessera.v1.Meta/SetXattr";
+    pub const LIST_XATTR: &str = "/tessera.v1.Meta/ListXattr";
+    pub const REMOVE_XATTR: &str = "/tessera.v1.Meta/RemoveXattr";
+    pub const STAT_FS: &str = "/tessera.v1.Meta/StatFs";
+}
 
 pub const MAGIC: [u8; 4] = *b"TSRM";
 pub const VERSION: u16 = 1;
@@ -157,7 +205,7 @@ pub struct Answer<'a> {
 
 impl Answer<'_> {
     /// The failure this answer reports, with its errno; `None` for
-    /// success. The inverse of [`server::Reply::status`].
+    /// success. The inverse of [`crate::transport::Reply::status`].
     pub fn failure(&self) -> Option<tonic::Status> {
         let code = tonic::Code::from(i32::try_from(self.code).unwrap_or(i32::MAX));
         (self.code != 0).then(|| match i32::try_from(self.errno) {

@@ -211,8 +211,13 @@ async fn lean_call(
     let mut head = Vec::new();
     lean::request_head(path, message.len() + payload.len(), &mut head).unwrap();
     head.extend_from_slice(message);
-    lean::io::write_parts(s, &head, payload).await.unwrap();
-    let frame = lean::io::read_frame(s).await.unwrap().unwrap();
+    tessera_proto::transport::frames::write_parts(s, &head, payload)
+        .await
+        .unwrap();
+    let frame = tessera_proto::transport::frames::read_frame(s)
+        .await
+        .unwrap()
+        .unwrap();
     let a = lean::decode_response(&frame).unwrap();
     match a.code {
         0 => Ok(frame.slice(frame.len() - a.message.len()..)),

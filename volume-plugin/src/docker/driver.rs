@@ -1,18 +1,22 @@
 //! The volume driver: each endpoint of Docker's protocol as one method over
 //! the metadata service and the host's [`MountTable`]. A failed request
-//! changes nothing.
+//! changes nothing. Requests on one volume are serialized (`locks.rs`);
+//! requests on different volumes run side by side, so one slow mount or
+//! metadata call holds up no other volume.
+
+use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
 
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use tessera_client::{connect_meta, ClientError, MetaConn};
-use tessera_common::{units::human_bytes, validate, Protection};
-use tessera_proto::pb;
-use tokio::sync::Mutex;
-use tonic::{Code, Status};
+use tessera_client::{ClientError, MetaClient};
+use tessera_common::{units::human_bytes, validate, Protection, VolumeInfo, VolumeSpec};
 use tracing::info;
 
-use super::{options::VolumeOptions, protocol};
+use super::{locks::VolumeLocks, options::VolumeOptions, protocol};
 use crate::{MountTable, PluginError, Result};
+
+/// A metadata call that takes longer than this fails (as unreachable).
+const META_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Settings of the Docker plugin.
 #[derive(Clone, Debug)]
@@ -27,21 +31,23 @@ pub struct DockerConfig {
 
 pub struct Driver {
     cfg: DockerConfig,
-    /// A channel to the metadata service once one connected; it reconnects
-    /// by itself after that.
-    meta: Mutex<Option<MetaConn>>,
-    /// Held across each whole request that reads or changes mounts, so a
-    /// Remove never races a Mount of the same volume.
-    mounts: Mutex<MountTable>,
+    /// Connects on its first call, and again after a failure.
+    meta: MetaClient,
+    mounts: Arc<MountTable>,
+    locks: VolumeLocks,
 }
 
 impl Driver {
-    pub fn new(cfg: DockerConfig, mounts: MountTable) -> Driver {
-        Driver {
+    pub fn new(cfg: DockerConfig, mounts: MountTable) -> Result<Driver> {
+        let meta = MetaClient::lazy(&cfg.meta, META_TIMEOUT).map_err(|e| {
+            PluginError::Invalid(format!("metadata service address {:?}: {e}", cfg.meta))
+        })?;
+        Ok(Driver {
             cfg,
-            meta: Mutex::new(None),
-            mounts: Mutex::new(mounts),
-        }
+            meta,
+            mounts: Arc::new(mounts),
+            locks: VolumeLocks::default(),
+        })
     }
 
     /// Answers one request: `endpoint` is the path without its leading `/`.
@@ -75,7 +81,7 @@ impl Driver {
             "VolumeDriver.Path" => {
                 let r: protocol::Named = parse(body)?;
                 validate::volume_name(&r.name)?;
-                let dir = self.mounts.lock().await.mountpoint(&r.name);
+                let dir = self.mounts.mountpoint(&r.name);
                 Ok(json!({ "Mountpoint": dir.unwrap_or_default(), "Err": "" }))
             }
             "VolumeDriver.Get" => {
@@ -97,118 +103,116 @@ impl Driver {
     ) -> Result<()> {
         validate::volume_name(name)?;
         let asked = VolumeOptions::parse(opts)?;
-        let mut meta = self.meta().await?;
-        match meta
-            .get_volume(pb::GetVolumeRequest { name: name.into() })
-            .await
-        {
-            Ok(v) => return same_settings(name, &asked, &v.into_inner()),
-            Err(s) if s.code() == Code::NotFound => {}
-            Err(s) => return Err(self.meta_err(s, name)),
+        match self.meta.volume(name).await {
+            Ok(v) => return same_settings(name, &asked, &v),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(self.meta_err(e, name)),
         }
-        let size = asked.size.unwrap_or(self.cfg.default_size);
-        let protection = asked.protection.unwrap_or(self.cfg.default_protection);
-        let req = pb::CreateVolumeRequest {
+        let spec = VolumeSpec {
             name: name.into(),
-            size_bytes: size,
-            protection: protection.to_string(),
+            size: asked.size.unwrap_or(self.cfg.default_size),
+            protection: asked.protection.unwrap_or(self.cfg.default_protection),
             labels: Default::default(),
-            min_durable: asked.min_durable.unwrap_or(0).into(),
+            min_durable: asked.min_durable.unwrap_or(0),
         };
-        match meta.create_volume(req).await {
+        let (size, protection) = (spec.size, spec.protection);
+        match self.meta.create_volume(spec).await {
             Ok(_) => {
                 info!(volume = name, size, %protection, "created volume");
                 Ok(())
             }
             // Created by someone else in between: fine if it is the same.
-            Err(s) if s.code() == Code::AlreadyExists => {
-                let v = meta
-                    .get_volume(pb::GetVolumeRequest { name: name.into() })
+            Err(e) if e.errno() == libc::EEXIST => {
+                let v = self
+                    .meta
+                    .volume(name)
                     .await
-                    .map_err(|s| self.meta_err(s, name))?;
-                same_settings(name, &asked, &v.into_inner())
+                    .map_err(|e| self.meta_err(e, name))?;
+                same_settings(name, &asked, &v)
             }
-            Err(s) => Err(self.meta_err(s, name)),
+            Err(e) => Err(self.meta_err(e, name)),
         }
     }
 
     async fn remove(&self, name: &str) -> Result<()> {
         validate::volume_name(name)?;
-        let mounts = self.mounts.lock().await;
-        let callers = mounts.callers(name);
+        let _volume = self.locks.lock(name).await;
+        let callers = self.mounts.callers(name);
         if callers > 0 {
             return Err(PluginError::InUse {
                 name: name.into(),
                 mounts: callers,
             });
         }
-        let mut meta = self.meta().await?;
-        meta.delete_volume(pb::DeleteVolumeRequest { name: name.into() })
+        self.meta
+            .delete_volume(name)
             .await
-            .map_err(|s| self.meta_err(s, name))?;
+            .map_err(|e| self.meta_err(e, name))?;
         info!(volume = name, "removed volume");
         Ok(())
     }
 
-    async fn mount(&self, name: &str, caller: &str) -> Result<std::path::PathBuf> {
+    async fn mount(&self, name: &str, caller: &str) -> Result<PathBuf> {
         validate::volume_name(name)?;
-        let mut mounts = self.mounts.lock().await;
-        if mounts.mountpoint(name).is_none() {
+        let _volume = self.locks.lock(name).await;
+        if self.mounts.mountpoint(name).is_none() {
             // A clear "does not exist" before starting a mount process.
-            let mut meta = self.meta().await?;
-            meta.get_volume(pb::GetVolumeRequest { name: name.into() })
+            self.meta
+                .volume(name)
                 .await
-                .map_err(|s| self.meta_err(s, name))?;
+                .map_err(|e| self.meta_err(e, name))?;
         }
-        tokio::task::block_in_place(|| mounts.mount(name, caller))
+        let (mounts, name, caller) = (self.mounts.clone(), name.to_string(), caller.to_string());
+        tokio::task::spawn_blocking(move || mounts.mount(&name, &caller))
+            .await
+            .map_err(|e| PluginError::Invalid(format!("mount task failed: {e}")))?
     }
 
     async fn unmount(&self, name: &str, caller: &str) -> Result<()> {
-        let mut mounts = self.mounts.lock().await;
-        tokio::task::block_in_place(|| mounts.unmount(name, caller))
+        validate::volume_name(name)?;
+        let _volume = self.locks.lock(name).await;
+        let (mounts, name, caller) = (self.mounts.clone(), name.to_string(), caller.to_string());
+        tokio::task::spawn_blocking(move || mounts.unmount(&name, &caller))
+            .await
+            .map_err(|e| PluginError::Invalid(format!("unmount task failed: {e}")))?
     }
 
     async fn get(&self, name: &str) -> Result<Value> {
         validate::volume_name(name)?;
-        let mut meta = self.meta().await?;
-        let v = meta
-            .get_volume(pb::GetVolumeRequest { name: name.into() })
+        let v = self
+            .meta
+            .volume(name)
             .await
-            .map_err(|s| self.meta_err(s, name))?
-            .into_inner();
+            .map_err(|e| self.meta_err(e, name))?;
         let health = self.health(&v).await?;
-        let mounts = self.mounts.lock().await;
         Ok(json!({
             "Name": v.name,
-            "Mountpoint": mounts.mountpoint(name).unwrap_or_default(),
+            "Mountpoint": self.mounts.mountpoint(name).unwrap_or_default(),
             "CreatedAt": rfc3339(v.created_ms),
             "Status": {
-                "size": human_bytes(v.size_bytes),
-                "size_bytes": v.size_bytes,
+                "size": human_bytes(v.size),
+                "size_bytes": v.size,
                 "used": human_bytes(v.used_bytes),
                 "used_bytes": v.used_bytes,
                 "inodes": v.inodes,
-                "protection": v.protection,
+                "protection": v.protection.to_string(),
                 "min_durable": v.min_durable,
                 "health": health,
-                "mounts_on_this_host": mounts.callers(name),
+                "mounts_on_this_host": self.mounts.callers(name),
             },
         }))
     }
 
     async fn list(&self) -> Result<Vec<Value>> {
-        let mut meta = self.meta().await?;
-        let list = meta
-            .list_volumes(pb::ListVolumesRequest {})
+        let list = self
+            .meta
+            .volumes()
             .await
-            .map_err(|s| self.meta_err(s, "list"))?
-            .into_inner();
-        let mounts = self.mounts.lock().await;
+            .map_err(|e| self.meta_err(e, "list"))?;
         Ok(list
-            .volumes
             .into_iter()
             .map(|v| {
-                let dir = mounts.mountpoint(&v.name).unwrap_or_default();
+                let dir = self.mounts.mountpoint(&v.name).unwrap_or_default();
                 json!({ "Name": v.name, "Mountpoint": dir })
             })
             .collect())
@@ -216,18 +220,14 @@ impl Driver {
 
     /// `healthy`, `degraded` (some placement group of the volume's class has
     /// nodes down, but no more than its parity) or `unavailable`.
-    async fn health(&self, v: &pb::Volume) -> Result<String> {
-        let p: Protection = v.protection.parse()?;
-        let mut meta = self.meta().await?;
-        let placement = meta
-            .get_placement(pb::GetPlacementRequest {
-                k: p.k.into(),
-                m: p.m.into(),
-            })
+    async fn health(&self, v: &VolumeInfo) -> Result<String> {
+        let p = v.protection;
+        let placement = self
+            .meta
+            .placement(p)
             .await
-            .map_err(|s| self.meta_err(s, &v.name))?
-            .into_inner();
-        let down: std::collections::HashSet<u64> = placement
+            .map_err(|e| self.meta_err(e, &v.name))?;
+        let down: HashSet<u64> = placement
             .nodes
             .iter()
             .filter(|n| !n.reachable)
@@ -236,7 +236,7 @@ impl Driver {
         let worst = placement
             .pgs
             .iter()
-            .map(|pg| pg.nodes.iter().filter(|n| down.contains(n)).count())
+            .map(|pg| pg.iter().filter(|n| down.contains(n)).count())
             .max()
             .unwrap_or(0);
         Ok(if worst == 0 {
@@ -254,31 +254,18 @@ impl Driver {
         })
     }
 
-    async fn meta(&self) -> Result<MetaConn> {
-        let mut slot = self.meta.lock().await;
-        if let Some(m) = slot.as_ref() {
-            return Ok(m.clone());
+    /// The one place metadata failures become the plugin's errors.
+    fn meta_err(&self, e: ClientError, name: &str) -> PluginError {
+        if e.is_not_found() {
+            return PluginError::NoSuchVolume(name.into());
         }
-        let m = connect_meta(&self.cfg.meta).await.map_err(|e| match e {
-            ClientError::Connect { why, .. } => PluginError::Unreachable {
+        if e.is_unreachable() {
+            return PluginError::Unreachable {
                 addr: self.cfg.meta.clone(),
-                why,
-            },
-            other => PluginError::Meta(other.to_string()),
-        })?;
-        *slot = Some(m.clone());
-        Ok(m)
-    }
-
-    fn meta_err(&self, s: Status, name: &str) -> PluginError {
-        match s.code() {
-            Code::NotFound => PluginError::NoSuchVolume(name.into()),
-            Code::Unavailable => PluginError::Unreachable {
-                addr: self.cfg.meta.clone(),
-                why: s.message().to_string(),
-            },
-            _ => PluginError::Meta(format!("volume {name}: {}", s.message())),
+                why: e.to_string(),
+            };
         }
+        PluginError::Meta(format!("volume {name}: {e}"))
     }
 }
 
@@ -288,20 +275,18 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
 }
 
 /// An existing volume satisfies a Create when every option given matches.
-fn same_settings(name: &str, asked: &VolumeOptions, v: &pb::Volume) -> Result<()> {
-    let size_ok = asked.size.is_none_or(|s| s == v.size_bytes);
-    let prot_ok = asked
-        .protection
-        .is_none_or(|p| Some(p) == v.protection.parse().ok());
+fn same_settings(name: &str, asked: &VolumeOptions, v: &VolumeInfo) -> Result<()> {
+    let size_ok = asked.size.is_none_or(|s| s == v.size);
+    let prot_ok = asked.protection.is_none_or(|p| p == v.protection);
     let durable_ok = asked
         .min_durable
-        .is_none_or(|n| u32::from(n) == v.min_durable);
+        .is_none_or(|n| usize::from(n) == v.min_durable);
     if size_ok && prot_ok && durable_ok {
         return Ok(());
     }
     Err(PluginError::Invalid(format!(
         "volume {name} already exists with size {} and protection {}",
-        human_bytes(v.size_bytes),
+        human_bytes(v.size),
         v.protection
     )))
 }
@@ -330,12 +315,65 @@ fn rfc3339(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
+    use crate::MountConfig;
 
     #[test]
     fn formats_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_737_600_123), "2026-11-27T00:00:00Z");
+    }
+
+    /// A metadata service that accepts connections and never answers: a
+    /// Mount of one volume waits on it, and must not hold up another
+    /// volume's requests.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_request_on_one_volume_holds_up_no_other() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = silent.accept() {
+                held.push(s);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let mounts = MountTable::open(MountConfig::new(
+            dir.path().into(),
+            "/bin/false".into(),
+            addr.clone(),
+        ))
+        .unwrap();
+        let cfg = DockerConfig {
+            meta: addr,
+            default_size: 1 << 30,
+            default_protection: "ec:4+2".parse().unwrap(),
+        };
+        let driver = Arc::new(Driver::new(cfg, mounts).unwrap());
+        let slow = {
+            let d = driver.clone();
+            tokio::spawn(async move {
+                d.handle("VolumeDriver.Mount", br#"{"Name":"slow","ID":"c1"}"#)
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!slow.is_finished(), "the silent service answered");
+        let start = Instant::now();
+        for (endpoint, body) in [
+            ("VolumeDriver.Path", &br#"{"Name":"other"}"#[..]),
+            ("VolumeDriver.Unmount", br#"{"Name":"other","ID":"c2"}"#),
+            ("VolumeDriver.Capabilities", b"{}"),
+        ] {
+            let r = tokio::time::timeout(Duration::from_secs(2), driver.handle(endpoint, body))
+                .await
+                .unwrap_or_else(|_| panic!("{endpoint} of another volume waited for the slow one"));
+            assert!(r.is_ok(), "{endpoint}: {r:?}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(2));
+        slow.abort();
     }
 }

@@ -5,6 +5,7 @@
 //! with status 500, as Docker's own plugin helpers send them.
 
 mod driver;
+mod locks;
 mod options;
 mod protocol;
 mod server;

@@ -1,0 +1,194 @@
+//! The metadata service as the client sees it: typed calls that take and
+//! return the domain types of `tessera-common`. Nothing outside this
+//! module (and the node link) speaks `pb`.
+//!
+//! - [`MetaClient`]: gRPC from tasks on a runtime, for the data path
+//!   (block ids, slices, commits, placement) and for admin tools.
+//! - [`NamesClient`] (`names.rs`): calls on names and attributes over lean
+//!   RPC, blocking the calling thread (a FUSE worker thread).
+
+pub(crate) mod names;
+
+use std::{ops::Range, time::Duration};
+
+use tessera_common::{
+    ClusterStatus, Commit, Committed, FileSlices, Ino, NodeId, NodeInfo, PlacementTable,
+    Protection, ShardKey, VolumeId, VolumeInfo, VolumeSpec,
+};
+use tessera_proto::{
+    pb::{self, meta_client::MetaClient as Rpc},
+    transport::{grpc, settings::MAX_MESSAGE},
+};
+use tonic::transport::Channel;
+
+pub use names::NamesClient;
+
+use crate::{error::malformed, ClientError, Result};
+
+/// The metadata service over gRPC. Cheap to clone: clones share one
+/// HTTP/2 connection, which reconnects by itself after a failure.
+#[derive(Clone)]
+pub struct MetaClient {
+    addr: String,
+    rpc: Rpc<Channel>,
+}
+
+/// Converts an answer, or calls it malformed.
+fn answer<A, B: TryFrom<A, Error = tessera_common::Error>>(a: A) -> Result<B> {
+    B::try_from(a).map_err(malformed)
+}
+
+impl MetaClient {
+    /// Connects to the metadata service at `addr` (`host:port`).
+    pub async fn connect(addr: &str) -> Result<MetaClient> {
+        Ok(Self::on(addr, grpc::channel(addr, None).await?))
+    }
+
+    /// A client of `addr` that connects on its first call, with each call
+    /// bounded by `timeout`. Made on a runtime, whose tasks carry the
+    /// connection.
+    pub fn lazy(addr: &str, timeout: Duration) -> Result<MetaClient> {
+        Ok(Self::on(addr, grpc::lazy_channel(addr, Some(timeout))?))
+    }
+
+    fn on(addr: &str, channel: Channel) -> MetaClient {
+        MetaClient {
+            addr: addr.to_string(),
+            rpc: Rpc::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        }
+    }
+
+    /// Where the metadata service is.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn rpc(&self) -> Rpc<Channel> {
+        self.rpc.clone()
+    }
+
+    // ---------- volumes ----------
+
+    pub async fn create_volume(&self, spec: VolumeSpec) -> Result<VolumeInfo> {
+        answer(
+            self.rpc()
+                .create_volume(pb::CreateVolumeRequest::from(spec))
+                .await?
+                .into_inner(),
+        )
+    }
+
+    pub async fn volume(&self, name: &str) -> Result<VolumeInfo> {
+        let req = pb::GetVolumeRequest { name: name.into() };
+        answer(self.rpc().get_volume(req).await?.into_inner())
+    }
+
+    pub async fn volumes(&self) -> Result<Vec<VolumeInfo>> {
+        let r = self.rpc().list_volumes(pb::ListVolumesRequest {}).await?;
+        r.into_inner().volumes.into_iter().map(answer).collect()
+    }
+
+    pub async fn delete_volume(&self, name: &str) -> Result<()> {
+        let req = pb::DeleteVolumeRequest { name: name.into() };
+        self.rpc().delete_volume(req).await?;
+        Ok(())
+    }
+
+    // ---------- the cluster ----------
+
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>> {
+        let r = self.rpc().list_nodes(pb::ListNodesRequest {}).await?;
+        r.into_inner().nodes.into_iter().map(answer).collect()
+    }
+
+    /// Drains a node; returns how many placement slots moved.
+    pub async fn drain_node(&self, id: NodeId) -> Result<u64> {
+        let r = self.rpc().drain_node(pb::NodeIdRequest { id }).await?;
+        Ok(r.into_inner().moved_slots)
+    }
+
+    pub async fn remove_node(&self, id: NodeId) -> Result<()> {
+        self.rpc().remove_node(pb::NodeIdRequest { id }).await?;
+        Ok(())
+    }
+
+    pub async fn cluster_status(&self) -> Result<ClusterStatus> {
+        let r = self
+            .rpc()
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await?;
+        Ok(r.into_inner().into())
+    }
+
+    /// The placement table of a class, checked: every placement group
+    /// names one node per shard.
+    pub async fn placement(&self, p: Protection) -> Result<PlacementTable> {
+        let req = pb::GetPlacementRequest {
+            k: p.k.into(),
+            m: p.m.into(),
+        };
+        let table: PlacementTable = answer(self.rpc().get_placement(req).await?.into_inner())?;
+        if table.pgs.is_empty() || table.pgs.iter().any(|pg| pg.len() != p.width()) {
+            return Err(ClientError::Malformed(format!(
+                "placement table for {p} is malformed"
+            )));
+        }
+        Ok(table)
+    }
+
+    /// Reports shards found corrupt, so they are rebuilt.
+    pub async fn report_corrupt(&self, keys: &[ShardKey]) -> Result<()> {
+        let req = pb::ReportCorruptRequest {
+            keys: keys.iter().map(|k| (*k).into()).collect(),
+            node: 0,
+        };
+        self.rpc().report_corrupt(req).await?;
+        Ok(())
+    }
+
+    // ---------- file data ----------
+
+    /// Reserves `count` fresh block ids.
+    pub async fn alloc_blocks(&self, count: u32) -> Result<Range<u64>> {
+        let r = self
+            .rpc()
+            .alloc_blocks(pb::AllocBlocksRequest { count })
+            .await?
+            .into_inner();
+        Ok(r.first..r.first + u64::from(r.count))
+    }
+
+    /// A file's attributes, slices and inline blocks.
+    pub async fn file_slices(&self, vol: VolumeId, ino: Ino) -> Result<FileSlices> {
+        let req = pb::GetSlicesRequest { volume: vol, ino };
+        answer(self.rpc().get_slices(req).await?.into_inner())
+    }
+
+    pub async fn commit(&self, c: Commit) -> Result<Committed> {
+        let r = self
+            .rpc()
+            .commit_writes(pb::CommitWritesRequest::from(c))
+            .await?;
+        answer(r.into_inner())
+    }
+
+    /// Extends the lease of `session`'s orphans among `inos`.
+    pub async fn renew_orphans(&self, vol: VolumeId, session: u64, inos: Vec<Ino>) -> Result<()> {
+        let req = pb::RenewOrphansRequest {
+            volume: vol,
+            session,
+            inos,
+        };
+        self.rpc().renew_orphans(req).await?;
+        Ok(())
+    }
+
+    /// The last handle of orphan `ino` closed: the file goes.
+    pub async fn release_orphan(&self, vol: VolumeId, ino: Ino) -> Result<()> {
+        let req = pb::OrphanRequest { volume: vol, ino };
+        self.rpc().release_orphan(req).await?;
+        Ok(())
+    }
+}

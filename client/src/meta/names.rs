@@ -1,0 +1,292 @@
+//! Calls on names and attributes, made on the calling thread over lean
+//! RPC: one write and one blocking read per call, so the thread that
+//! waits for the answer is the one that reads it, with no runtime and no
+//! HTTP/2 in between (a lookup went from about 120 to 50 µs). For threads
+//! that have nothing else to do while a call runs: FUSE worker threads.
+//! Connections are pooled; each call takes one of its own, so concurrent
+//! callers never wait for each other.
+//!
+//! These calls are not idempotent (a create may have been applied when
+//! its connection broke): a call that fails after it was sent fails with
+//! EIO and is not sent again.
+
+use prost::Message;
+use tessera_common::{fs::SetAttr, Attr, DirEntry, FileKind, Ino, StatFs, VolumeId};
+use tessera_proto::{
+    lean::meta as paths,
+    pb,
+    transport::lean_client::{BlockingLeanClient, Retry},
+};
+use tonic::Status;
+
+use crate::{error::malformed, ClientError, Result};
+
+/// Names and attributes of the metadata service at one address.
+pub struct NamesClient {
+    lean: BlockingLeanClient,
+}
+
+/// A new inode: what a create asks for.
+#[derive(Clone, Debug)]
+pub struct NewNode<'a> {
+    pub kind: FileKind,
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub target: &'a [u8],
+}
+
+/// What a create made: the new inode, and its parent as the change left
+/// it (when the service says).
+#[derive(Clone, Debug)]
+pub struct Made {
+    pub node: Attr,
+    pub parent: Option<Attr>,
+}
+
+/// What an unlink or rename left: the inode kept for this caller's open
+/// handles, if any, and how long its lease runs.
+#[derive(Clone, Debug)]
+pub struct Unlinked {
+    pub orphaned: Vec<Ino>,
+    pub lease_ms: u64,
+}
+
+fn attr(a: pb::Attr) -> Result<Attr> {
+    Attr::try_from(a).map_err(malformed)
+}
+
+impl NamesClient {
+    /// A client of the metadata service at `addr`; it connects on its
+    /// first call.
+    pub fn new(addr: &str) -> NamesClient {
+        NamesClient {
+            lean: BlockingLeanClient::new(addr),
+        }
+    }
+
+    fn call<A: Message + Default>(&self, path: &str, request: &impl Message) -> Result<A> {
+        let unreachable = |why: String| {
+            ClientError::from(Status::unavailable(format!(
+                "metadata service at {}: {why}",
+                self.lean.addr()
+            )))
+        };
+        match self.lean.call(path, &request.encode_to_vec(), Retry::Once) {
+            Ok(Ok(message)) => {
+                A::decode(message).map_err(|e| ClientError::Malformed(format!("{path}: {e}")))
+            }
+            Ok(Err(status)) => Err(status.into()),
+            Err(e) => Err(unreachable(e.to_string())),
+        }
+    }
+
+    pub fn lookup(&self, vol: VolumeId, parent: Ino, name: &[u8]) -> Result<Attr> {
+        let req = pb::LookupRequest {
+            volume: vol,
+            parent,
+            name: name.to_vec().into(),
+        };
+        attr(self.call(paths::LOOKUP, &req)?)
+    }
+
+    pub fn get_attr(&self, vol: VolumeId, ino: Ino) -> Result<Attr> {
+        let req = pb::GetAttrRequest { volume: vol, ino };
+        attr(self.call(paths::GET_ATTR, &req)?)
+    }
+
+    pub fn set_attr(&self, vol: VolumeId, ino: Ino, change: &SetAttr) -> Result<Attr> {
+        let req = pb::SetAttrRequest {
+            volume: vol,
+            ino,
+            perm: change.perm,
+            uid: change.uid,
+            gid: change.gid,
+            size: change.size,
+            atime_ns: change.atime_ns,
+            mtime_ns: change.mtime_ns,
+        };
+        attr(self.call(paths::SET_ATTR, &req)?)
+    }
+
+    pub fn make_node(
+        &self,
+        vol: VolumeId,
+        parent: Ino,
+        name: &[u8],
+        n: &NewNode<'_>,
+    ) -> Result<Made> {
+        let req = pb::MakeNodeRequest {
+            volume: vol,
+            parent,
+            name: name.to_vec().into(),
+            kind: n.kind.into(),
+            perm: n.perm,
+            uid: n.uid,
+            gid: n.gid,
+            rdev: n.rdev,
+            symlink_target: n.target.to_vec().into(),
+        };
+        let mut a: pb::Attr = self.call(paths::MAKE_NODE, &req)?;
+        let parent = a.parent.take().map(|p| attr(*p)).transpose()?;
+        Ok(Made {
+            node: attr(a)?,
+            parent,
+        })
+    }
+
+    pub fn link(&self, vol: VolumeId, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
+        let req = pb::LinkRequest {
+            volume: vol,
+            ino,
+            new_parent,
+            new_name: new_name.to_vec().into(),
+        };
+        attr(self.call(paths::LINK, &req)?)
+    }
+
+    /// unlink (or rmdir with `dir`); `open` names the inodes the caller
+    /// has open, kept as orphans of `session` if they lose their last name.
+    pub fn unlink(
+        &self,
+        vol: VolumeId,
+        parent: Ino,
+        name: &[u8],
+        dir: bool,
+        open: Vec<Ino>,
+        session: u64,
+    ) -> Result<Unlinked> {
+        let req = pb::UnlinkRequest {
+            volume: vol,
+            parent,
+            name: name.to_vec().into(),
+            dir,
+            open,
+            session,
+        };
+        let r: pb::UnlinkResponse = self.call(paths::UNLINK, &req)?;
+        Ok(Unlinked {
+            orphaned: r.orphaned,
+            lease_ms: r.lease_ms,
+        })
+    }
+
+    /// rename(2) with its flags; `open` and `session` as for unlink, for a
+    /// file the rename replaces.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rename(
+        &self,
+        vol: VolumeId,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: u32,
+        open: Vec<Ino>,
+        session: u64,
+    ) -> Result<Unlinked> {
+        let req = pb::RenameRequest {
+            volume: vol,
+            parent,
+            name: name.to_vec().into(),
+            new_parent,
+            new_name: new_name.to_vec().into(),
+            flags,
+            open,
+            session,
+        };
+        let r: pb::UnlinkResponse = self.call(paths::RENAME, &req)?;
+        Ok(Unlinked {
+            orphaned: r.orphaned,
+            lease_ms: r.lease_ms,
+        })
+    }
+
+    /// Entries of directory `ino` whose names sort after `after`.
+    pub fn read_dir(
+        &self,
+        vol: VolumeId,
+        ino: Ino,
+        after: &[u8],
+        limit: u32,
+    ) -> Result<Vec<DirEntry>> {
+        let req = pb::ReadDirRequest {
+            volume: vol,
+            ino,
+            after: after.to_vec().into(),
+            limit,
+        };
+        let r: pb::ReadDirResponse = self.call(paths::READ_DIR, &req)?;
+        r.entries
+            .into_iter()
+            .map(|e| DirEntry::try_from(e).map_err(malformed))
+            .collect()
+    }
+
+    pub fn read_link(&self, vol: VolumeId, ino: Ino) -> Result<Vec<u8>> {
+        let req = pb::ReadLinkRequest { volume: vol, ino };
+        let r: pb::ReadLinkResponse = self.call(paths::READ_LINK, &req)?;
+        Ok(r.target.to_vec())
+    }
+
+    pub fn get_xattr(&self, vol: VolumeId, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        let req = pb::XattrRequest {
+            volume: vol,
+            ino,
+            name: name.to_vec().into(),
+        };
+        let r: pb::XattrValue = self.call(paths::GET_XATTR, &req)?;
+        Ok(r.value.to_vec())
+    }
+
+    pub fn set_xattr(
+        &self,
+        vol: VolumeId,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+    ) -> Result<()> {
+        let req = pb::SetXattrRequest {
+            volume: vol,
+            ino,
+            name: name.to_vec().into(),
+            value: value.to_vec().into(),
+            flags,
+        };
+        self.call::<pb::Empty>(paths::SET_XATTR, &req).map(drop)
+    }
+
+    pub fn list_xattr(&self, vol: VolumeId, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        let req = pb::GetAttrRequest { volume: vol, ino };
+        let r: pb::XattrNames = self.call(paths::LIST_XATTR, &req)?;
+        Ok(r.names.into_iter().map(|n| n.to_vec()).collect())
+    }
+
+    pub fn remove_xattr(&self, vol: VolumeId, ino: Ino, name: &[u8]) -> Result<()> {
+        let req = pb::XattrRequest {
+            volume: vol,
+            ino,
+            name: name.to_vec().into(),
+        };
+        self.call::<pb::Empty>(paths::REMOVE_XATTR, &req).map(drop)
+    }
+
+    pub fn stat_fs(&self, vol: VolumeId) -> Result<StatFs> {
+        let r: pb::StatFsResponse =
+            self.call(paths::STAT_FS, &pb::StatFsRequest { volume: vol })?;
+        Ok(StatFs {
+            size: r.size_bytes,
+            used: r.used_bytes,
+            inodes: r.inodes,
+        })
+    }
+
+    /// Makes every change of names and attributes acknowledged so far
+    /// durable (the service acknowledges them before its fsync).
+    pub fn sync(&self, vol: VolumeId) -> Result<()> {
+        self.call::<pb::Empty>(paths::SYNC, &pb::SyncRequest { volume: vol })
+            .map(drop)
+    }
+}

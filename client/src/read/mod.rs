@@ -1,0 +1,127 @@
+//! The read path: a byte range of a file is what this mount has not yet
+//! committed (its write buffer) laid over the committed slices (cached
+//! per open file, `slices.rs`); each visible run of a block is read from
+//! the data shards that hold it (`stripe.rs`), from the block cache
+//! (`cache.rs`), or from the inline block's bytes. A sequential reader
+//! reads ahead (`ahead.rs`).
+
+mod ahead;
+pub(crate) mod cache;
+pub(crate) mod slices;
+
+use std::sync::{atomic::Ordering, Arc};
+
+use bytes::Bytes;
+use futures::future::join_all;
+use tessera_common::{is_inline, Ino};
+use tracing::warn;
+
+pub(crate) use slices::CachedSlices;
+
+use crate::{
+    stripe::{read_range, BlockRef, WHOLE_BLOCK_AT},
+    volume::{FileEntry, Volume},
+    ClientError, Result,
+};
+
+impl Volume {
+    /// Reads up to `size` bytes at `offset`; short at the end of the file.
+    pub async fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Bytes> {
+        let e = self.entry(ino);
+        let asked_end = offset.saturating_add(u64::from(size));
+        // Uncommitted bytes first, then the committed slices: a block that
+        // commits in between is then seen by one or the other.
+        let (buffered, pending_end) = {
+            let st = e.state.lock().expect("file state lock");
+            (st.overlay(offset, asked_end), st.pending_end())
+        };
+        let slices = self.slices(ino, &e).await?;
+        let end = asked_end.min(slices.size.max(pending_end));
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let runs = slices.visible(offset, end.min(slices.size));
+        if !runs.is_empty() {
+            // Moved placement groups are found here, not by failing reads.
+            if let Err(e) = self.inner.nodes.refresh_if_stale(0).await {
+                warn!(volume = self.name(), error = %e, "refreshing the placement table failed");
+            }
+        }
+        let reads = runs.iter().map(|v| {
+            let b = BlockRef {
+                block: v.slice.block,
+                len: v.slice.block_len as usize,
+            };
+            let (at, len) = (v.block_offset(), v.len as usize);
+            let slices = &slices;
+            async move {
+                if is_inline(b.block) {
+                    return match slices.inline(b.block) {
+                        Some(data) if at + len <= data.len() => Ok(data.slice(at..at + len)),
+                        _ => Err(ClientError::Malformed(format!(
+                            "inode {ino}: inline block {:#x} missing or short",
+                            b.block
+                        ))),
+                    };
+                }
+                let i = &self.inner;
+                read_range(&i.nodes, &i.codec, &i.cache, b, at, len).await
+            }
+        });
+        let sequential = e.read_end.swap(end, Ordering::Relaxed) == offset
+            && u64::from(size) >= WHOLE_BLOCK_AT as u64;
+        if sequential {
+            self.read_ahead(&slices, end);
+        }
+        let datas = join_all(reads).await;
+        let buffered: Vec<(u64, Bytes)> =
+            buffered.into_iter().filter(|(at, _)| *at < end).collect();
+        if let ([v], [_], true) = (&runs[..], &datas[..], buffered.is_empty()) {
+            if v.offset == offset && v.offset + v.len == end {
+                // One run of one block, nothing buffered over it: its bytes
+                // as read (or cached), without a copy.
+                return datas.into_iter().next().expect("one run");
+            }
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        for (v, data) in runs.iter().zip(datas) {
+            let data = data?;
+            let at = (v.offset - offset) as usize;
+            buf[at..at + data.len()].copy_from_slice(&data);
+        }
+        for (at, data) in &buffered {
+            let from = (at - offset) as usize;
+            let n = data.len().min(buf.len() - from);
+            buf[from..from + n].copy_from_slice(&data[..n]);
+        }
+        Ok(Bytes::from(buf))
+    }
+
+    /// The committed slices of `ino`, fetched if this mount has none cached.
+    pub(crate) async fn slices(&self, ino: Ino, e: &FileEntry) -> Result<Arc<CachedSlices>> {
+        let generation = {
+            let s = e.slices.lock().expect("slices lock");
+            if let Some(cached) = &s.1 {
+                return Ok(cached.clone());
+            }
+            s.0
+        };
+        let fetched = self.inner.meta.file_slices(self.id(), ino).await?;
+        let fetched = Arc::new(CachedSlices::from(fetched));
+        let mut s = e.slices.lock().expect("slices lock");
+        // A fetch that raced with a commit of this mount is not kept.
+        if s.0 == generation {
+            s.1 = Some(fetched.clone());
+        }
+        Ok(fetched)
+    }
+
+    /// Forgets the cached slices of `ino`: the next read fetches them.
+    pub(crate) fn invalidate(&self, ino: Ino) {
+        if let Some(e) = self.existing_entry(ino) {
+            let mut s = e.slices.lock().expect("slices lock");
+            s.0 += 1;
+            s.1 = None;
+        }
+    }
+}

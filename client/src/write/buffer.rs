@@ -1,0 +1,267 @@
+//! One file's write buffer in a mount: the dirty extents `write` copies
+//! into, and the blocks cut from them that are being stored (`Pending`),
+//! oldest first. Readers of this mount see both, laid over the committed
+//! bytes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tessera_common::{Ino, MAX_BLOCK};
+use tokio::sync::watch;
+
+use crate::{ClientError, Result};
+
+/// Bytes written at `offset`, not yet committed.
+#[derive(Clone, Debug)]
+pub(crate) struct Extent {
+    pub offset: u64,
+    pub data: Arc<Vec<u8>>,
+}
+
+impl Extent {
+    pub fn end(&self) -> u64 {
+        self.offset + self.data.len() as u64
+    }
+}
+
+/// An extent's bytes, shared without a copy (a block being stored, or a
+/// reader's view of one).
+pub(crate) struct SharedBytes(pub Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// A block's worth of extents on its way to the storage nodes.
+pub(crate) struct Pending {
+    pub extents: Vec<Extent>,
+    done: watch::Sender<Option<Result<()>>>,
+}
+
+impl Pending {
+    pub fn new(extents: Vec<Extent>) -> Arc<Self> {
+        Arc::new(Pending {
+            extents,
+            done: watch::channel(None).0,
+        })
+    }
+
+    pub fn finish(&self, result: Result<()>) {
+        self.done.send_replace(Some(result));
+    }
+
+    /// Waits until this block of inode `ino` is committed (or failed).
+    pub async fn wait(&self, ino: Ino) -> Result<()> {
+        let mut rx = self.done.subscribe();
+        let r = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| ClientError::PipelineDropped { ino })?;
+        r.clone().expect("wait_for returned a finished result")
+    }
+
+    /// Whether this block is committed (or failed).
+    pub fn is_finished(&self) -> bool {
+        self.done.borrow().is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.extents.iter().map(|e| e.data.len()).sum()
+    }
+}
+
+/// What one file has buffered and in flight in this mount.
+#[derive(Default)]
+pub(crate) struct FileState {
+    pub dirty: Vec<Extent>,
+    pub dirty_bytes: usize,
+    /// Blocks stored or being stored but not yet committed, oldest first.
+    pub inflight: Vec<Arc<Pending>>,
+    /// A failure not yet reported to the application.
+    pub error: Option<ClientError>,
+    /// Open file handles of this inode in this mount.
+    pub opens: u32,
+    /// The file lost its last name while open here: closing its last
+    /// handle releases it (see `volume/orphans.rs`).
+    pub orphan: bool,
+}
+
+impl FileState {
+    /// Buffers a write. Returns true when a full block is ready to cut.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> bool {
+        if let Some(last) = self.dirty.last_mut() {
+            // Extend or overwrite the newest extent in place when the write
+            // touches it: no newer extent can sit on top of it.
+            if offset >= last.offset && offset <= last.end() {
+                let buf = Arc::make_mut(&mut last.data);
+                let at = (offset - last.offset) as usize;
+                let overlap = (buf.len() - at).min(data.len());
+                let grow = data.len() - overlap;
+                if buf.capacity() - buf.len() < grow {
+                    // Straight to a whole block: a sequential writer fills
+                    // it, and doubling would copy the bytes again each time.
+                    buf.reserve_exact(grow.max(MAX_BLOCK.saturating_sub(buf.len())));
+                }
+                buf[at..at + overlap].copy_from_slice(&data[..overlap]);
+                buf.extend_from_slice(&data[overlap..]);
+                self.dirty_bytes += data.len() - overlap;
+                return self.dirty_bytes >= MAX_BLOCK;
+            }
+        }
+        self.dirty.push(Extent {
+            offset,
+            data: Arc::new(data.to_vec()),
+        });
+        self.dirty_bytes += data.len();
+        self.dirty_bytes >= MAX_BLOCK
+    }
+
+    /// Cuts up to one block (4 MiB) of the oldest dirty extents.
+    pub fn cut(&mut self) -> Option<Vec<Extent>> {
+        if self.dirty.is_empty() {
+            return None;
+        }
+        let mut taken = Vec::new();
+        let mut room = MAX_BLOCK;
+        while room > 0 && !self.dirty.is_empty() {
+            let e = &mut self.dirty[0];
+            if e.data.len() <= room {
+                let e = self.dirty.remove(0);
+                room -= e.data.len();
+                taken.push(e);
+            } else {
+                let head = Extent {
+                    offset: e.offset,
+                    data: Arc::new(e.data[..room].to_vec()),
+                };
+                e.data = Arc::new(e.data[room..].to_vec());
+                e.offset += room as u64;
+                taken.push(head);
+                room = 0;
+            }
+        }
+        self.dirty_bytes -= MAX_BLOCK - room;
+        Some(taken)
+    }
+
+    /// The uncommitted bytes within `[start, end)`, oldest first, as
+    /// (offset, bytes): what reads lay over the committed bytes. Extents in
+    /// flight are immutable and shared; dirty ones are copied, only the
+    /// bytes asked for, so a reader never holds the buffer a writer is
+    /// appending to (which would make the writer copy it whole).
+    pub fn overlay(&self, start: u64, end: u64) -> Vec<(u64, Bytes)> {
+        let clip = |x: &Extent| {
+            let (lo, hi) = (x.offset.max(start), x.end().min(end));
+            (lo < hi).then(|| ((lo - x.offset) as usize, (hi - x.offset) as usize, lo))
+        };
+        let mut out = Vec::new();
+        for x in self.inflight.iter().flat_map(|p| &p.extents) {
+            if let Some((a, b, at)) = clip(x) {
+                out.push((
+                    at,
+                    Bytes::from_owner(SharedBytes(x.data.clone())).slice(a..b),
+                ));
+            }
+        }
+        for x in &self.dirty {
+            if let Some((a, b, at)) = clip(x) {
+                out.push((at, Bytes::copy_from_slice(&x.data[a..b])));
+            }
+        }
+        out
+    }
+
+    /// The end of the furthest uncommitted byte.
+    pub fn pending_end(&self) -> u64 {
+        let inflight = self.inflight.iter().flat_map(|p| &p.extents);
+        inflight
+            .chain(&self.dirty)
+            .map(Extent::end)
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn idle(&self) -> bool {
+        self.dirty.is_empty() && self.inflight.is_empty() && self.opens == 0 && self.error.is_none()
+    }
+
+    pub fn take_error(&mut self, ino: Ino) -> Result<()> {
+        match self.error.take() {
+            None => Ok(()),
+            Some(e) => Err(ClientError::EarlierWrite {
+                ino,
+                errno: e.errno(),
+                why: e.to_string(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequential_writes_coalesce_and_cut_into_blocks() {
+        let mut f = FileState::default();
+        let chunk = vec![7u8; 1 << 20];
+        let mut ready = false;
+        for i in 0..5u64 {
+            ready |= f.write(i << 20, &chunk);
+        }
+        assert!(ready);
+        assert_eq!(f.dirty.len(), 1);
+        let block = f.cut().unwrap();
+        assert_eq!(block.iter().map(|e| e.data.len()).sum::<usize>(), MAX_BLOCK);
+        assert_eq!(f.dirty_bytes, 1 << 20);
+        assert_eq!(f.dirty[0].offset, MAX_BLOCK as u64);
+    }
+
+    #[test]
+    fn overwrites_keep_the_newest_bytes() {
+        let mut f = FileState::default();
+        f.write(0, b"aaaaaaaa");
+        f.write(2, b"BB");
+        f.write(100, b"x");
+        f.write(1, b"C");
+        let mut file = [0u8; 101];
+        for (at, data) in f.overlay(0, 200) {
+            file[at as usize..at as usize + data.len()].copy_from_slice(&data);
+        }
+        assert_eq!(&file[..8], b"aCBBaaaa");
+        assert_eq!(file[100], b'x');
+        assert_eq!(f.pending_end(), 101);
+        // Only the bytes asked for, from the extents that hold them.
+        assert_eq!(f.overlay(3, 5), vec![(3, Bytes::from_static(b"Ba"))]);
+        assert_eq!(
+            f.overlay(0, 3),
+            vec![
+                (0, Bytes::from_static(b"aaB")),
+                (1, Bytes::from_static(b"C"))
+            ]
+        );
+    }
+
+    /// A reader in the middle of a sequential writer's block takes a copy
+    /// of what it reads, never the buffer itself: the writer goes on
+    /// appending in place instead of copying 4 MiB.
+    #[test]
+    fn a_reader_never_makes_the_writer_copy_its_buffer() {
+        let mut f = FileState::default();
+        f.write(0, &[1u8; 4096]);
+        // The second write grows the buffer to a whole block at once.
+        f.write(4096, &[1u8; 4096]);
+        let before = f.dirty[0].data.as_ptr();
+        let seen = f.overlay(4096, 8192);
+        f.write(8192, &[2u8; 1 << 20]);
+        assert_eq!(
+            f.dirty[0].data.as_ptr(),
+            before,
+            "the writer copied its buffer"
+        );
+        assert_eq!(Arc::strong_count(&f.dirty[0].data), 1);
+        assert_eq!(seen, vec![(4096, Bytes::from(vec![1u8; 4096]))]);
+    }
+}

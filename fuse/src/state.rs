@@ -1,0 +1,138 @@
+//! `TesseraFs`: the state behind the FUSE methods (`fs.rs`), and what they
+//! share: running a call and mapping its error, creating a node, listing
+//! a directory.
+
+use std::{ffi::OsStr, os::unix::ffi::OsStrExt};
+
+use fuser::{Errno, Generation, ReplyEmpty, ReplyEntry, ReplyXattr, Request};
+use tessera_client::{ClientError, Made, NewNode, Volume};
+use tessera_common::{Attr, DirEntry, FileKind, Ino};
+use tracing::{debug, warn};
+
+use crate::{
+    attr::{errno, file_attr},
+    caps::Caps,
+    dir_attrs::{DirAttrs, TTL},
+    dirs::DirHandles,
+};
+
+/// Entries fetched per metadata call when listing a directory.
+const DIR_PAGE: u32 = 1000;
+
+pub struct TesseraFs {
+    pub(crate) vol: Volume,
+    pub(crate) dirs: DirHandles,
+    pub(crate) dir_attrs: DirAttrs,
+    pub(crate) caps: Caps,
+}
+
+impl TesseraFs {
+    pub fn new(vol: Volume) -> Self {
+        TesseraFs {
+            vol,
+            dirs: DirHandles::default(),
+            dir_attrs: DirAttrs::default(),
+            caps: Caps::default(),
+        }
+    }
+
+    /// The errno of a failed call, logged: EIO as a warning (something is
+    /// wrong), the others at debug (an application's ENOENT is normal).
+    pub(crate) fn result<T>(&self, op: &str, r: Result<T, ClientError>) -> Result<T, Errno> {
+        r.map_err(|e| {
+            if e.errno() == libc::EIO {
+                warn!(volume = self.vol.name(), op, error = %e, "I/O error");
+            } else {
+                debug!(volume = self.vol.name(), op, error = %e, "request failed");
+            }
+            errno(&e)
+        })
+    }
+
+    /// Runs a call of the data path on the volume's runtime.
+    pub(crate) fn data<T>(
+        &self,
+        op: &str,
+        f: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, Errno> {
+        self.result(op, self.vol.block_on(f))
+    }
+
+    pub(crate) fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
+        match r {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    pub(crate) fn empty(&self, reply: ReplyEmpty, r: Result<(), Errno>) {
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Creates a node; keeps its parent's attributes as the change left
+    /// them, for the getattr the kernel sends next.
+    pub(crate) fn make(
+        &self,
+        op: &str,
+        req: &Request,
+        parent: Ino,
+        name: &OsStr,
+        new: NewNode<'_>,
+    ) -> Result<Attr, Errno> {
+        let new = NewNode {
+            uid: req.uid(),
+            gid: req.gid(),
+            ..new
+        };
+        let epoch = self.dir_attrs.epoch();
+        let Made { node, parent: dir } =
+            self.result(op, self.vol.make_node(parent, name.as_bytes(), &new))?;
+        match dir {
+            Some(d) => self.dir_attrs.put(d, epoch),
+            // From a metadata service that does not send it.
+            None => self.dir_attrs.forget(parent),
+        }
+        Ok(node)
+    }
+
+    pub(crate) fn list(&self, ino: Ino) -> Result<Vec<DirEntry>, ClientError> {
+        let mut all = Vec::new();
+        let mut after = Vec::new();
+        loop {
+            let page = self.vol.read_dir(ino, &after, DIR_PAGE)?;
+            let done = page.len() < DIR_PAGE as usize;
+            if let Some(last) = page.last() {
+                after = last.name.clone();
+            }
+            all.extend(page);
+            if done {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Answers an xattr question of the size `size` allows (0: the size).
+    pub(crate) fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
+        if size == 0 {
+            reply.size(value.len() as u32);
+        } else if value.len() <= size as usize {
+            reply.data(value);
+        } else {
+            reply.error(Errno::ERANGE);
+        }
+    }
+}
+
+pub(crate) fn node(kind: FileKind, perm: u32, rdev: u32, target: &[u8]) -> NewNode<'_> {
+    NewNode {
+        kind,
+        perm,
+        uid: 0,
+        gid: 0,
+        rdev,
+        target,
+    }
+}

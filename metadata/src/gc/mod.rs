@@ -1,0 +1,96 @@
+//! Garbage collection of blocks nothing refers to any more.
+//!
+//! A block is queued (`G` + block id) in the same transaction that removes
+//! the last reference to it ([`crate::blocks`]: deleted files, truncated or
+//! overwritten slices, removed volumes), so the queue never misses a block
+//! and never holds one that is still referenced. A background task
+//! (`task.rs`) takes batches off the queue, deletes every shard of each
+//! block from the nodes of its placement group, and forgets a block only
+//! once every one of those nodes confirmed; a node that is down keeps its
+//! blocks queued until it is back.
+
+mod task;
+
+use serde::{Deserialize, Serialize};
+use tessera_common::{BlockId, Protection};
+
+pub use task::{collect_forever, collect_once};
+
+use crate::{
+    keys,
+    meta::{now_ns, Meta},
+    records::{decode, store},
+    store::{transact, Txn},
+    Result,
+};
+
+/// Blocks forgotten per transaction.
+const FORGET_BATCH: usize = 1024;
+
+/// One queued block: what is needed to find its shards.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct GcRecord {
+    pub protection: Protection,
+    pub queued_ns: i64,
+}
+
+/// Queues `block` in `txn`; called when its last reference goes.
+pub(crate) fn queue_block(txn: &mut dyn Txn, block: BlockId, protection: Protection) -> Result<()> {
+    let rec = GcRecord {
+        protection,
+        queued_ns: now_ns(),
+    };
+    store(txn, &keys::gc(block), &rec)
+}
+
+/// The garbage collection domain of a [`Meta`].
+#[derive(Clone, Copy)]
+pub struct GcQueue<'m> {
+    pub(crate) meta: &'m Meta,
+}
+
+impl GcQueue<'_> {
+    /// Up to `limit` queued blocks, oldest ids first. Each was queued by a
+    /// change that is durable when this returns: the change may have been
+    /// a buffered one (an unlink), and deleting shards for a change that a
+    /// power loss then undoes would lose the data it brings back.
+    pub fn pending(&self, limit: usize) -> Result<Vec<(BlockId, GcRecord)>> {
+        let (start, end) = keys::prefix_range(&[keys::GC]);
+        let rows = self.meta.store().begin().scan(&start, &end, limit)?;
+        if !rows.is_empty() {
+            self.meta.store().sync()?;
+        }
+        rows.iter()
+            .map(|(k, v)| Ok((keys::id_of(k, keys::GC)?, decode(k, v)?)))
+            .collect()
+    }
+
+    /// Forgets blocks whose shards are all deleted.
+    pub fn forget(&self, blocks: &[BlockId]) -> Result<()> {
+        for batch in blocks.chunks(FORGET_BATCH) {
+            transact(self.meta.store(), |txn| {
+                for b in batch {
+                    txn.delete(&keys::gc(*b))?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Whether `block` waits for garbage collection (nothing refers to it).
+    pub fn is_garbage(&self, block: BlockId) -> Result<bool> {
+        Ok(self.meta.store().begin().get(&keys::gc(block))?.is_some())
+    }
+
+    /// Blocks waiting.
+    pub fn queued(&self) -> Result<u64> {
+        let (start, end) = keys::prefix_range(&[keys::GC]);
+        Ok(self
+            .meta
+            .store()
+            .begin()
+            .scan(&start, &end, usize::MAX)?
+            .len() as u64)
+    }
+}

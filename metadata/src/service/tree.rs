@@ -1,0 +1,154 @@
+//! Handlers of the file tree's calls: names, attributes, xattrs, orphans.
+
+use tessera_common::{Attr, FileKind, SetAttr};
+use tessera_proto::pb;
+
+use crate::{
+    fs::{Holder, MakeNode, Rename, Unlink},
+    Meta, MetaError,
+};
+
+type Result<T> = std::result::Result<T, MetaError>;
+
+fn attr(a: Attr) -> pb::Attr {
+    a.into()
+}
+
+/// An unlink's or rename's answer: the orphan kept, and its lease.
+fn orphaned(m: &Meta, orphan: Option<u64>) -> pb::UnlinkResponse {
+    pb::UnlinkResponse {
+        orphaned: orphan.into_iter().collect(),
+        lease_ms: m.tree().orphan_lease().as_millis() as u64,
+    }
+}
+
+pub(super) fn lookup(m: &Meta, r: pb::LookupRequest) -> Result<pb::Attr> {
+    Ok(attr(m.tree().lookup(r.volume, r.parent, &r.name)?))
+}
+
+pub(super) fn get_attr(m: &Meta, r: pb::GetAttrRequest) -> Result<pb::Attr> {
+    Ok(attr(m.tree().get_attr(r.volume, r.ino)?))
+}
+
+pub(super) fn set_attr(m: &Meta, r: pb::SetAttrRequest) -> Result<pb::Attr> {
+    let change = SetAttr {
+        perm: r.perm,
+        uid: r.uid,
+        gid: r.gid,
+        size: r.size,
+        atime_ns: r.atime_ns,
+        mtime_ns: r.mtime_ns,
+    };
+    Ok(attr(m.tree().set_attr(r.volume, r.ino, &change)?))
+}
+
+pub(super) fn make_node(m: &Meta, r: pb::MakeNodeRequest) -> Result<pb::Attr> {
+    let made = m.tree().make_node(&MakeNode {
+        vol: r.volume,
+        parent: r.parent,
+        name: &r.name,
+        kind: FileKind::try_from(r.kind)?,
+        perm: r.perm,
+        uid: r.uid,
+        gid: r.gid,
+        rdev: r.rdev,
+        target: &r.symlink_target,
+    })?;
+    Ok(pb::Attr {
+        parent: Some(Box::new(attr(made.parent))),
+        ..attr(made.node)
+    })
+}
+
+pub(super) fn link(m: &Meta, r: pb::LinkRequest) -> Result<pb::Attr> {
+    Ok(attr(m.tree().link(
+        r.volume,
+        r.ino,
+        r.new_parent,
+        &r.new_name,
+    )?))
+}
+
+pub(super) fn unlink(m: &Meta, r: pb::UnlinkRequest) -> Result<pb::UnlinkResponse> {
+    let orphan = m.tree().unlink(&Unlink {
+        vol: r.volume,
+        parent: r.parent,
+        name: &r.name,
+        dir: r.dir,
+        holder: Holder {
+            open: &r.open,
+            session: r.session,
+        },
+    })?;
+    Ok(orphaned(m, orphan))
+}
+
+pub(super) fn rename(m: &Meta, r: pb::RenameRequest) -> Result<pb::UnlinkResponse> {
+    let orphan = m.tree().rename(&Rename {
+        vol: r.volume,
+        parent: r.parent,
+        name: &r.name,
+        new_parent: r.new_parent,
+        new_name: &r.new_name,
+        flags: r.flags,
+        holder: Holder {
+            open: &r.open,
+            session: r.session,
+        },
+    })?;
+    Ok(orphaned(m, orphan))
+}
+
+pub(super) fn release_orphan(m: &Meta, r: pb::OrphanRequest) -> Result<pb::Empty> {
+    m.tree().release_orphan(r.volume, r.ino)?;
+    Ok(pb::Empty {})
+}
+
+pub(super) fn renew_orphans(m: &Meta, r: pb::RenewOrphansRequest) -> Result<pb::Empty> {
+    m.tree().renew_orphans(r.volume, r.session, &r.inos)?;
+    Ok(pb::Empty {})
+}
+
+pub(super) fn read_dir(m: &Meta, r: pb::ReadDirRequest) -> Result<pb::ReadDirResponse> {
+    let entries = m
+        .tree()
+        .read_dir(r.volume, r.ino, &r.after, r.limit as usize)?;
+    Ok(pb::ReadDirResponse {
+        entries: entries.into_iter().map(Into::into).collect(),
+    })
+}
+
+pub(super) fn read_link(m: &Meta, r: pb::ReadLinkRequest) -> Result<pb::ReadLinkResponse> {
+    Ok(pb::ReadLinkResponse {
+        target: m.tree().read_link(r.volume, r.ino)?.into(),
+    })
+}
+
+pub(super) fn get_xattr(m: &Meta, r: pb::XattrRequest) -> Result<pb::XattrValue> {
+    Ok(pb::XattrValue {
+        value: m.tree().get_xattr(r.volume, r.ino, &r.name)?.into(),
+    })
+}
+
+pub(super) fn set_xattr(m: &Meta, r: pb::SetXattrRequest) -> Result<pb::Empty> {
+    m.tree()
+        .set_xattr(r.volume, r.ino, &r.name, &r.value, r.flags)?;
+    Ok(pb::Empty {})
+}
+
+pub(super) fn list_xattr(m: &Meta, r: pb::GetAttrRequest) -> Result<pb::XattrNames> {
+    let names = m.tree().list_xattr(r.volume, r.ino)?;
+    Ok(pb::XattrNames {
+        names: names.into_iter().map(Into::into).collect(),
+    })
+}
+
+pub(super) fn remove_xattr(m: &Meta, r: pb::XattrRequest) -> Result<pb::Empty> {
+    m.tree().remove_xattr(r.volume, r.ino, &r.name)?;
+    Ok(pb::Empty {})
+}
+
+pub(super) fn sync(m: &Meta, r: pb::SyncRequest) -> Result<pb::Empty> {
+    m.tree().sync(r.volume)?;
+    Ok(pb::Empty {})
+}
