@@ -16,8 +16,5 @@ mod volume;
 mod write;
 
 pub use error::{ClientError, Result};
-pub use meta::{
-    names::{Made, NewNode},
-    MetaClient,
-};
+pub use meta::{names::Made, MetaClient};
 pub use volume::{Volume, VolumeOptions};

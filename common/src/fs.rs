@@ -19,9 +19,11 @@ pub const MAX_XATTR_VALUE: usize = 64 << 10;
 /// Most inodes an unlink or rename may name as open by its caller.
 pub const MAX_OPEN: usize = 1 << 20;
 
-/// Most orphans (files unlinked while open) one renewal of their lease
-/// names: a client with more renews them in batches.
-pub const MAX_RENEW: usize = 1024;
+/// Most orphans (files unlinked while open) one renewal of their lease may
+/// name (what older clients send in one), and how many a client names in
+/// one and the metadata service renews in one transaction.
+pub const MAX_RENEW: usize = 1 << 20;
+pub const RENEW_BATCH: usize = 1024;
 
 /// rename(2) flags the tree understands (Linux's values).
 pub const RENAME_NOREPLACE: u32 = 1;
@@ -82,6 +84,34 @@ pub struct Attr {
     pub atime_ns: i64,
     pub mtime_ns: i64,
     pub ctime_ns: i64,
+}
+
+/// A new inode: what a create asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewNode<'a> {
+    pub kind: FileKind,
+    /// Permission bits (`0o7777` at most are kept).
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    /// A symlink's target (empty for anything else).
+    pub target: &'a [u8],
+}
+
+impl NewNode<'static> {
+    /// A node of `kind` with permissions `perm`, owned by root, no device
+    /// number, no target.
+    pub fn new(kind: FileKind, perm: u32) -> Self {
+        NewNode {
+            kind,
+            perm,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            target: b"",
+        }
+    }
 }
 
 /// One name in a directory.

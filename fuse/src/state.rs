@@ -5,8 +5,8 @@
 use std::{ffi::OsStr, os::unix::ffi::OsStrExt};
 
 use fuser::{Errno, Generation, ReplyEmpty, ReplyEntry, ReplyXattr, Request};
-use tessera_client::{ClientError, Made, NewNode, Volume};
-use tessera_common::{Attr, DirEntry, FileKind, Ino};
+use tessera_client::{ClientError, Made, Volume};
+use tessera_common::{Attr, DirEntry, FileKind, Ino, NewNode};
 use tracing::{debug, warn};
 
 use crate::{
@@ -128,11 +128,8 @@ impl TesseraFs {
 
 pub(crate) fn node(kind: FileKind, perm: u32, rdev: u32, target: &[u8]) -> NewNode<'_> {
     NewNode {
-        kind,
-        perm,
-        uid: 0,
-        gid: 0,
         rdev,
         target,
+        ..NewNode::new(kind, perm)
     }
 }

@@ -23,7 +23,7 @@ use std::{
 use crate::{
     cluster::{ClusterMap, Liveness},
     data::FileData,
-    fs::{self, FileTree},
+    fs::FileTree,
     gc::GcQueue,
     ids::IdAllocator,
     repair::{RepairOptions, RepairQueue, RepairStats},
@@ -82,11 +82,13 @@ pub struct Meta {
     pub(crate) repair_stats: RepairStats,
     /// Wakes the repair task when work is queued.
     pub(crate) repair_queued: tokio::sync::Notify,
+    /// Wakes the garbage collection task when work is left for it.
+    pub(crate) gc_wanted: tokio::sync::Notify,
 }
 
 impl Meta {
-    /// Opens the service over `store`, finishing what a crash cut short:
-    /// volume deletions, releases and trims of large files, remaps.
+    /// Opens the service over `store`, finishing what was left to do:
+    /// removed volumes' trees, releases and trims of large files, remaps.
     pub fn open(store: Arc<dyn MetaStore>, options: MetaOptions) -> Result<Self> {
         let meta = Meta {
             ids: Ids {
@@ -100,11 +102,11 @@ impl Meta {
             rebalancing: Mutex::new(()),
             repair_stats: RepairStats::default(),
             repair_queued: tokio::sync::Notify::new(),
+            gc_wanted: tokio::sync::Notify::new(),
             options,
             store,
         };
-        meta.volumes().resume_purges()?;
-        fs::release::resume(meta.store())?;
+        meta.gc().finish_deferred()?;
         meta.volumes().load_usage()?;
         meta.cluster().run_remap_jobs()?;
         Ok(meta)

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use tessera_common::{
-    Attr, BlockId, Commit, Committed, DegradedBlock, FileKind, FileWrite, InlineBlock, Ino, Slice,
-    VolumeId, VolumeSpec,
+    Attr, BlockId, Commit, Committed, DegradedBlock, FileKind, FileWrite, InlineBlock, Ino,
+    NewNode, Slice, VolumeId, VolumeSpec,
 };
 
 use crate::{
@@ -80,12 +80,14 @@ impl Fx {
             vol: self.v,
             parent,
             name,
-            kind,
-            perm: 0o644,
-            uid: 1,
-            gid: 2,
-            rdev: 0,
-            target: b"",
+            node: NewNode {
+                kind,
+                perm: 0o644,
+                uid: 1,
+                gid: 2,
+                rdev: 0,
+                target: b"",
+            },
         })?;
         Ok(made.node)
     }

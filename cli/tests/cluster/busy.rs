@@ -7,8 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tessera_client::{MetaClient, NewNode, Volume, VolumeOptions};
-use tessera_common::{Commit, FileKind, FileWrite, Slice, CHUNK_SIZE, ROOT_INO};
+use tessera_client::{MetaClient, Volume, VolumeOptions};
+use tessera_common::{Commit, FileKind, FileWrite, NewNode, Slice, CHUNK_SIZE, ROOT_INO};
 use tracing::info;
 
 use crate::harness::Cluster;
@@ -29,14 +29,7 @@ fn heartbeats_and_small_calls_are_answered_while_large_files_are_unlinked() {
         .unwrap();
     let meta = rt.block_on(MetaClient::connect(&c.meta_addr)).unwrap();
     info!("--- {FILES} sparse files of 10 GiB, {PER_CHUNK} slices in each 64 MiB chunk");
-    let file = NewNode {
-        kind: FileKind::File,
-        perm: 0o644,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        target: b"",
-    };
+    let file = NewNode::new(FileKind::File, 0o644);
     for f in 0..FILES {
         let ino = vol
             .make_node(ROOT_INO, format!("big{f}").as_bytes(), &file)

@@ -4,8 +4,8 @@
 
 use std::{fs, thread};
 
-use tessera_client::{NewNode, Volume, VolumeOptions};
-use tessera_common::{FileKind, ROOT_INO};
+use tessera_client::{Volume, VolumeOptions};
+use tessera_common::{FileKind, NewNode, ROOT_INO};
 use tracing::info;
 
 use crate::harness::{pattern, Cluster};
@@ -36,14 +36,7 @@ fn small_files_flushed_together_share_blocks_and_read_back() {
         .unwrap()
     };
     let vol = open();
-    let file = NewNode {
-        kind: FileKind::File,
-        perm: 0o644,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        target: b"",
-    };
+    let file = NewNode::new(FileKind::File, 0o644);
     for i in 0..FILES {
         let name = format!("f{i}");
         let a = vol

@@ -11,7 +11,7 @@
 //! EIO and is not sent again.
 
 use prost::Message;
-use tessera_common::{fs::SetAttr, Attr, DirEntry, FileKind, Ino, StatFs, VolumeId};
+use tessera_common::{fs::SetAttr, Attr, DirEntry, Ino, NewNode, StatFs, VolumeId};
 use tessera_proto::{
     lean::meta as paths,
     pb,
@@ -24,17 +24,6 @@ use crate::{error::malformed, ClientError, Result};
 /// Names and attributes of the metadata service at one address.
 pub struct NamesClient {
     lean: BlockingLeanClient,
-}
-
-/// A new inode: what a create asks for.
-#[derive(Clone, Debug)]
-pub struct NewNode<'a> {
-    pub kind: FileKind,
-    pub perm: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub rdev: u32,
-    pub target: &'a [u8],
 }
 
 /// What a create made: the new inode, and its parent as the change left

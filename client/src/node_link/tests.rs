@@ -103,7 +103,7 @@ impl Handler for LeanFake {
 async fn serve_lean(node: Arc<FakeNode>, addr: &str) -> (oneshot::Sender<()>, JoinHandle<()>) {
     let listener = TcpListener::bind(addr).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let grpc = transport::grpc::server().add_optional_service::<NodeServer<FakeNode>>(None);
+    let grpc = transport::grpc::server().add_routes(Default::default());
     let task = tokio::spawn(async move {
         let _ = transport::serve(listener, grpc, OnTasks(LeanFake(node)), async move {
             let _ = stopped.await;

@@ -2,12 +2,9 @@
 //! thread (see `meta/names.rs`). Attributes of a file this mount writes
 //! show the size its uncommitted writes give it.
 
-use tessera_common::{Attr, DirEntry, Ino, SetAttr, StatFs};
+use tessera_common::{Attr, DirEntry, Ino, NewNode, SetAttr, StatFs};
 
-use crate::{
-    meta::names::{Made, NewNode},
-    Result,
-};
+use crate::{meta::names::Made, Result};
 
 use super::Volume;
 

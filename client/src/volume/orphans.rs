@@ -11,7 +11,7 @@
 
 use std::{sync::atomic::Ordering, time::Duration};
 
-use tessera_common::{fs::MAX_RENEW, Ino};
+use tessera_common::{fs::RENEW_BATCH, Ino};
 use tracing::warn;
 
 use super::Volume;
@@ -77,7 +77,7 @@ impl Volume {
                 }
                 orphans.iter().copied().collect()
             };
-            for batch in inos.chunks(MAX_RENEW) {
+            for batch in inos.chunks(RENEW_BATCH) {
                 let renewed = self
                     .inner
                     .meta

@@ -271,7 +271,15 @@ impl Volume {
             let mut cached = p.entry.slices.lock().expect("slices lock");
             cached.0 += 1;
             match (cached.1.as_mut(), done.attrs.get(i)) {
-                (Some(s), Some(attr)) => Arc::make_mut(s).apply(slices, &inline, attr.size),
+                (Some(s), Some(attr)) => {
+                    // Only the inline blocks this file's slices point into.
+                    let own: Vec<InlineBlock> = inline
+                        .iter()
+                        .filter(|b| slices.iter().any(|s| s.block == b.block))
+                        .cloned()
+                        .collect();
+                    Arc::make_mut(s).apply(slices, &own, attr.size)
+                }
                 _ => cached.1 = None,
             }
         }

@@ -30,6 +30,16 @@ pub struct FileData<'m> {
     pub(crate) meta: &'m Meta,
 }
 
+/// Drops what lies past `size`.
+fn clip(slices: &mut Vec<Slice>, size: u64) {
+    slices.retain(|s| s.offset < size);
+    for s in slices.iter_mut() {
+        if s.end() > size {
+            s.len = (size - s.offset) as u32;
+        }
+    }
+}
+
 impl FileData<'_> {
     /// Reserves `count` fresh block ids; returns the first.
     pub fn alloc_blocks(&self, count: u32) -> Result<u64> {
@@ -56,6 +66,9 @@ impl FileData<'_> {
             for (k, v) in t.txn().scan(&start, &end, usize::MAX)? {
                 slices.extend(decode::<Vec<Slice>>(&k, &v)?);
             }
+            // A truncation still being cut in steps (`fs/release.rs`) has
+            // left slices past the size: they are not the file's any more.
+            clip(&mut slices, inode.size);
             let blocks: BTreeSet<BlockId> = slices
                 .iter()
                 .map(|s| s.block)

@@ -2,7 +2,7 @@
 
 use tessera_common::{
     fs::{MAX_SYMLINK, RENAME_EXCHANGE, RENAME_NOREPLACE},
-    Attr, DirEntry, FileKind, Ino, VolumeId, ROOT_INO,
+    Attr, DirEntry, FileKind, Ino, NewNode, VolumeId, ROOT_INO,
 };
 
 use super::{
@@ -22,18 +22,12 @@ use crate::{
 const MAX_READ_DIR: usize = 10_000;
 
 /// A new inode and the name it gets.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct MakeNode<'a> {
     pub vol: VolumeId,
     pub parent: Ino,
     pub name: &'a [u8],
-    pub kind: FileKind,
-    pub perm: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub rdev: u32,
-    /// A symlink's target (empty for anything else).
-    pub target: &'a [u8],
+    pub node: NewNode<'a>,
 }
 
 /// What a create made: the new inode, and its parent directory as the
@@ -91,8 +85,9 @@ impl FileTree<'_> {
         })
     }
 
-    pub fn make_node(&self, n: &MakeNode<'_>) -> Result<Made> {
-        check_name(n.name)?;
+    pub fn make_node(&self, m: &MakeNode<'_>) -> Result<Made> {
+        check_name(m.name)?;
+        let n = &m.node;
         if n.kind == FileKind::Symlink && (n.target.is_empty() || n.target.len() > MAX_SYMLINK) {
             return Err(MetaError::Invalid(format!(
                 "symlink target must be 1..={MAX_SYMLINK} bytes"
@@ -100,11 +95,11 @@ impl FileTree<'_> {
         }
         let ino = self.meta.ids.inode.alloc(self.meta.store(), 1)?;
         let made = transact_buffered(self.meta.store(), |txn| {
-            let mut t = TreeTxn::new(txn, n.vol);
-            let mut dir = t.dir(n.parent)?;
-            if t.dentry(n.parent, n.name)?.is_some() {
+            let mut t = TreeTxn::new(txn, m.vol);
+            let mut dir = t.dir(m.parent)?;
+            if t.dentry(m.parent, m.name)?.is_some() {
                 return Err(MetaError::Exists {
-                    what: entry_name(n.name, n.parent),
+                    what: entry_name(m.name, m.parent),
                 });
             }
             let now = now_ns();
@@ -124,10 +119,10 @@ impl FileTree<'_> {
                 atime_ns: now,
                 mtime_ns: now,
                 ctime_ns: now,
-                parent: if is_dir { n.parent } else { 0 },
+                parent: if is_dir { m.parent } else { 0 },
                 target: n.target.to_vec(),
             };
-            t.set_dentry(n.parent, n.name, Dentry { ino, kind: n.kind })?;
+            t.set_dentry(m.parent, m.name, Dentry { ino, kind: n.kind })?;
             if is_dir {
                 dir.nlink += 1;
             }
@@ -135,14 +130,14 @@ impl FileTree<'_> {
             dir.ctime_ns = now;
             let made = Made {
                 node: inode.attr(ino),
-                parent: dir.attr(n.parent),
+                parent: dir.attr(m.parent),
             };
-            t.set(n.parent, dir);
+            t.set(m.parent, dir);
             t.set(ino, inode);
             t.finish()?;
             Ok(made)
         })?;
-        self.meta.usage.account(n.vol, 0, 1);
+        self.meta.usage.account(m.vol, 0, 1);
         Ok(made)
     }
 

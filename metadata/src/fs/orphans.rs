@@ -23,7 +23,7 @@ use crate::{
     MetaError, Result,
 };
 
-pub use tessera_common::fs::{MAX_OPEN, MAX_RENEW};
+pub use tessera_common::fs::{MAX_OPEN, MAX_RENEW, RENEW_BATCH};
 /// Orphans whose lease ran out that one round of expiry removes.
 const EXPIRE_BATCH: usize = 1024;
 
@@ -107,7 +107,7 @@ impl FileTree<'_> {
     }
 
     /// Extends the lease of the orphans of `session` among `inos` (at most
-    /// [`MAX_RENEW`]).
+    /// [`MAX_RENEW`]), [`RENEW_BATCH`] of them per transaction.
     pub fn renew_orphans(&self, vol: VolumeId, session: u64, inos: &[Ino]) -> Result<()> {
         if inos.len() > MAX_RENEW {
             return Err(MetaError::Invalid(format!(
@@ -116,18 +116,21 @@ impl FileTree<'_> {
             )));
         }
         let expires_ns = self.lease_end();
-        transact_buffered(self.meta.store(), |txn| {
-            for &ino in inos {
-                let key = keys::orphan(vol, ino);
-                if let Some(mut rec) = load::<OrphanRecord>(txn, &key)? {
-                    if rec.session == session {
-                        rec.expires_ns = expires_ns;
-                        store(txn, &key, &rec)?;
+        for batch in inos.chunks(RENEW_BATCH) {
+            transact_buffered(self.meta.store(), |txn| {
+                for &ino in batch {
+                    let key = keys::orphan(vol, ino);
+                    if let Some(mut rec) = load::<OrphanRecord>(txn, &key)? {
+                        if rec.session == session {
+                            rec.expires_ns = expires_ns;
+                            store(txn, &key, &rec)?;
+                        }
                     }
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            })?;
+        }
+        Ok(())
     }
 
     /// Removes orphans whose lease ran out (their client died or lost the

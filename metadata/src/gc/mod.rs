@@ -83,6 +83,14 @@ impl GcQueue<'_> {
         Ok(self.meta.store().begin().get(&keys::gc(block))?.is_some())
     }
 
+    /// Finishes what was left to do, in bounded steps: the trees of
+    /// removed volumes, and the releases and trims of large files that a
+    /// failure or a crash cut short. The GC task calls it every round.
+    pub fn finish_deferred(&self) -> Result<()> {
+        self.meta.volumes().resume_purges()?;
+        crate::fs::release::resume(self.meta.store())
+    }
+
     /// Blocks waiting.
     pub fn queued(&self) -> Result<u64> {
         let (start, end) = keys::prefix_range(&[keys::GC]);

@@ -1,5 +1,7 @@
-//! The garbage collection task: every interval, removes orphans whose
-//! lease ran out, then deletes the shards of queued blocks.
+//! The garbage collection task: every interval (or when woken), finishes
+//! what was left to do (removed volumes' trees, large files' releases),
+//! removes orphans whose lease ran out, then deletes the shards of queued
+//! blocks.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -24,7 +26,12 @@ const DELETE_BATCH: usize = 1024;
 pub async fn collect_forever(meta: Arc<Meta>, interval: Duration) {
     let clients = NodeClients::default();
     loop {
-        tokio::time::sleep(interval).await;
+        // Work left for it (a removed volume) wakes it at once.
+        let _ = tokio::time::timeout(interval, meta.gc_wanted.notified()).await;
+        let m = meta.clone();
+        if let Err(e) = blocking(move || m.gc().finish_deferred()).await {
+            warn!(error = %e, "finishing removed volumes and large files failed");
+        }
         let m = meta.clone();
         if let Err(e) = blocking(move || m.tree().expire_orphans()).await {
             warn!(error = %e, "removing orphans whose lease ran out failed");

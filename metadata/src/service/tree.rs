@@ -1,6 +1,6 @@
 //! Handlers of the file tree's calls: names, attributes, xattrs, orphans.
 
-use tessera_common::{Attr, FileKind, SetAttr};
+use tessera_common::{Attr, FileKind, NewNode, SetAttr};
 use tessera_proto::pb;
 
 use crate::{
@@ -47,12 +47,14 @@ pub(super) fn make_node(m: &Meta, r: pb::MakeNodeRequest) -> Result<pb::Attr> {
         vol: r.volume,
         parent: r.parent,
         name: &r.name,
-        kind: FileKind::try_from(r.kind)?,
-        perm: r.perm,
-        uid: r.uid,
-        gid: r.gid,
-        rdev: r.rdev,
-        target: &r.symlink_target,
+        node: NewNode {
+            kind: FileKind::try_from(r.kind)?,
+            perm: r.perm,
+            uid: r.uid,
+            gid: r.gid,
+            rdev: r.rdev,
+            target: &r.symlink_target,
+        },
     })?;
     Ok(pb::Attr {
         parent: Some(Box::new(attr(made.parent))),

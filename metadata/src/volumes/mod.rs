@@ -196,11 +196,18 @@ impl Volumes<'_> {
         rows.iter().map(|(k, v)| decode(k, v)).collect()
     }
 
-    /// Deletes a volume and its whole file tree.
+    /// Deletes a volume: its name and record at once, its file tree (and
+    /// with it the references that keep its blocks) in the background
+    /// ([`crate::gc::GcQueue::finish_deferred`]), so removing a large
+    /// volume answers at once.
     pub fn delete(&self, name: &str) -> Result<()> {
         let vol = self.begin_delete(name)?;
-        self.purge_tree(vol.id)?;
-        info!(volume = name, id = vol.id, "volume deleted");
+        info!(
+            volume = name,
+            id = vol.id,
+            "volume deleted; its tree goes in the background"
+        );
+        self.meta.gc_wanted.notify_one();
         Ok(())
     }
 
@@ -242,12 +249,12 @@ impl Volumes<'_> {
         Ok(())
     }
 
-    /// Finishes the deletions a crash interrupted.
+    /// Finishes the deletions of removed volumes' trees.
     pub(crate) fn resume_purges(&self) -> Result<()> {
         let (start, end) = keys::prefix_range(&[keys::VOLUME_PURGE]);
         for (k, _) in self.meta.store().begin().scan(&start, &end, usize::MAX)? {
             let vol = keys::id_of(&k, keys::VOLUME_PURGE)?;
-            info!(volume = vol, "finishing the deletion of a removed volume");
+            info!(volume = vol, "deleting the tree of a removed volume");
             self.purge_tree(vol)?;
         }
         Ok(())

@@ -40,6 +40,8 @@ fn volumes_validate_and_delete() {
         t.file(ROOT_INO, b"f");
         vols.delete("v").unwrap();
         assert!(vols.get("v").is_err());
+        // The tree goes in the background.
+        t.m.gc().finish_deferred().unwrap();
         assert!(t.attr(ROOT_INO).is_err());
     });
 }
@@ -75,6 +77,8 @@ fn removing_a_volume_queues_exactly_its_blocks_for_gc() {
         assert!(o.gc().is_empty(), "nothing dead yet");
 
         o.m.volumes().delete("v").unwrap();
+        assert!(o.gc().is_empty(), "the tree goes in the background");
+        o.m.gc().finish_deferred().unwrap();
         assert_eq!(o.gc(), vec![5, 6, 7], "the other volume's block 9 stays");
         let (_, rec) = o.m.gc().pending(1).unwrap()[0];
         assert_eq!(rec.protection.to_string(), "ec:4+2");

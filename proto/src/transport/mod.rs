@@ -116,6 +116,7 @@ async fn accept(
         while conns.try_join_next().is_some() {}
         // Answers are written in pieces, which Nagle would hold back.
         let _ = stream.set_nodelay(true);
+        keepalive(&stream);
         let (lean, grpc, stop) = (lean.clone(), grpc.clone(), stop.clone());
         conns.spawn(async move {
             match first_bytes(&stream).await {
@@ -138,6 +139,18 @@ async fn accept(
         }
     }
     conns.shutdown().await;
+}
+
+/// Probes an idle connection, so one whose peer vanished (a host lost,
+/// no goodbye) ends instead of holding what serves it for ever.
+fn keepalive(stream: &TcpStream) {
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(settings::KEEPALIVE_IDLE)
+        .with_interval(settings::KEEPALIVE_PROBE_EVERY)
+        .with_retries(settings::KEEPALIVE_PROBES);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&probes) {
+        debug!(error = %e, "setting TCP keep-alive failed");
+    }
 }
 
 /// The first four bytes the client sent, still unread.

@@ -39,5 +39,18 @@ pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 pub const LEAN_IDLE_KEPT: usize = 16;
 
 /// Lean RPC connections a threaded service (the metadata service) serves
-/// at once, each on a thread of its own; more are refused.
+/// at once, each on a thread of its own while it makes calls; more are
+/// refused.
 pub const LEAN_MAX_THREADS: usize = 4096;
+
+/// How long a lean connection served on a thread may wait for its next
+/// call before the thread lets it go: it then waits on the runtime, and
+/// gets a thread again when a call arrives. Threads are thus as many as
+/// the connections in use, not as the connections open.
+pub const LEAN_THREAD_IDLE: Duration = Duration::from_secs(30);
+
+/// TCP keep-alive of accepted connections: a peer that vanished without a
+/// goodbye (a host lost) is found after the idle time plus the probes.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+pub const KEEPALIVE_PROBE_EVERY: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_PROBES: u32 = 3;

@@ -61,7 +61,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let driver = driver.clone();
-                async move { Ok::<_, Infallible>(answer(&driver, req).await) }
+                async move { Ok::<_, Infallible>(answer(driver, req).await) }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -75,7 +75,7 @@ pub async fn serve(
     Ok(())
 }
 
-async fn answer(driver: &Driver, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(driver: Arc<Driver>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let endpoint = req.uri().path().trim_start_matches('/').to_string();
     let span = tracing::info_span!("docker", endpoint = %endpoint);
     async {
@@ -90,11 +90,24 @@ async fn answer(driver: &Driver, req: Request<Incoming>) -> Response<Full<Bytes>
                 .await
             {
                 Ok(body) => {
-                    let body = body.to_bytes();
+                    let mut body = body.to_bytes();
                     // Docker sends no body, or `null`, for argument-less calls.
-                    let body: &[u8] = if body.is_empty() { b"null" } else { &body };
-                    debug!(request = %String::from_utf8_lossy(body), "request");
-                    driver.handle(&endpoint, body).await
+                    if body.is_empty() {
+                        body = Bytes::from_static(b"null");
+                    }
+                    debug!(request = %String::from_utf8_lossy(&body), "request");
+                    // On a task of its own: Docker hanging up (dockerd
+                    // restarting, say) drops this future, and a request cut
+                    // off half-way (a mount process started, its record not
+                    // yet written) must not let the next request on the
+                    // volume in before it is done.
+                    let endpoint = endpoint.clone();
+                    let task = async move { driver.handle(&endpoint, &body).await };
+                    tokio::spawn(task.in_current_span())
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(PluginError::Invalid(format!("request failed: {e}")))
+                        })
                 }
                 Err(e) => Err(PluginError::Invalid(format!(
                     "reading the request body: {e}"

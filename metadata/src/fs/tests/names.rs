@@ -2,7 +2,7 @@
 
 use tessera_common::{
     fs::{RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE},
-    FileKind, ROOT_INO,
+    FileKind, NewNode, ROOT_INO,
 };
 
 use crate::{
@@ -46,12 +46,10 @@ fn create_lookup_and_errors() {
                 vol: t.v,
                 parent: ROOT_INO,
                 name: b"l",
-                kind: FileKind::Symlink,
-                perm: 0o777,
-                uid: 0,
-                gid: 0,
-                rdev: 0,
-                target,
+                node: NewNode {
+                    target,
+                    ..NewNode::new(FileKind::Symlink, 0o777)
+                },
             });
             assert!(matches!(r, Err(MetaError::Invalid(_))), "{r:?}");
         }
@@ -185,12 +183,7 @@ fn sync_names_the_volume_and_create_answers_with_the_parent() {
                     vol: t.v,
                     parent: d.ino,
                     name: b"f",
-                    kind: FileKind::File,
-                    perm: 0o644,
-                    uid: 0,
-                    gid: 0,
-                    rdev: 0,
-                    target: b"",
+                    node: NewNode::new(FileKind::File, 0o644),
                 })
                 .unwrap();
         assert_eq!(made.parent, t.attr(d.ino).unwrap());

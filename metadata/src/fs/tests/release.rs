@@ -103,6 +103,13 @@ fn a_truncation_in_steps_never_cuts_a_later_commit() {
         })
         .unwrap();
         assert!(pending);
+        // Read meanwhile, the file shows nothing past its new size.
+        let d = t.m.files().read(t.v, f.ino).unwrap();
+        assert_eq!(d.attr.size, cut);
+        assert!(
+            d.slices.iter().all(|x| x.end() <= cut),
+            "a reader saw cut slices"
+        );
         // A commit past the cut finishes the trim first: its slice stays.
         let late = Slice {
             offset: 100 * CHUNK_SIZE,
