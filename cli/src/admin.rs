@@ -250,6 +250,9 @@ pub fn cluster(c: ClusterCommand) -> anyhow::Result<()> {
         "corrupt:     {} shards reported since the metadata service started",
         s.corrupt_reported
     );
-    println!("gc:          {} blocks waiting", s.gc_blocks);
+    println!(
+        "gc:          {} blocks waiting, {} removed files being released",
+        s.gc_blocks, s.releasing_files
+    );
     Ok(())
 }

@@ -100,4 +100,6 @@ pub struct ClusterStatus {
     /// Bytes per second repair wrote recently.
     pub repair_rate: u64,
     pub corrupt_reported: u64,
+    /// Removed files whose rows are still being deleted in the background.
+    pub releasing_files: u64,
 }

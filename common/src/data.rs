@@ -5,8 +5,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    fs::MAX_FILE_SIZE, is_inline, overlay, Attr, BlockId, Error, Ino, Protection, VolumeId,
-    CHUNK_SIZE, INLINE_MAX, MAX_BLOCK,
+    fs::MAX_FILE_SIZE, is_inline, Attr, BlockId, Error, Ino, Protection, VolumeId, CHUNK_SIZE,
+    INLINE_MAX, MAX_BLOCK,
 };
 
 /// A run of a file's bytes, `[offset, offset+len)`, stored at
@@ -66,37 +66,6 @@ pub fn split_at_chunks(mut s: Slice) -> impl Iterator<Item = (u64, Slice)> {
         s.len -= part.len;
         Some((index, part))
     })
-}
-
-/// A chunk listing more slices than this drops the ones newer slices
-/// cover completely when a slice is added to it.
-pub const PRUNE_AT: usize = 32;
-
-/// Adds `new` (oldest first) on top of the slices of chunk `index`
-/// (oldest first); past [`PRUNE_AT`] slices, drops those that no byte of
-/// the chunk shows any more. Returns the dropped ones (their block
-/// references go).
-pub fn push_slices(list: &mut Vec<Slice>, index: u64, new: &[Slice]) -> Vec<Slice> {
-    list.extend_from_slice(new);
-    if list.len() <= PRUNE_AT {
-        return Vec::new();
-    }
-    let extents: Vec<(u64, u64)> = list.iter().map(|s| (s.offset, u64::from(s.len))).collect();
-    let mut visible = vec![false; list.len()];
-    for p in overlay::visible(&extents, index * CHUNK_SIZE, (index + 1) * CHUNK_SIZE) {
-        visible[p.slice] = true;
-    }
-    let mut dropped = Vec::new();
-    let mut i = 0;
-    list.retain(|s| {
-        let keep = visible[i];
-        i += 1;
-        if !keep {
-            dropped.push(*s);
-        }
-        keep
-    });
-    dropped
 }
 
 /// The bytes of an inline block: one kept by the metadata service, not
@@ -265,24 +234,6 @@ mod tests {
             (1, CHUNK_SIZE, 20, 15)
         );
         assert_eq!(split_at_chunks(slice(5, 10, 0, 10)).count(), 1);
-    }
-
-    #[test]
-    fn shadowed_slices_are_pruned_past_the_limit() {
-        let mut list = Vec::new();
-        let mut dropped = Vec::new();
-        // The same 4 KiB rewritten again and again, and one slice elsewhere.
-        dropped.extend(push_slices(&mut list, 0, &[slice(1 << 20, 10, 0, 10)]));
-        for _ in 0..100 {
-            dropped.extend(push_slices(&mut list, 0, &[slice(0, 4096, 0, 4096)]));
-        }
-        assert!(list.len() <= PRUNE_AT);
-        assert_eq!(list.len() + dropped.len(), 101);
-        assert!(
-            list.iter().any(|s| s.offset == 1 << 20),
-            "a visible slice was dropped"
-        );
-        assert_eq!(list.last(), Some(&slice(0, 4096, 0, 4096)));
     }
 
     #[test]

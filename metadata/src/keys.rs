@@ -17,8 +17,13 @@ pub const VOLUME_NAME: u8 = b'v';
 pub const INODE: u8 = b'I';
 /// Directory entries: `D` + volume + parent ino + name.
 pub const DENTRY: u8 = b'D';
-/// Slices of one chunk: `S` + volume + ino + chunk index.
-pub const CHUNK: u8 = b'S';
+/// Retired: the slices of one chunk as one list (`S` + volume + ino +
+/// chunk index -> Vec<Slice>), before slices had a key each. Read only to
+/// convert them to `E` (`data/migrate.rs`).
+pub const CHUNK_LIST: u8 = b'S';
+/// A file's extent map: `E` + volume + ino + file offset -> Slice, the
+/// extents never overlapping (`data/slices.rs`).
+pub const SLICE: u8 = b'E';
 /// Extended attributes: `X` + volume + ino + name.
 pub const XATTR: u8 = b'X';
 /// Blocks waiting for their shards to be deleted: `G` + block id.
@@ -50,7 +55,7 @@ pub const RELEASE: u8 = b'F';
 pub const TRIM: u8 = b'T';
 
 /// Every prefix keyed by volume first: what a volume's deletion deletes.
-pub const VOLUME_TREE: [u8; 7] = [CHUNK, INODE, DENTRY, XATTR, ORPHAN, RELEASE, TRIM];
+pub const VOLUME_TREE: [u8; 7] = [SLICE, INODE, DENTRY, XATTR, ORPHAN, RELEASE, TRIM];
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
@@ -89,10 +94,22 @@ pub fn dentry(vol: VolumeId, parent: Ino, name: &[u8]) -> Vec<u8> {
     key(DENTRY, &[&vol.to_be_bytes(), &parent.to_be_bytes(), name])
 }
 
-pub fn chunk(vol: VolumeId, ino: Ino, index: u64) -> Vec<u8> {
+pub fn chunk_list(vol: VolumeId, ino: Ino, index: u64) -> Vec<u8> {
     key(
-        CHUNK,
+        CHUNK_LIST,
         &[&vol.to_be_bytes(), &ino.to_be_bytes(), &index.to_be_bytes()],
+    )
+}
+
+/// The extent of `ino` that starts at `offset`.
+pub fn extent(vol: VolumeId, ino: Ino, offset: u64) -> Vec<u8> {
+    key(
+        SLICE,
+        &[
+            &vol.to_be_bytes(),
+            &ino.to_be_bytes(),
+            &offset.to_be_bytes(),
+        ],
     )
 }
 

@@ -106,6 +106,7 @@ impl Meta {
             options,
             store,
         };
+        crate::data::migrate::convert_chunk_lists(meta.store())?;
         meta.gc().finish_deferred()?;
         meta.volumes().load_usage()?;
         meta.cluster().run_remap_jobs()?;

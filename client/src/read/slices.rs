@@ -1,8 +1,9 @@
-//! A file's committed slices as this mount last saw them, kept per 64 MiB
-//! chunk as the metadata service keeps them: a commit of this mount
-//! updates only the chunks it touches (copying a chunk's list only while a
-//! reader holds it, never the whole file's), prunes them by the same rule
-//! as the service, and a read looks only at the chunks it covers.
+//! A file's committed slices as this mount last saw them: an extent map
+//! per 64 MiB chunk (`tessera_common::extents`, the service's own
+//! algorithm). A commit of this mount lays its slices over the chunks it
+//! touches (copying a chunk's map only while a reader holds it, never the
+//! whole file's); a read looks up the chunks it covers, in time
+//! logarithmic in their extents.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -10,78 +11,63 @@ use std::{
 };
 
 use bytes::Bytes;
+pub(crate) use tessera_common::extents::Visible;
 use tessera_common::{
-    data::{push_slices, split_at_chunks},
-    is_inline, overlay, BlockId, FileSlices, InlineBlock, Slice, CHUNK_SIZE,
+    data::split_at_chunks, extents::ExtentMap, is_inline, BlockId, FileSlices, InlineBlock, Slice,
+    CHUNK_SIZE, INLINE_MAX,
 };
-
-/// One visible run of a read: bytes `[offset, offset+len)` of the file
-/// come from `slice`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Visible {
-    pub slice: Slice,
-    pub offset: u64,
-    pub len: u64,
-}
-
-impl Visible {
-    /// Where the run starts in its block.
-    pub fn block_offset(&self) -> usize {
-        self.slice.block_offset as usize + (self.offset - self.slice.offset) as usize
-    }
-}
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct CachedSlices {
     pub size: u64,
-    /// Each chunk's slices, oldest first.
-    chunks: BTreeMap<u64, Arc<Vec<Slice>>>,
+    /// Each chunk's extent map.
+    chunks: BTreeMap<u64, Arc<ExtentMap>>,
     /// The bytes of the inline blocks the slices point into.
     inline: HashMap<BlockId, Bytes>,
 }
 
 impl From<FileSlices> for CachedSlices {
     fn from(f: FileSlices) -> Self {
-        let mut chunks: BTreeMap<u64, Vec<Slice>> = BTreeMap::new();
-        for s in f.slices {
-            for (index, part) in split_at_chunks(s) {
-                chunks.entry(index).or_default().push(part);
-            }
-        }
-        CachedSlices {
+        let mut cached = CachedSlices {
             size: f.attr.size,
-            chunks: chunks.into_iter().map(|(i, l)| (i, Arc::new(l))).collect(),
-            inline: f.inline.into_iter().map(|b| (b.block, b.data)).collect(),
-        }
+            ..Default::default()
+        };
+        cached.lay(&f.slices);
+        cached.inline = f.inline.into_iter().map(|b| (b.block, b.data)).collect();
+        cached
     }
 }
 
 impl CachedSlices {
+    /// Lays slices (oldest first) over the chunks they touch.
+    fn lay(&mut self, slices: &[Slice]) {
+        for s in slices {
+            for (index, part) in split_at_chunks(*s) {
+                Arc::make_mut(self.chunks.entry(index).or_default()).lay(part);
+            }
+        }
+    }
+
     /// Lays this mount's committed slices (oldest first) on top, with the
     /// inline blocks they point into; `size` is the file's size after.
     pub fn apply(&mut self, slices: &[Slice], inline: &[InlineBlock], size: u64) {
-        let mut by_chunk: BTreeMap<u64, Vec<Slice>> = BTreeMap::new();
-        for s in slices {
-            for (index, part) in split_at_chunks(*s) {
-                by_chunk.entry(index).or_default().push(part);
-            }
-        }
-        let mut dropped = Vec::new();
-        for (index, parts) in by_chunk {
-            let list = Arc::make_mut(self.chunks.entry(index).or_default());
-            dropped.extend(push_slices(list, index, &parts));
-        }
+        self.lay(slices);
         for b in inline {
             self.inline.insert(b.block, b.data.clone());
         }
-        for d in dropped.iter().filter(|d| is_inline(d.block)) {
-            let still = self
+        if !self.inline.is_empty() {
+            // Inline blocks live in the file's first bytes: keep the bytes
+            // of those that still show there.
+            let shown: Vec<BlockId> = self
                 .chunks
-                .values()
-                .any(|l| l.iter().any(|s| s.block == d.block));
-            if !still {
-                self.inline.remove(&d.block);
-            }
+                .get(&0)
+                .map(|c| c.visible(0, INLINE_MAX as u64))
+                .unwrap_or_default()
+                .iter()
+                .map(|v| v.slice.block)
+                .filter(|b| is_inline(*b))
+                .collect();
+            self.inline.retain(|b, _| shown.contains(b));
         }
         self.size = size;
     }
@@ -94,20 +80,10 @@ impl CachedSlices {
             return out;
         }
         let (first, last) = (start / CHUNK_SIZE, (end - 1) / CHUNK_SIZE);
-        for (&index, list) in self.chunks.range(first..=last) {
+        for (&index, map) in self.chunks.range(first..=last) {
             let lo = start.max(index * CHUNK_SIZE);
             let hi = end.min((index + 1) * CHUNK_SIZE);
-            let extents: Vec<(u64, u64)> =
-                list.iter().map(|s| (s.offset, u64::from(s.len))).collect();
-            out.extend(
-                overlay::visible(&extents, lo, hi)
-                    .into_iter()
-                    .map(|p| Visible {
-                        slice: list[p.slice],
-                        offset: p.offset,
-                        len: p.len,
-                    }),
-            );
+            out.extend(map.visible(lo, hi));
         }
         out
     }
@@ -117,10 +93,10 @@ impl CachedSlices {
         self.inline.get(&block)
     }
 
-    /// Slices listed, over every chunk.
+    /// Extents held, over every chunk.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.chunks.values().map(|l| l.len()).sum()
+        self.chunks.values().map(|m| m.len()).sum()
     }
 }
 
@@ -183,7 +159,8 @@ mod tests {
             );
         }
         assert_eq!(reader.len(), 10, "the reader's view did not change");
-        assert_eq!(cached.len(), 11);
+        // Chunk 5's extent is cut in three around the new one.
+        assert_eq!(cached.len(), 12);
     }
 
     #[test]
@@ -192,11 +169,7 @@ mod tests {
         for b in 2..1000 {
             cached.apply(&[slice(4096, 4096, b)], &[], 8192);
         }
-        assert!(
-            cached.len() <= tessera_common::data::PRUNE_AT + 1,
-            "{}",
-            cached.len()
-        );
+        assert_eq!(cached.len(), 2, "one extent per run of bytes");
         let v = cached.visible(0, 8192);
         assert_eq!(v.len(), 2);
         assert_eq!((v[0].slice.block, v[0].offset, v[0].len), (1, 0, 4096));

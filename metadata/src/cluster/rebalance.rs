@@ -12,12 +12,12 @@
 //! them as the source to copy from. Its cursor advances in the transaction
 //! that queues each batch, so a crash resumes where it stopped.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use tessera_common::{
     placement::{pg_of, place, Candidate},
-    DegradedBlock, Membership, NodeId, Protection, VolumeId,
+    BlockId, DegradedBlock, Membership, NodeId, Protection, VolumeId,
 };
 use tracing::{info, warn};
 
@@ -30,8 +30,8 @@ use crate::{
     Result,
 };
 
-/// Chunk rows a remap job reads per transaction.
-const JOB_BATCH: usize = 512;
+/// Slices a remap job reads per transaction.
+const JOB_BATCH: usize = 4096;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RemapJob {
@@ -104,7 +104,7 @@ impl ClusterMap<'_> {
             let job = RemapJob {
                 protection: p,
                 old_pgs: old.pgs.clone(),
-                cursor: vec![keys::CHUNK],
+                cursor: vec![keys::SLICE],
             };
             transact(self.meta.store(), |txn| {
                 let current: Option<PlacementRecord> = load(txn, &key)?;
@@ -133,14 +133,16 @@ impl ClusterMap<'_> {
             let mut queued = 0usize;
             loop {
                 let current = self.placement(p)?;
-                let (_, chunk_end) = keys::prefix_range(&[keys::CHUNK]);
+                let (_, chunk_end) = keys::prefix_range(&[keys::SLICE]);
                 let rows = self
                     .meta
                     .store()
                     .begin()
                     .scan(&job.cursor, &chunk_end, JOB_BATCH)?;
                 let done = rows.len() < JOB_BATCH;
-                let mut batch: Vec<(DegradedBlock, Vec<(u8, NodeId)>)> = Vec::new();
+                // One entry per block, however many slices point into it.
+                let mut batch: BTreeMap<BlockId, (DegradedBlock, Vec<(u8, NodeId)>)> =
+                    BTreeMap::new();
                 for (k, v) in &rows {
                     let vol = VolumeId::from_be_bytes(
                         k[1..9].try_into().expect("chunk keys hold a volume id"),
@@ -161,10 +163,12 @@ impl ClusterMap<'_> {
                     if class != Some(p) {
                         continue;
                     }
-                    for s in decode::<Vec<Slice>>(k, v)? {
-                        if let Some(d) = moves_of(&job.old_pgs, &current.pgs, s) {
-                            batch.push(d);
-                        }
+                    let s: Slice = decode(k, v)?;
+                    if batch.contains_key(&s.block) {
+                        continue;
+                    }
+                    if let Some(d) = moves_of(&job.old_pgs, &current.pgs, s) {
+                        batch.insert(s.block, d);
                     }
                 }
                 let next = rows.last().map(|(k, _)| {
@@ -173,7 +177,7 @@ impl ClusterMap<'_> {
                     n
                 });
                 transact(self.meta.store(), |txn| {
-                    for (d, sources) in &batch {
+                    for (d, sources) in batch.values() {
                         repair::queue(txn, p, d, sources)?;
                     }
                     match (&next, done) {

@@ -4,14 +4,11 @@
 //! queued for repair and inline blocks stored, all in one durable
 //! transaction.
 
-use std::collections::BTreeMap;
-
 use tessera_common::{
-    data::{push_slices, split_at_chunks},
-    is_inline, Attr, Commit, Committed, FileWrite, InlineBlock, Protection, VolumeId,
+    extents::Refs, is_inline, Attr, Commit, Committed, FileWrite, InlineBlock, Protection, VolumeId,
 };
 
-use super::FileData;
+use super::{slices, FileData};
 use crate::{
     blocks,
     cluster::rebalance,
@@ -107,11 +104,11 @@ impl FileData<'_> {
         let mut t = TreeTxn::new(txn, c.vol);
         let mut attrs = Vec::with_capacity(c.files.len());
         let mut growth = 0u64;
-        let (mut added, mut dropped) = (Vec::new(), Vec::new());
+        let mut refs = Refs::default();
         for f in &c.files {
             let mut inode = t.file(f.ino)?;
             release::pending_trim(t.txn(), c.vol, f.ino)?;
-            append_slices(t.txn(), c.vol, f, &mut added, &mut dropped)?;
+            append_slices(t.txn(), c.vol, f, &mut refs)?;
             let end = f.slices.iter().map(Slice::end).max().unwrap_or(0);
             if end > inode.size {
                 growth += end - inode.size;
@@ -124,8 +121,8 @@ impl FileData<'_> {
         }
         // References are added before any is dropped, so a block whose
         // slice this commit both adds and prunes is counted right.
-        blocks::add_refs(t.txn(), p, &added)?;
-        blocks::drop_refs(t.txn(), &dropped)?;
+        blocks::add_refs(t.txn(), p, &refs.added)?;
+        blocks::drop_refs(t.txn(), &refs.dropped)?;
         let reserved = self
             .meta
             .usage
@@ -216,29 +213,8 @@ fn store_inline(txn: &mut dyn Txn, files: &[FileWrite], inline: &[InlineBlock]) 
     Ok(())
 }
 
-/// Puts a file's new slices on top of their chunks, split at chunk
-/// boundaries, each chunk's list read and written once. Collects the
-/// pieces added (each references its block) and the slices pruned because
-/// no byte shows them any more (each drops its reference).
-fn append_slices(
-    txn: &mut dyn Txn,
-    vol: VolumeId,
-    f: &FileWrite,
-    added: &mut Vec<Slice>,
-    dropped: &mut Vec<Slice>,
-) -> Result<()> {
-    let mut chunks: BTreeMap<u64, Vec<Slice>> = BTreeMap::new();
-    for s in &f.slices {
-        for (index, part) in split_at_chunks(*s) {
-            chunks.entry(index).or_default().push(part);
-        }
-    }
-    for (index, parts) in chunks {
-        let key = keys::chunk(vol, f.ino, index);
-        let mut list: Vec<Slice> = load(txn, &key)?.unwrap_or_default();
-        dropped.extend(push_slices(&mut list, index, &parts));
-        added.extend(parts);
-        store(txn, &key, &list)?;
-    }
-    Ok(())
+/// Lays a file's new slices over its extent map (`slices.rs`), oldest
+/// first, collecting the references they add and drop.
+fn append_slices(txn: &mut dyn Txn, vol: VolumeId, f: &FileWrite, refs: &mut Refs) -> Result<()> {
+    slices::lay(txn, vol, f.ino, &f.slices, refs)
 }

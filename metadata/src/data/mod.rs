@@ -1,9 +1,11 @@
-//! Where files' bytes live: each file's slices, kept per 64 MiB chunk
-//! (`S` + volume + ino + chunk), oldest first. Writers commit new slices
-//! only after their shards are durable (`commit.rs`); readers fetch them
-//! with the bytes of the inline blocks they point into.
+//! Where files' bytes live: each file's slices, a key each, kept per
+//! 64 MiB chunk oldest first (`slices.rs`). Writers commit new slices only
+//! after their shards are durable (`commit.rs`); readers fetch them with
+//! the bytes of the inline blocks they point into.
 
 mod commit;
+pub(crate) mod migrate;
+pub(crate) mod slices;
 
 use std::collections::BTreeSet;
 
@@ -61,11 +63,7 @@ impl FileData<'_> {
         transact(self.meta.store(), |txn| {
             let mut t = TreeTxn::new(txn, vol);
             let inode = t.inode(ino)?;
-            let (start, end) = keys::prefix_range(&keys::under(keys::CHUNK, vol, ino));
-            let mut slices = Vec::new();
-            for (k, v) in t.txn().scan(&start, &end, usize::MAX)? {
-                slices.extend(decode::<Vec<Slice>>(&k, &v)?);
-            }
+            let mut slices = slices::file(t.txn(), vol, ino)?;
             // A truncation still being cut in steps (`fs/release.rs`) has
             // left slices past the size: they are not the file's any more.
             clip(&mut slices, inode.size);

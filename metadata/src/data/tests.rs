@@ -31,7 +31,14 @@ fn slices_commit_truncate_and_quota() {
         t.commit(f.ino, vec![slice(0, 1000, 5), slice(500, 100, 6)])
             .unwrap();
         assert_eq!(t.attr(f.ino).unwrap().size, 1000);
-        assert_eq!(t.slices(f.ino).len(), 2);
+        // The second falls inside the first: three extents show.
+        assert_eq!(
+            t.slices(f.ino)
+                .iter()
+                .map(|x| (x.offset, x.len, x.block))
+                .collect::<Vec<_>>(),
+            vec![(0, 500, 5), (500, 100, 6), (600, 400, 5)]
+        );
         truncate(&t, f.ino, 550).unwrap();
         assert_eq!(t.attr(f.ino).unwrap().size, 550);
         let s = t.slices(f.ino);
@@ -102,24 +109,31 @@ fn racing_writers_never_pass_the_quota() {
 }
 
 #[test]
-fn a_slice_crossing_a_chunk_is_split_and_shadowed_slices_pruned() {
+fn overwrites_leave_one_extent_per_run_of_bytes() {
     each_store(|s| {
         let t = Fx::new(s, 1 << 40);
         let f = t.file(ROOT_INO, b"f");
+        // A slice may cross a chunk boundary: it stays one extent.
         t.commit(f.ino, vec![slice(CHUNK_SIZE - 10, 20, 3)])
             .unwrap();
-        let s = t.slices(f.ino);
-        assert_eq!(s.len(), 2);
-        assert_eq!(
-            (s[1].offset, s[1].len, s[1].block_offset),
-            (CHUNK_SIZE, 10, 10)
-        );
+        assert_eq!(t.slices(f.ino).len(), 1);
         for i in 0..100 {
             t.commit(f.ino, vec![slice(0, 4096, 100 + i)]).unwrap();
         }
         let s = t.slices(f.ino);
-        assert!(s.len() < 40, "shadowed slices were kept: {}", s.len());
-        assert_eq!(s.iter().rev().find(|x| x.offset == 0).unwrap().block, 199);
+        assert_eq!(s.len(), 2, "overwritten slices were kept: {s:?}");
+        assert_eq!(s[0].block, 199);
+        // 4 KiB writes all over a file leave one extent per 4 KiB.
+        for i in 0..256u64 {
+            let at = (i * 7919 % 256) * 4096;
+            t.commit(f.ino, vec![slice(at, 4096, 1000 + i)]).unwrap();
+        }
+        for i in 0..256u64 {
+            t.commit(f.ino, vec![slice(i * 4096, 4096, 2000 + i)])
+                .unwrap();
+        }
+        let s = t.slices(f.ino);
+        assert_eq!(s.len(), 257, "one extent per 4 KiB, and the far one");
     });
 }
 
@@ -174,26 +188,28 @@ fn blocks_are_freed_when_their_last_reference_goes() {
     each_store(|s| {
         let t = Fx::new(s, 1 << 30);
         let f = t.file(ROOT_INO, b"f");
-        // Block 10 backs two slices; 11 overwrites half of one of them.
+        // Block 10 backs two slices; 11 covers one of them whole, which
+        // goes at once (no byte of it shows any more).
         t.commit(f.ino, vec![slice(0, 100, 10), slice(100, 100, 10)])
             .unwrap();
         t.commit(f.ino, vec![slice(0, 100, 11)]).unwrap();
-        assert_eq!(t.m.files().block(10).unwrap().unwrap().refs, 2);
-        // Truncating below 100 drops the slice at 100 and shortens the others.
-        truncate(&t, f.ino, 50).unwrap();
         assert_eq!(t.m.files().block(10).unwrap().unwrap().refs, 1);
-        assert!(
-            t.gc().is_empty(),
-            "block 10 is still referenced (hidden, but present)"
-        );
+        assert_eq!(t.slices(f.ino).len(), 2);
+        assert!(t.gc().is_empty(), "block 10 is still referenced");
+        // Truncating below 100 drops the slice at 100 (block 10's last)
+        // and shortens the other.
+        truncate(&t, f.ino, 50).unwrap();
+        assert_eq!(t.gc(), vec![10]);
+        assert_eq!(t.m.files().block(11).unwrap().unwrap().refs, 1);
 
-        // Many overwrites of the same range: pruned slices free their blocks.
+        // Many overwrites of the same range: each frees the block before.
         for b in 20..60 {
             t.commit(f.ino, vec![slice(0, 50, b)]).unwrap();
         }
         let freed = t.gc();
-        assert!(freed.contains(&10) && freed.contains(&11), "{freed:?}");
+        assert!(freed.contains(&11) && freed.contains(&58), "{freed:?}");
         assert!(!freed.contains(&59), "the visible block stays");
+        assert_eq!(t.slices(f.ino).len(), 1);
         for b in &freed {
             assert!(t.m.files().block(*b).unwrap().is_none());
         }

@@ -218,7 +218,7 @@ impl FileTree<'_> {
             Dropped::Freed { bytes, pending } => {
                 self.meta.usage.account(vol, -(bytes as i64), -1);
                 if pending {
-                    release::finish_release(self.meta.store(), vol, ino)?;
+                    self.meta.gc_wanted.notify_one();
                 }
                 Ok(None)
             }

@@ -100,7 +100,7 @@ impl FileTree<'_> {
         if let Some((bytes, pending)) = freed {
             self.meta.usage.account(vol, -(bytes as i64), -1);
             if pending {
-                release::finish_release(self.meta.store(), vol, ino)?;
+                self.meta.gc_wanted.notify_one();
             }
         }
         Ok(())

@@ -6,7 +6,7 @@
 //! a large file is a series of transactions, each safe to crash after:
 //!
 //! - Removal: the transaction that drops a file's last link deletes its
-//!   inode, and its rows too if they fit in one step ([`STEP_BYTES`]);
+//!   inode, and its rows too if they are few ([`FIRST_STEP_BYTES`]);
 //!   otherwise it writes a release record (`F`). Later steps each delete a
 //!   step's worth of rows (dropping their block references) until none is
 //!   left, then the record. The inode number is never reused, so nothing
@@ -18,36 +18,46 @@
 //!   makes its transaction retry), so a slice committed after the
 //!   truncation is never cut by it.
 //!
-//! The request that started the work finishes it before it answers; a
-//! crash in between leaves the record, and [`resume`] finishes it when the
-//! service opens.
+//! A removal answers once its inode is gone (the file's bytes are no
+//! longer counted in its volume's usage) and wakes the garbage collection
+//! task, which finishes the release ([`resume`], also run when the service
+//! opens after a crash). A trim is finished by the request that started
+//! it before it answers, since the next write to the file waits for it.
 
-use tessera_common::{Ino, Slice, VolumeId, CHUNK_SIZE};
+use tessera_common::{Ino, Slice, VolumeId};
 use tracing::info;
 
 use super::TreeTxn;
 use crate::{
-    blocks, keys,
+    blocks,
+    data::slices,
+    keys,
     records::{decode, load, store, TrimRecord},
     store::{transact_buffered, MetaStore, Txn},
     MetaError, Result,
 };
 
-/// Most bytes of rows one step reads and deletes (chunk rows hold about
-/// 33 bytes per slice: some 30,000 slices).
+/// Most bytes of rows one step reads and deletes (a slice's row is about
+/// 70 bytes: some 15,000 slices).
 const STEP_BYTES: usize = 1 << 20;
+/// Most bytes of rows the transaction removing a file deletes (about
+/// 1,000 slices): more is left to the background, so the removal of a
+/// large file answers at once.
+const FIRST_STEP_BYTES: usize = 64 << 10;
 /// Rows one scan of a step returns at most.
-const SCAN_ROWS: usize = 16;
+const SCAN_ROWS: usize = 1024;
 
-/// Deletes the rows in `[start, end)` (chunk rows when `chunks`, dropping
-/// their block references) up to a step's worth. Returns whether rows
-/// are left.
+/// Deletes the rows in `[start, end)` (slices when `slices`, dropping
+/// their block references) up to `budget` bytes of them, or a step's
+/// worth when `None`. Returns whether rows are left.
 pub(crate) fn delete_rows(
     txn: &mut dyn Txn,
     start: &[u8],
     end: &[u8],
-    chunks: bool,
+    slices: bool,
+    budget: Option<usize>,
 ) -> Result<bool> {
+    let budget = budget.unwrap_or(STEP_BYTES);
     let mut from = start.to_vec();
     let mut bytes = 0;
     let mut dropped: Vec<Slice> = Vec::new();
@@ -60,8 +70,8 @@ pub(crate) fn delete_rows(
         from.push(0);
         let full = rows.len() == SCAN_ROWS;
         for (k, v) in &rows {
-            if chunks {
-                dropped.extend(decode::<Vec<Slice>>(k, v)?);
+            if slices {
+                dropped.push(decode::<Slice>(k, v)?);
             }
             txn.delete(k)?;
             bytes += k.len() + v.len();
@@ -69,7 +79,7 @@ pub(crate) fn delete_rows(
         if !full {
             break false;
         }
-        if bytes >= STEP_BYTES {
+        if bytes >= budget {
             break true;
         }
     };
@@ -77,12 +87,12 @@ pub(crate) fn delete_rows(
     Ok(more)
 }
 
-/// One step of deleting the chunk rows, then the xattrs, of `ino`.
-/// Returns whether rows are left.
-fn release_step(txn: &mut dyn Txn, vol: VolumeId, ino: Ino) -> Result<bool> {
-    for (prefix, chunks) in [(keys::CHUNK, true), (keys::XATTR, false)] {
+/// One step (of at most `budget` bytes) of deleting the slices, then
+/// the xattrs, of `ino`. Returns whether rows are left.
+fn release_step(txn: &mut dyn Txn, vol: VolumeId, ino: Ino, budget: Option<usize>) -> Result<bool> {
+    for (prefix, slices) in [(keys::SLICE, true), (keys::XATTR, false)] {
         let (start, end) = keys::prefix_range(&keys::under(prefix, vol, ino));
-        if delete_rows(txn, &start, &end, chunks)? {
+        if delete_rows(txn, &start, &end, slices, budget)? {
             return Ok(true);
         }
     }
@@ -92,13 +102,13 @@ fn release_step(txn: &mut dyn Txn, vol: VolumeId, ino: Ino) -> Result<bool> {
 /// Removes inode `ino`, which lost its last link and is not kept open, in
 /// the tree's transaction: the inode now, and what it holds now too if
 /// that fits in one step. Returns whether a release is left for
-/// [`finish_release`].
+/// [`finish_release`], in the background.
 pub(crate) fn remove_inode(t: &mut TreeTxn<'_>, ino: Ino) -> Result<bool> {
     t.forget_inode(ino);
     let vol = t.vol();
     let txn = t.txn();
     txn.delete(&keys::trim(vol, ino))?;
-    let more = release_step(txn, vol, ino)?;
+    let more = release_step(txn, vol, ino, Some(FIRST_STEP_BYTES))?;
     if more {
         txn.put(&keys::release(vol, ino), b"")?;
     }
@@ -113,7 +123,7 @@ pub(crate) fn finish_release(store: &dyn MetaStore, vol: VolumeId, ino: Ino) -> 
         if txn.get(&key)?.is_none() {
             return Ok(false);
         }
-        let more = release_step(txn, vol, ino)?;
+        let more = release_step(txn, vol, ino, None)?;
         if !more {
             txn.delete(&key)?;
         }
@@ -127,36 +137,13 @@ pub(crate) fn finish_release(store: &dyn MetaStore, vol: VolumeId, ino: Ino) -> 
     Ok(())
 }
 
-/// Cuts the slices of `ino` at `size`, up to a step's worth of chunk rows
-/// from the chunk holding `size`. Returns whether rows are left.
+/// Cuts the extents of `ino` at `size`: the one reaching past it now,
+/// and up to a step's worth of those after it, which go whole. Returns
+/// whether extents are left to cut.
 fn trim_step(txn: &mut dyn Txn, vol: VolumeId, ino: Ino, size: u64) -> Result<bool> {
-    let first = keys::chunk(vol, ino, size / CHUNK_SIZE);
-    let (_, end) = keys::prefix_range(&keys::under(keys::CHUNK, vol, ino));
-    // The chunk holding the cut keeps what is before it.
-    let mut from = first.clone();
-    if let Some(v) = txn.get(&first)? {
-        let list: Vec<Slice> = decode(&first, &v)?;
-        let (kept, gone): (Vec<Slice>, Vec<Slice>) =
-            list.into_iter().partition(|s| s.offset < size);
-        blocks::drop_refs(txn, &gone)?;
-        let kept: Vec<Slice> = kept
-            .into_iter()
-            .map(|mut s| {
-                if s.end() > size {
-                    s.len = (size - s.offset) as u32;
-                }
-                s
-            })
-            .collect();
-        if kept.is_empty() {
-            txn.delete(&first)?;
-        } else {
-            store(txn, &first, &kept)?;
-        }
-        from.push(0);
-    }
-    // The chunks after it go whole.
-    delete_rows(txn, &from, &end, true)
+    let from = slices::cut_at(txn, vol, ino, size)?;
+    let (_, end) = keys::prefix_range(&keys::under(keys::SLICE, vol, ino));
+    delete_rows(txn, &from, &end, true, None)
 }
 
 /// Lowers the size of `ino` to `size` in the tree's transaction: cuts its

@@ -91,6 +91,17 @@ impl GcQueue<'_> {
         crate::fs::release::resume(self.meta.store())
     }
 
+    /// Removed files whose rows are left to delete.
+    pub fn releasing(&self) -> Result<u64> {
+        let (start, end) = keys::prefix_range(&[keys::RELEASE]);
+        Ok(self
+            .meta
+            .store()
+            .begin()
+            .scan(&start, &end, usize::MAX)?
+            .len() as u64)
+    }
+
     /// Blocks waiting.
     pub fn queued(&self) -> Result<u64> {
         let (start, end) = keys::prefix_range(&[keys::GC]);

@@ -164,6 +164,7 @@ impl RepairQueue<'_> {
             repair_rate: stats.rate(),
             corrupt_reported: stats.corrupt(),
             gc_blocks: self.meta.gc().queued()?,
+            releasing_files: self.meta.gc().releasing()?,
             ..ClusterStatus::default()
         };
         for (_, rec) in self.pending(usize::MAX)? {

@@ -48,6 +48,16 @@ fn scans_are_ordered_bounded_and_see_own_writes() {
             .collect();
         assert_eq!(keys, vec![b"k2".to_vec(), b"k25".to_vec(), b"k3".to_vec()]);
         assert_eq!(t.scan(b"k", b"l", 2).unwrap().len(), 2);
+        // From the end: last first, `end` excluded, own writes seen.
+        let back: Vec<Vec<u8>> = t
+            .scan_back(b"k", b"k3", 10)
+            .unwrap()
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
+        assert_eq!(back, vec![b"k25".to_vec(), b"k2".to_vec()]);
+        assert_eq!(t.scan_back(b"k", b"l", 1).unwrap()[0].0, b"k3".to_vec());
+        assert!(t.scan_back(b"a", b"j9", 5).unwrap().is_empty());
     });
 }
 
@@ -167,4 +177,39 @@ fn rocks_commits_survive_reopen() {
     }
     let s = RocksStore::open(dir.path()).unwrap();
     assert_eq!(s.begin().get(b"durable").unwrap(), Some(b"yes".to_vec()));
+}
+
+/// `sync` fsyncs only what is not durable yet: after a durable commit, or
+/// a sync with nothing buffered since, it costs nothing.
+#[test]
+fn rocks_sync_fsyncs_only_what_needs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RocksStore::open(dir.path()).unwrap();
+    let buffered = |k: &[u8]| {
+        let mut t = s.begin_buffered();
+        t.put(k, b"v").unwrap();
+        t.commit().unwrap();
+    };
+    buffered(b"a");
+    s.sync().unwrap();
+    let after_first = s.sync_fsyncs();
+    // Nothing buffered since (or the syncer thread got there first).
+    s.sync().unwrap();
+    assert_eq!(s.sync_fsyncs(), after_first);
+    assert!(after_first <= 1);
+    // A durable commit covers the buffered ones before it.
+    buffered(b"b");
+    put(&s, b"c", b"v");
+    s.sync().unwrap();
+    assert_eq!(s.sync_fsyncs(), after_first);
+    // One buffered after it needs an fsync again (unless the syncer
+    // thread made one meanwhile: then it is durable already).
+    let before = (s.sync_fsyncs(), s.background_syncs());
+    buffered(b"d");
+    s.sync().unwrap();
+    let after = (s.sync_fsyncs(), s.background_syncs());
+    assert!(
+        after.0 == before.0 + 1 || after.1 > before.1,
+        "a buffered commit was taken for durable: {before:?} -> {after:?}"
+    );
 }

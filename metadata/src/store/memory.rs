@@ -3,6 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    ops::Bound,
     sync::Mutex,
 };
 
@@ -46,6 +47,60 @@ impl MetaStore for MemoryStore {
     }
 }
 
+impl MemTxn<'_> {
+    /// Up to `limit` keys of `[start, end)` as this transaction sees them
+    /// (its own writes over the store's), from the start or (`back`) from
+    /// the end: two ordered ranges merged as they are walked.
+    fn range(&self, start: &[u8], end: &[u8], limit: usize, back: bool) -> Vec<KeyValue> {
+        let mut out = Vec::new();
+        if start >= end || limit == 0 {
+            return out;
+        }
+        let st = self.store.inner.lock().expect("memory store lock");
+        let bounds = (
+            Bound::Included(start.to_vec()),
+            Bound::Excluded(end.to_vec()),
+        );
+        type Walk<'w, V> = Box<dyn Iterator<Item = (&'w Vec<u8>, &'w V)> + 'w>;
+        let (mut data, mut writes): (Walk<'_, Vec<u8>>, Walk<'_, Option<Vec<u8>>>) = if back {
+            (
+                Box::new(st.data.range(bounds.clone()).rev()),
+                Box::new(self.writes.range(bounds).rev()),
+            )
+        } else {
+            (
+                Box::new(st.data.range(bounds.clone())),
+                Box::new(self.writes.range(bounds)),
+            )
+        };
+        let first = |x: &[u8], y: &[u8]| if back { x > y } else { x < y };
+        let (mut a, mut b) = (data.next(), writes.next());
+        while out.len() < limit {
+            match (a, b) {
+                (None, None) => break,
+                (Some((k, v)), None) => {
+                    out.push((k.clone(), v.clone()));
+                    a = data.next();
+                }
+                (Some((ka, va)), Some((kb, _))) if first(ka, kb) => {
+                    out.push((ka.clone(), va.clone()));
+                    a = data.next();
+                }
+                (_, Some((kb, w))) => {
+                    if a.is_some_and(|(ka, _)| ka == kb) {
+                        a = data.next();
+                    }
+                    if let Some(v) = w {
+                        out.push((kb.clone(), v.clone()));
+                    }
+                    b = writes.next();
+                }
+            }
+        }
+        out
+    }
+}
+
 impl Txn for MemTxn<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(w) = self.writes.get(key) {
@@ -65,19 +120,16 @@ impl Txn for MemTxn<'_> {
         end: &[u8],
         limit: usize,
     ) -> Result<Vec<KeyValue>, StoreError> {
-        let st = self.store.inner.lock().expect("memory store lock");
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = st
-            .data
-            .range(start.to_vec()..end.to_vec())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (k, w) in self.writes.range(start.to_vec()..end.to_vec()) {
-            match w {
-                Some(v) => merged.insert(k.clone(), v.clone()),
-                None => merged.remove(k),
-            };
-        }
-        Ok(merged.into_iter().take(limit).collect())
+        Ok(self.range(start, end, limit, false))
+    }
+
+    fn scan_back(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        Ok(self.range(start, end, limit, true))
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {

@@ -57,6 +57,14 @@ pub trait Txn {
     /// transaction's own writes. Not conflict-tracked.
     fn scan(&mut self, start: &[u8], end: &[u8], limit: usize)
         -> Result<Vec<KeyValue>, StoreError>;
+    /// [`Txn::scan`] from the end: the last keys of `[start, end)`, last
+    /// first.
+    fn scan_back(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError>;
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
     fn delete(&mut self, key: &[u8]) -> Result<(), StoreError>;
     /// Applies every write atomically and durably, or none.

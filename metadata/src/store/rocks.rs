@@ -34,13 +34,20 @@ pub struct RocksStore {
     thread: Option<JoinHandle<()>>,
 }
 
-/// What the syncer thread waits on.
+/// What the syncer thread waits on, and how far the WAL is known durable.
 #[derive(Default)]
 struct Syncer {
     state: Mutex<SyncState>,
     wake: Condvar,
     /// WAL syncs done by the thread.
     done: AtomicU64,
+    /// Buffered commits that have returned, counted as they return.
+    buffered: AtomicU64,
+    /// WAL fsyncs `sync` asked for (the others were not needed).
+    sync_fsyncs: AtomicU64,
+    /// How many of them are known durable: a WAL fsync (or a durable
+    /// commit) that began after the first `synced` of them had returned.
+    synced: AtomicU64,
 }
 
 #[derive(Default)]
@@ -51,7 +58,22 @@ struct SyncState {
 }
 
 impl Syncer {
+    /// Runs `fsync` (a WAL fsync, or a durable commit), which covers every
+    /// buffered commit that returned before it began.
+    fn covering<T>(&self, fsync: impl FnOnce() -> T) -> T {
+        let before = self.buffered.load(Ordering::Acquire);
+        let out = fsync();
+        self.synced.fetch_max(before, Ordering::AcqRel);
+        out
+    }
+
+    /// Whether every buffered commit that returned is durable already.
+    fn all_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire) >= self.buffered.load(Ordering::Acquire)
+    }
+
     fn mark_dirty(&self) {
+        self.buffered.fetch_add(1, Ordering::AcqRel);
         let mut st = self.state.lock().expect("syncer lock");
         if !st.dirty {
             st.dirty = true;
@@ -73,7 +95,7 @@ impl Syncer {
             // Let more commits join this fsync.
             std::thread::sleep(SYNC_DELAY);
             self.state.lock().expect("syncer lock").dirty = false;
-            match db.flush_wal(true) {
+            match self.covering(|| db.flush_wal(true)) {
                 Ok(()) => {
                     self.done.fetch_add(1, Ordering::Relaxed);
                 }
@@ -109,6 +131,12 @@ impl RocksStore {
         })
     }
 
+    /// WAL fsyncs `sync` has made.
+    #[cfg(test)]
+    pub(crate) fn sync_fsyncs(&self) -> u64 {
+        self.syncer.sync_fsyncs.load(Ordering::Relaxed)
+    }
+
     /// WAL syncs the background thread has done.
     #[cfg(test)]
     pub(crate) fn background_syncs(&self) -> u64 {
@@ -122,7 +150,8 @@ impl RocksStore {
         to.set_snapshot(true);
         Box::new(RocksTxn {
             txn: self.db.transaction_opt(&wo, &to),
-            buffered: (!sync).then_some(&*self.syncer),
+            sync,
+            syncer: &self.syncer,
             wrote: false,
         })
     }
@@ -147,8 +176,9 @@ fn backend(e: rocksdb::Error) -> StoreError {
 
 struct RocksTxn<'a> {
     txn: Transaction<'a, OptimisticTransactionDB>,
-    /// Set for a buffered transaction: told when it commits.
-    buffered: Option<&'a Syncer>,
+    /// Whether the commit fsyncs the WAL (else it is buffered).
+    sync: bool,
+    syncer: &'a Syncer,
     /// Whether `put` or `delete` was called. A read-only transaction has
     /// nothing to commit: its reads came from one snapshot, and committing
     /// an empty batch with `sync` would still fsync the WAL.
@@ -164,8 +194,17 @@ impl MetaStore for RocksStore {
         self.transaction(false)
     }
 
+    /// A WAL fsync, unless every buffered commit is durable already (a
+    /// durable commit or an earlier sync covered it): an fsync after a
+    /// file's data commit then costs nothing more.
     fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush_wal(true).map_err(backend)
+        if self.syncer.all_synced() {
+            return Ok(());
+        }
+        self.syncer.sync_fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.syncer
+            .covering(|| self.db.flush_wal(true))
+            .map_err(backend)
     }
 }
 
@@ -194,6 +233,30 @@ impl Txn for RocksTxn<'_> {
         Ok(out)
     }
 
+    fn scan_back(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let mut out = Vec::new();
+        // Starts at the last key at or before `end`, which is excluded.
+        for item in self
+            .txn
+            .iterator(IteratorMode::From(end, Direction::Reverse))
+        {
+            let (k, v) = item.map_err(backend)?;
+            if &*k >= end {
+                continue;
+            }
+            if &*k < start || out.len() >= limit {
+                break;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.wrote = true;
         self.txn.put(key, value).map_err(backend)
@@ -208,11 +271,15 @@ impl Txn for RocksTxn<'_> {
         if !self.wrote {
             return Ok(());
         }
-        let buffered = self.buffered;
-        self.txn.commit().map_err(backend)?;
-        if let Some(s) = buffered {
-            s.mark_dirty();
+        let (sync, syncer) = (self.sync, self.syncer);
+        if sync {
+            // The WAL is one ordered log: this commit's fsync makes every
+            // buffered commit that returned before it durable too.
+            syncer.covering(|| self.txn.commit()).map_err(backend)
+        } else {
+            self.txn.commit().map_err(backend)?;
+            syncer.mark_dirty();
+            Ok(())
         }
-        Ok(())
     }
 }

@@ -236,9 +236,9 @@ impl Volumes<'_> {
     pub(crate) fn purge_tree(&self, vol: VolumeId) -> Result<()> {
         for prefix in keys::VOLUME_TREE {
             let (start, end) = keys::prefix_range(&keys::in_volume(prefix, vol));
-            let chunks = prefix == keys::CHUNK;
+            let slices = prefix == keys::SLICE;
             while transact(self.meta.store(), |txn| {
-                fs::release::delete_rows(txn, &start, &end, chunks)
+                fs::release::delete_rows(txn, &start, &end, slices, None)
             })? {}
         }
         transact(self.meta.store(), |txn| {

@@ -80,6 +80,7 @@ impl From<ClusterStatus> for pb::ClusterStatusResponse {
             gc_blocks: s.gc_blocks,
             repair_rate: s.repair_rate,
             corrupt_reported: s.corrupt_reported,
+            releasing_files: s.releasing_files,
         }
     }
 }
@@ -95,6 +96,7 @@ impl From<pb::ClusterStatusResponse> for ClusterStatus {
             gc_blocks: s.gc_blocks,
             repair_rate: s.repair_rate,
             corrupt_reported: s.corrupt_reported,
+            releasing_files: s.releasing_files,
         }
     }
 }
