@@ -57,77 +57,55 @@ fn tail(e: Slice, at: u64) -> Slice {
 
 /// Lays `s` over the map.
 pub fn lay<E: Extents>(map: &mut E, s: Slice, refs: &mut Refs) -> Result<(), E::Error> {
-    let (a, b) = (s.offset, s.end());
+    lay_run(map, &[s], refs)
+}
+
+/// Lays `slices` (oldest first) over the map. Slices that do not overlap
+/// each other (the runs of one flush) are laid a run of touching slices at
+/// a time: one lookup back and one scan of the range the run covers,
+/// never of the extents between runs.
+pub fn lay_all<E: Extents>(map: &mut E, slices: &[Slice], refs: &mut Refs) -> Result<(), E::Error> {
+    let mut sorted = slices.to_vec();
+    sorted.sort_by_key(|s| s.offset);
+    if !sorted.windows(2).all(|w| w[0].end() <= w[1].offset) {
+        for s in slices {
+            lay(map, *s, refs)?;
+        }
+        return Ok(());
+    }
+    for run in sorted.chunk_by(|x, y| x.end() == y.offset) {
+        lay_run(map, run, refs)?;
+    }
+    Ok(())
+}
+
+/// Lays `run`, slices in file order each ending where the next starts:
+/// makes room for the range they cover, then puts them.
+fn lay_run<E: Extents>(map: &mut E, run: &[Slice], refs: &mut Refs) -> Result<(), E::Error> {
+    let (a, b) = (run[0].offset, run[run.len() - 1].end());
     if let Some(e) = map.before(a)?.filter(|e| e.end() > a) {
         // Its head stays where it is, shortened.
         map.put(head(e, a))?;
         if e.end() > b {
-            // `s` falls inside it: its tail is an extent of its own.
+            // The run falls inside it: its tail is an extent of its own.
             let t = tail(e, b);
             map.put(t)?;
             refs.added.push(t);
         }
     }
     for x in map.starting_in(a, b)? {
-        map.remove(x.offset)?;
         if x.end() > b {
             // Covered at its head only: the rest moves to start at `b`.
             map.put(tail(x, b))?;
         } else {
             refs.dropped.push(x);
         }
-    }
-    map.put(s)?;
-    refs.added.push(s);
-    Ok(())
-}
-
-/// Lays `slices` (oldest first) over the map. Slices that do not overlap
-/// each other (the runs of one flush) are laid together: one lookup back
-/// and one scan of the range they span, however many they are.
-pub fn lay_all<E: Extents>(map: &mut E, slices: &[Slice], refs: &mut Refs) -> Result<(), E::Error> {
-    let mut sorted = slices.to_vec();
-    sorted.sort_by_key(|s| s.offset);
-    let disjoint = sorted.windows(2).all(|w| w[0].end() <= w[1].offset);
-    if !disjoint || sorted.len() < 2 {
-        for s in slices {
-            lay(map, *s, refs)?;
-        }
-        return Ok(());
-    }
-    let (a, b) = (sorted[0].offset, sorted[sorted.len() - 1].end());
-    let mut old: Vec<Slice> = map.before(a)?.filter(|e| e.end() > a).into_iter().collect();
-    old.extend(map.starting_in(a, b)?);
-    // What of each old extent no new slice covers: the gaps between the
-    // new slices that fall inside it.
-    let mut next = 0;
-    for x in old {
-        while next < sorted.len() && sorted[next].end() <= x.offset {
-            next += 1;
-        }
-        let mut at = x.offset;
-        let mut pieces = Vec::new();
-        for s in sorted[next..].iter().take_while(|s| s.offset < x.end()) {
-            if s.offset > at {
-                pieces.push(tail(head(x, s.offset), at));
-            }
-            at = at.max(s.end());
-        }
-        if at < x.end() {
-            pieces.push(tail(x, at));
-        }
-        if pieces.first().is_none_or(|p| p.offset != x.offset) {
+        // A slice of the run starting here replaces it anyway.
+        if run.binary_search_by_key(&x.offset, |s| s.offset).is_err() {
             map.remove(x.offset)?;
         }
-        match pieces.len() {
-            0 => refs.dropped.push(x),
-            n => refs.added.extend_from_slice(&pieces[1..n]),
-        }
-        for p in pieces {
-            map.put(p)?;
-        }
     }
-    for s in sorted {
+    for &s in run {
         map.put(s)?;
         refs.added.push(s);
     }
@@ -310,6 +288,71 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// An extent map that counts the extents it reads and writes.
+    #[derive(Default)]
+    struct Counted {
+        map: ExtentMap,
+        touched: usize,
+    }
+
+    impl Extents for Counted {
+        type Error = Infallible;
+
+        fn before(&mut self, offset: u64) -> Result<Option<Slice>, Infallible> {
+            let e = self.map.before(offset)?;
+            self.touched += usize::from(e.is_some());
+            Ok(e)
+        }
+
+        fn starting_in(&mut self, start: u64, end: u64) -> Result<Vec<Slice>, Infallible> {
+            let found = self.map.starting_in(start, end)?;
+            self.touched += found.len();
+            Ok(found)
+        }
+
+        fn put(&mut self, s: Slice) -> Result<(), Infallible> {
+            self.touched += 1;
+            self.map.put(s)
+        }
+
+        fn remove(&mut self, offset: u64) -> Result<(), Infallible> {
+            self.touched += 1;
+            self.map.remove(offset)
+        }
+    }
+
+    /// A database's flush: a few pages far apart in a file of many
+    /// extents. Laying them costs what they cover, not the extents
+    /// between them.
+    #[test]
+    fn laying_scattered_slices_touches_only_what_they_cover() {
+        let mut map = Counted::default();
+        let mut refs = Refs::default();
+        let pages: Vec<Slice> = (0..10_000).map(|i| slice(i * 10, 10, i + 1)).collect();
+        lay_all(&mut map, &pages, &mut refs).unwrap();
+        assert_eq!(map.map.len(), 10_000);
+        map.touched = 0;
+        let flush = [
+            slice(50_000, 10, 20_001),
+            slice(50_010, 10, 20_002),
+            slice(3, 4, 20_003),
+            slice(99_985, 10, 20_004),
+        ];
+        let mut refs = Refs::default();
+        lay_all(&mut map, &flush, &mut refs).unwrap();
+        assert!(map.touched <= 20, "touched {} extents", map.touched);
+        // One page split in three, two cut by a slice straddling them.
+        assert_eq!(map.map.len(), 10_000 + 2 + 1);
+        assert_eq!(refs.dropped.len(), 2, "two pages covered whole");
+        let v = map.map.visible(0, 20);
+        assert_eq!(
+            v.iter()
+                .map(|x| (x.offset, x.slice.block))
+                .collect::<Vec<_>>(),
+            vec![(0, 1), (3, 20_003), (7, 1), (10, 2)]
+        );
     }
 
     #[test]
