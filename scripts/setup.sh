@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Tessera needs on a fresh Debian 12 machine.
 # Idempotent: skips what is already there. Run as root (or with sudo available).
+# Extra Debian packages a benchmark needs come as arguments
+# (`scripts/setup.sh postgresql`).
 set -euo pipefail
 
 need=()
@@ -8,7 +10,7 @@ have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok ins
 # docker.io and busybox-static: the Docker volume plugin's tests run a real
 # engine and build their test image from busybox with `docker import`.
 # iproute2: the benchmarks pick free ports with `ss`.
-for pkg in libclang-dev clang fuse3 fio build-essential pkg-config docker.io busybox-static curl iproute2; do
+for pkg in libclang-dev clang fuse3 fio build-essential pkg-config docker.io busybox-static curl iproute2 "$@"; do
   have "$pkg" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -199,6 +199,11 @@ impl ExtentMap {
             .collect()
     }
 
+    /// The extent starting at `offset`.
+    pub fn get(&self, offset: u64) -> Option<&Slice> {
+        self.map.get(&offset)
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

@@ -1,8 +1,9 @@
 //! A file's extent map in the store (see `tessera_common::extents`):
 //! `E` + volume + ino + file offset -> Slice, never overlapping. A commit
-//! lays its slices over it: a lookup back and a scan of the range they
-//! cover, never more with the file's history; the map holds only what is
-//! visible, one extent per run of bytes last written together.
+//! reads, in one pass, the extents in and just before the ranges its
+//! slices cover, lays the slices over them in memory and writes what
+//! changed: never more with the file's history or size. The map holds only
+//! what is visible, one extent per run of bytes last written together.
 //!
 //! Every writer of a file's extents (commit, truncation, release) also
 //! writes the file's inode in the same transaction, so two of them never
@@ -10,7 +11,7 @@
 //! is.
 
 use tessera_common::{
-    extents::{self, Extents, Refs},
+    extents::{self, ExtentMap, Extents, Refs},
     Ino, Slice, VolumeId,
 };
 
@@ -62,7 +63,10 @@ impl Extents for Map<'_> {
     }
 }
 
-/// Lays `slices` (one file's, oldest first) over its extent map.
+/// Lays `slices` (one file's, oldest first) over its extent map. What
+/// the slices can change (the extents starting in the ranges they cover
+/// and the one before each) is read in one pass, laid over in memory, and
+/// only the extents that changed are written.
 pub(crate) fn lay(
     txn: &mut dyn Txn,
     vol: VolumeId,
@@ -70,7 +74,37 @@ pub(crate) fn lay(
     slices: &[Slice],
     refs: &mut Refs,
 ) -> Result<()> {
-    extents::lay_all(&mut Map { txn, vol, ino }, slices, refs)
+    let mut spans: Vec<(u64, u64)> = slices.iter().map(|s| (s.offset, s.end())).collect();
+    spans.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
+    for (a, b) in spans {
+        match merged.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    let ranges: Vec<(Vec<u8>, Vec<u8>)> = merged
+        .iter()
+        .map(|&(a, b)| (keys::extent(vol, ino, a), keys::extent(vol, ino, b)))
+        .collect();
+    let floor = keys::under(keys::SLICE, vol, ino);
+    let mut old = ExtentMap::default();
+    for (k, v) in txn.scan_around(&floor, &ranges)? {
+        let Ok(()) = old.put(decode(&k, &v)?);
+    }
+    let mut new = old.clone();
+    let Ok(()) = extents::lay_all(&mut new, slices, refs);
+    for e in old.iter() {
+        if new.get(e.offset).is_none() {
+            txn.delete(&keys::extent(vol, ino, e.offset))?;
+        }
+    }
+    for e in new.iter() {
+        if old.get(e.offset) != Some(e) {
+            store(txn, &keys::extent(vol, ino, e.offset), e)?;
+        }
+    }
+    Ok(())
 }
 
 /// Cuts the extents of `ino` at `size`: the one reaching past it is

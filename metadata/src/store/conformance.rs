@@ -62,6 +62,40 @@ fn scans_are_ordered_bounded_and_see_own_writes() {
 }
 
 #[test]
+fn a_scan_around_ranges_gives_each_key_before_and_in_them_once() {
+    both(|s| {
+        for k in [&b"a"[..], b"k10", b"k20", b"k30", b"k40", b"k50", b"z"] {
+            put(s, k, b"v");
+        }
+        let mut t = s.begin();
+        t.put(b"k35", b"new").unwrap();
+        t.delete(b"k20").unwrap();
+        let r = |a: &[u8], b: &[u8]| (a.to_vec(), b.to_vec());
+        let keys = |t: &mut Box<dyn Txn + '_>, floor: &[u8], ranges: &[(Vec<u8>, Vec<u8>)]| {
+            t.scan_around(floor, ranges)
+                .unwrap()
+                .into_iter()
+                .map(|x| String::from_utf8(x.0).unwrap())
+                .collect::<Vec<_>>()
+        };
+        // Before k25 (k20 deleted): k10; in [k25, k36): k30, k35 (own
+        // write); before k40 is k35, given once; in [k40, k41): k40.
+        assert_eq!(
+            keys(&mut t, b"k", &[r(b"k25", b"k36"), r(b"k40", b"k41")]),
+            ["k10", "k30", "k35", "k40"]
+        );
+        // Nothing before the floor; a range starting on a key.
+        assert_eq!(
+            keys(&mut t, b"k", &[r(b"k05", b"k10")]),
+            Vec::<String>::new()
+        );
+        assert_eq!(keys(&mut t, b"k", &[r(b"k10", b"k11")]), ["k10"]);
+        assert_eq!(keys(&mut t, b"k", &[r(b"k51", b"k60")]), ["k50"]);
+        assert_eq!(keys(&mut t, b"k", &[]), Vec::<String>::new());
+    });
+}
+
+#[test]
 fn a_read_key_written_by_another_commit_conflicts() {
     both(|s| {
         put(s, b"x", b"0");

@@ -65,6 +65,27 @@ pub trait Txn {
         end: &[u8],
         limit: usize,
     ) -> Result<Vec<KeyValue>, StoreError>;
+    /// What lies in and just before each of `ranges` (`[start, end)`, in
+    /// order, not overlapping): the last key of `[floor, start)`, if any,
+    /// then the keys of `[start, end)`; every key once, in order. One pass
+    /// where the store can (a file's extents around a flush's pages). Not
+    /// conflict-tracked.
+    fn scan_around(
+        &mut self,
+        floor: &[u8],
+        ranges: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let mut out: Vec<KeyValue> = Vec::new();
+        for (start, end) in ranges {
+            let before = self.scan_back(floor, start, 1)?;
+            for kv in before.into_iter().chain(self.scan(start, end, usize::MAX)?) {
+                if out.last().is_none_or(|(last, _)| *last < kv.0) {
+                    out.push(kv);
+                }
+            }
+        }
+        Ok(out)
+    }
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
     fn delete(&mut self, key: &[u8]) -> Result<(), StoreError>;
     /// Applies every write atomically and durably, or none.

@@ -20,7 +20,7 @@ use std::{
 
 use rocksdb::{
     Direction, ErrorKind, IteratorMode, OptimisticTransactionDB, OptimisticTransactionOptions,
-    Options, Transaction, WriteOptions,
+    Options, ReadOptions, Transaction, WriteOptions,
 };
 
 use super::{KeyValue, MetaStore, StoreError, Txn};
@@ -253,6 +253,41 @@ impl Txn for RocksTxn<'_> {
                 break;
             }
             out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    /// One iterator for every range: a seek back to each range's start,
+    /// then forward through it.
+    fn scan_around(
+        &mut self,
+        floor: &[u8],
+        ranges: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let Some((_, last_end)) = ranges.last() else {
+            return Ok(Vec::new());
+        };
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_lower_bound(floor.to_vec());
+        opts.set_iterate_upper_bound(last_end.clone());
+        let mut it = self.txn.raw_iterator_opt(opts);
+        let mut out: Vec<KeyValue> = Vec::new();
+        for (start, end) in ranges {
+            it.seek_for_prev(start);
+            if !it.valid() {
+                it.status().map_err(backend)?;
+                it.seek(start);
+            }
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                if k >= end.as_slice() {
+                    break;
+                }
+                if out.last().is_none_or(|(last, _)| last.as_slice() < k) {
+                    out.push((k.to_vec(), v.to_vec()));
+                }
+                it.next();
+            }
+            it.status().map_err(backend)?;
         }
         Ok(out)
     }
