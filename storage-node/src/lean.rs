@@ -1,44 +1,40 @@
-//! The Node service over lean RPC: its method names, and a [`Handler`]
-//! that dispatches them straight to a [`Node`] implementation. A shard
-//! arrives in the buffer its frame was read into and is handed on from
-//! there; a shard read goes from the implementation's buffer to the socket.
+//! The Node service over lean RPC: its method names dispatched straight
+//! to [`NodeCalls`], on the connection's own thread (`OnThreads`): a shard
+//! is stored or read by the thread that read the request and writes the
+//! answer, with no hop to a pool and back. A shard arrives in the buffer
+//! its frame was read into and is handed on from there; a shard read goes
+//! from the store's buffer to the socket.
 
-use std::{future::Future, sync::Arc};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message;
-use tonic::{Request, Response, Status};
+use tonic::Status;
 
 use tessera_proto::{
     lean::node::*,
-    pb::node_server::Node,
-    transport::{Handler, Reply},
+    transport::{BlockingHandler, Reply},
 };
 
-/// Serves lean calls with `S`, as `NodeServer` serves gRPC ones.
-pub struct NodeHandler<S>(pub Arc<S>);
+use crate::service::NodeCalls;
 
-impl<S> Clone for NodeHandler<S> {
-    fn clone(&self) -> Self {
-        NodeHandler(self.0.clone())
-    }
-}
+/// Serves lean calls with the node's calls.
+pub struct NodeHandler(pub Arc<NodeCalls>);
 
-impl<S: Node> Handler for NodeHandler<S> {
-    async fn call(&mut self, path: &str, message: Bytes) -> Reply {
+impl BlockingHandler for NodeHandler {
+    fn call(&self, path: &str, message: Bytes) -> Reply {
         let node = &*self.0;
-        let answer = match path {
-            PUT_SHARD => unary(message, |r| node.put_shard(r)).await.map(reply),
-            GET_SHARD => unary(message, |r| node.get_shard(r)).await.map(|mut a| {
+        match path {
+            PUT_SHARD => serve(node, message, NodeCalls::put_shard, reply),
+            GET_SHARD => serve(node, message, NodeCalls::get_shard, |mut a| {
                 let data = std::mem::take(&mut a.data);
                 Reply::message_with_bytes(&a, GET_DATA_TAG, data)
             }),
-            DELETE_SHARDS => unary(message, |r| node.delete_shards(r)).await.map(reply),
-            LIST_SHARDS => unary(message, |r| node.list_shards(r)).await.map(reply),
-            STAT => unary(message, |r| node.stat(r)).await.map(reply),
-            _ => return Reply::unknown_method("storage node", path),
-        };
-        answer.unwrap_or_else(|s| Reply::status(&s))
+            DELETE_SHARDS => serve(node, message, NodeCalls::delete_shards, reply),
+            LIST_SHARDS => serve(node, message, NodeCalls::list_shards, reply),
+            STAT => serve(node, message, NodeCalls::stat, reply),
+            _ => Reply::unknown_method("storage node", path),
+        }
     }
 }
 
@@ -46,15 +42,23 @@ fn reply(m: impl Message) -> Reply {
     Reply::message(&m)
 }
 
-/// Decodes the request, makes the call, returns its answer.
-async fn unary<Q, A, F>(message: Bytes, call: impl FnOnce(Request<Q>) -> F) -> Result<A, Status>
-where
-    Q: Message + Default,
-    F: Future<Output = Result<Response<A>, Status>>,
-{
-    let q = Q::decode(message).map_err(|e| {
-        let name = std::any::type_name::<Q>().rsplit("::").next().unwrap_or("");
-        Status::invalid_argument(format!("malformed {name}: {e}"))
-    })?;
-    Ok(call(Request::new(q)).await?.into_inner())
+/// Decodes the request, makes the call, answers with its answer (`to`) or
+/// the status it failed with.
+fn serve<Q: Message + Default, A>(
+    node: &NodeCalls,
+    message: Bytes,
+    call: fn(&NodeCalls, Q) -> crate::error::Result<A>,
+    to: impl FnOnce(A) -> Reply,
+) -> Reply {
+    let q = match Q::decode(message) {
+        Ok(q) => q,
+        Err(e) => {
+            let name = std::any::type_name::<Q>().rsplit("::").next().unwrap_or("");
+            return Reply::status(&Status::invalid_argument(format!("malformed {name}: {e}")));
+        }
+    };
+    match call(node, q) {
+        Ok(a) => to(a),
+        Err(e) => Reply::status(&Status::from(e)),
+    }
 }

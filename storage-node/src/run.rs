@@ -14,7 +14,7 @@ use std::{
 
 use tessera_proto::{
     pb::node_server::NodeServer,
-    transport::{self, settings::MAX_MESSAGE, OnTasks},
+    transport::{self, settings::MAX_MESSAGE, OnThreads},
 };
 use tracing::info;
 
@@ -96,18 +96,15 @@ pub async fn run(
         stop_scrub.clone(),
     );
     let heartbeats = tokio::spawn(heartbeat_loop(store.clone(), reg, reports));
-    let service = Arc::new(
-        NodeService::new(store)
-            .with_scrub_stats(scrub_stats)
-            .with_compact_stats(compact_stats),
-    );
+    let service = Arc::new(NodeService::new(store, scrub_stats, compact_stats));
     // gRPC and lean RPC on one port; shard traffic from mounts is lean.
     let grpc = transport::grpc::server().add_service(
         NodeServer::from_arc(service.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE),
     );
-    let served = transport::serve(listener, grpc, OnTasks(NodeHandler(service)), shutdown).await;
+    let lean = OnThreads::new(Arc::new(NodeHandler(service.calls())));
+    let served = transport::serve(listener, grpc, lean, shutdown).await;
     heartbeats.abort();
     stop_scrub.store(true, Ordering::Relaxed);
     for t in [scrubber, compactor].into_iter().flatten() {

@@ -1,5 +1,7 @@
-//! The Node gRPC service: each handler parses the request, calls one
-//! [`ShardStore`] method on the blocking pool and maps the error.
+//! The Node service: each call parses the request, calls one
+//! [`ShardStore`] method and maps the error, on the thread it is given:
+//! the blocking pool for gRPC, a lean connection's own thread for lean
+//! RPC (`lean.rs`), never an async worker.
 
 use std::sync::{
     atomic::{AtomicU64, Ordering},
@@ -9,7 +11,7 @@ use std::sync::{
 use tessera_common::ShardKey;
 use tessera_proto::pb::{self, node_server::Node};
 use tonic::{Request, Response, Status};
-use tracing::{debug_span, warn, Span};
+use tracing::{debug_span, warn};
 
 use crate::{
     compactor::CompactStats,
@@ -18,7 +20,14 @@ use crate::{
     store::ShardStore,
 };
 
+/// The Node service: gRPC calls run their [`NodeCalls`] on the blocking
+/// pool; lean calls run them on the connection's thread (`lean.rs`).
 pub struct NodeService {
+    calls: Arc<NodeCalls>,
+}
+
+/// The Node calls, each run to its end on the calling thread.
+pub struct NodeCalls {
     store: Arc<ShardStore>,
     /// Shard bytes and calls received by PutShard since start: what repair
     /// and catch-up cost this node.
@@ -31,17 +40,46 @@ pub struct NodeService {
 }
 
 impl NodeService {
-    pub fn new(store: Arc<ShardStore>) -> Self {
+    pub fn new(store: Arc<ShardStore>, scrub: Arc<ScrubStats>, compact: Arc<CompactStats>) -> Self {
         NodeService {
-            store,
-            put_bytes: AtomicU64::new(0),
-            put_count: AtomicU64::new(0),
-            scrub: Arc::default(),
-            compact: Arc::default(),
-            full_warned: AtomicU64::new(0),
+            calls: Arc::new(NodeCalls {
+                store,
+                put_bytes: AtomicU64::new(0),
+                put_count: AtomicU64::new(0),
+                scrub,
+                compact,
+                full_warned: AtomicU64::new(0),
+            }),
         }
     }
 
+    /// The calls, for serving on threads.
+    pub fn calls(&self) -> Arc<NodeCalls> {
+        self.calls.clone()
+    }
+
+    /// Runs `f` on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&NodeCalls) -> Result<T> + Send + 'static,
+    ) -> Result<Response<T>, Status> {
+        let calls = self.calls.clone();
+        match tokio::task::spawn_blocking(move || f(&calls)).await {
+            Ok(r) => Ok(Response::new(r?)),
+            Err(e) => Err(Error::Task {
+                task: "shard store call",
+                why: e.to_string(),
+            }
+            .into()),
+        }
+    }
+}
+
+fn shard_key(k: Option<pb::ShardKey>) -> Result<ShardKey> {
+    Ok(tessera_proto::shard_key(k)?)
+}
+
+impl NodeCalls {
     /// Says once in a while (not per shard) that the disk is full.
     fn warn_full(&self, key: ShardKey, why: &str) {
         let now = std::time::SystemTime::now()
@@ -52,109 +90,55 @@ impl NodeService {
         }
     }
 
-    /// Reports the compactor's figures in Stat.
-    pub fn with_compact_stats(mut self, stats: Arc<CompactStats>) -> Self {
-        self.compact = stats;
-        self
-    }
-
-    /// Reports the scrubber's figures in Stat.
-    pub fn with_scrub_stats(mut self, stats: Arc<ScrubStats>) -> Self {
-        self.scrub = stats;
-        self
-    }
-
-    /// Runs `f` on the blocking pool inside `span`.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        span: Span,
-        f: impl FnOnce(&ShardStore) -> Result<T> + Send + 'static,
-    ) -> Result<T, Status> {
-        let store = self.store.clone();
-        let joined = tokio::task::spawn_blocking(move || span.in_scope(|| f(store.as_ref()))).await;
-        let task = |e: tokio::task::JoinError| Error::Task {
-            task: "shard store call",
-            why: e.to_string(),
-        };
-        Ok(joined.map_err(task)??)
-    }
-}
-
-fn shard_key(k: Option<pb::ShardKey>) -> Result<ShardKey> {
-    Ok(tessera_proto::shard_key(k)?)
-}
-
-#[tonic::async_trait]
-impl Node for NodeService {
-    async fn put_shard(
-        &self,
-        req: Request<pb::PutShardRequest>,
-    ) -> Result<Response<pb::PutShardResponse>, Status> {
-        let r = req.into_inner();
+    pub fn put_shard(&self, r: pb::PutShardRequest) -> Result<pb::PutShardResponse> {
         let key = shard_key(r.key)?;
-        let span = debug_span!(
+        let _span = debug_span!(
             "put_shard",
             block = key.block,
             shard = key.index,
             len = r.data.len()
-        );
-        let len = r.data.len() as u64;
-        self.put_bytes.fetch_add(len, Ordering::Relaxed);
+        )
+        .entered();
+        self.put_bytes
+            .fetch_add(r.data.len() as u64, Ordering::Relaxed);
         self.put_count.fetch_add(1, Ordering::Relaxed);
-        let put = self
-            .blocking(span, move |s| s.put(key, &r.data, r.crc))
-            .await;
-        if let Err(status) = &put {
-            if status.code() == tonic::Code::ResourceExhausted {
-                self.warn_full(key, status.message());
+        if let Err(e) = self.store.put(key, &r.data, r.crc) {
+            if matches!(e, Error::DiskFull { .. }) {
+                self.warn_full(key, &e.to_string());
             }
+            return Err(e);
         }
-        put?;
-        Ok(Response::new(pb::PutShardResponse {}))
+        Ok(pb::PutShardResponse {})
     }
 
-    async fn get_shard(
-        &self,
-        req: Request<pb::GetShardRequest>,
-    ) -> Result<Response<pb::GetShardResponse>, Status> {
-        let r = req.into_inner();
+    pub fn get_shard(&self, r: pb::GetShardRequest) -> Result<pb::GetShardResponse> {
         let key = shard_key(r.key)?;
-        let span = debug_span!("get_shard", block = key.block, shard = key.index);
-        let d = self
-            .blocking(span, move |s| s.get(key, r.offset, r.len))
-            .await?;
-        Ok(Response::new(pb::GetShardResponse {
+        let _span = debug_span!("get_shard", block = key.block, shard = key.index).entered();
+        let d = self.store.get(key, r.offset, r.len)?;
+        Ok(pb::GetShardResponse {
             data: d.data,
             shard_crc: d.shard_crc,
             shard_len: d.shard_len,
-        }))
+        })
     }
 
-    async fn delete_shards(
-        &self,
-        req: Request<pb::DeleteShardsRequest>,
-    ) -> Result<Response<pb::DeleteShardsResponse>, Status> {
-        let keys = req
-            .into_inner()
+    pub fn delete_shards(&self, r: pb::DeleteShardsRequest) -> Result<pb::DeleteShardsResponse> {
+        let keys = r
             .keys
             .into_iter()
             .map(|k| shard_key(Some(k)))
             .collect::<Result<Vec<_>, _>>()?;
-        let span = debug_span!("delete_shards", count = keys.len());
-        let deleted = self.blocking(span, move |s| s.delete(&keys)).await?;
-        Ok(Response::new(pb::DeleteShardsResponse { deleted }))
+        let _span = debug_span!("delete_shards", count = keys.len()).entered();
+        let deleted = self.store.delete(&keys)?;
+        Ok(pb::DeleteShardsResponse { deleted })
     }
 
-    async fn list_shards(
-        &self,
-        req: Request<pb::ListShardsRequest>,
-    ) -> Result<Response<pb::ListShardsResponse>, Status> {
-        let r = req.into_inner();
+    pub fn list_shards(&self, r: pb::ListShardsRequest) -> Result<pb::ListShardsResponse> {
         let after = r.after.map(|k| shard_key(Some(k))).transpose()?;
-        let infos = self
-            .blocking(debug_span!("list_shards"), move |s| s.list(after, r.limit))
-            .await?;
-        let shards = infos
+        let _span = debug_span!("list_shards").entered();
+        let shards = self
+            .store
+            .list(after, r.limit)?
             .into_iter()
             .map(|i| pb::ShardInfo {
                 key: Some(i.key.into()),
@@ -162,15 +146,12 @@ impl Node for NodeService {
                 crc: i.crc,
             })
             .collect();
-        Ok(Response::new(pb::ListShardsResponse { shards }))
+        Ok(pb::ListShardsResponse { shards })
     }
 
-    async fn stat(
-        &self,
-        _req: Request<pb::StatRequest>,
-    ) -> Result<Response<pb::StatResponse>, Status> {
-        let st = self.blocking(debug_span!("stat"), |s| s.stat()).await?;
-        Ok(Response::new(pb::StatResponse {
+    pub fn stat(&self, _r: pb::StatRequest) -> Result<pb::StatResponse> {
+        let st = debug_span!("stat").in_scope(|| self.store.stat())?;
+        Ok(pb::StatResponse {
             node_id: st.node_id,
             capacity_bytes: st.capacity_bytes,
             used_bytes: st.used_bytes,
@@ -184,6 +165,49 @@ impl Node for NodeService {
             compacted_segments: self.compact.segments.load(Ordering::Relaxed),
             compacted_bytes: self.compact.bytes.load(Ordering::Relaxed),
             segment_bytes: st.segment_bytes,
-        }))
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn put_shard(
+        &self,
+        req: Request<pb::PutShardRequest>,
+    ) -> Result<Response<pb::PutShardResponse>, Status> {
+        let r = req.into_inner();
+        self.blocking(move |c| c.put_shard(r)).await
+    }
+
+    async fn get_shard(
+        &self,
+        req: Request<pb::GetShardRequest>,
+    ) -> Result<Response<pb::GetShardResponse>, Status> {
+        let r = req.into_inner();
+        self.blocking(move |c| c.get_shard(r)).await
+    }
+
+    async fn delete_shards(
+        &self,
+        req: Request<pb::DeleteShardsRequest>,
+    ) -> Result<Response<pb::DeleteShardsResponse>, Status> {
+        let r = req.into_inner();
+        self.blocking(move |c| c.delete_shards(r)).await
+    }
+
+    async fn list_shards(
+        &self,
+        req: Request<pb::ListShardsRequest>,
+    ) -> Result<Response<pb::ListShardsResponse>, Status> {
+        let r = req.into_inner();
+        self.blocking(move |c| c.list_shards(r)).await
+    }
+
+    async fn stat(
+        &self,
+        req: Request<pb::StatRequest>,
+    ) -> Result<Response<pb::StatResponse>, Status> {
+        let r = req.into_inner();
+        self.blocking(move |c| c.stat(r)).await
     }
 }

@@ -2,35 +2,49 @@
 //! return the domain types of `tessera-common`. Nothing outside this
 //! module (and the node link) speaks `pb`.
 //!
-//! - [`MetaClient`]: gRPC from tasks on a runtime, for the data path
-//!   (block ids, slices, commits, placement) and for admin tools.
+//! - [`MetaClient`]: calls from tasks on a runtime: the data path's (block
+//!   ids, slices, commits) over lean RPC, one pooled connection per call
+//!   in flight, with no HTTP/2 in between; the rest (placement, admin
+//!   tools) over gRPC.
 //! - [`NamesClient`] (`names.rs`): calls on names and attributes over lean
 //!   RPC, blocking the calling thread (a FUSE worker thread).
 
 pub(crate) mod names;
 
-use std::{ops::Range, time::Duration};
+use std::{ops::Range, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use prost::Message;
 
 use tessera_common::{
     ClusterStatus, Commit, Committed, FileSlices, Ino, NodeId, NodeInfo, PlacementTable,
     Protection, ShardKey, VolumeId, VolumeInfo, VolumeSpec,
 };
 use tessera_proto::{
+    lean::meta as paths,
     pb::{self, meta_client::MetaClient as Rpc},
-    transport::{grpc, settings::MAX_MESSAGE},
+    transport::{
+        grpc,
+        lean_client::{LeanClient, Retry},
+        settings::MAX_MESSAGE,
+    },
 };
-use tonic::transport::Channel;
+use tonic::{transport::Channel, Status};
 
 pub use names::NamesClient;
 
 use crate::{error::malformed, ClientError, Result};
 
-/// The metadata service over gRPC. Cheap to clone: clones share one
-/// HTTP/2 connection, which reconnects by itself after a failure.
+/// The metadata service. Cheap to clone: clones share one HTTP/2
+/// connection, which reconnects by itself after a failure, and one pool of
+/// lean connections.
 #[derive(Clone)]
 pub struct MetaClient {
     addr: String,
     rpc: Rpc<Channel>,
+    lean: Arc<LeanClient>,
+    /// Longest a lean call may take, if bounded.
+    timeout: Option<Duration>,
 }
 
 /// Converts an answer, or calls it malformed.
@@ -41,22 +55,58 @@ fn answer<A, B: TryFrom<A, Error = tessera_common::Error>>(a: A) -> Result<B> {
 impl MetaClient {
     /// Connects to the metadata service at `addr` (`host:port`).
     pub async fn connect(addr: &str) -> Result<MetaClient> {
-        Ok(Self::on(addr, grpc::channel(addr, None).await?))
+        Ok(Self::on(addr, grpc::channel(addr, None).await?, None))
     }
 
     /// A client of `addr` that connects on its first call, with each call
     /// bounded by `timeout`. Made on a runtime, whose tasks carry the
     /// connection.
     pub fn lazy(addr: &str, timeout: Duration) -> Result<MetaClient> {
-        Ok(Self::on(addr, grpc::lazy_channel(addr, Some(timeout))?))
+        Ok(Self::on(
+            addr,
+            grpc::lazy_channel(addr, Some(timeout))?,
+            Some(timeout),
+        ))
     }
 
-    fn on(addr: &str, channel: Channel) -> MetaClient {
+    fn on(addr: &str, channel: Channel, timeout: Option<Duration>) -> MetaClient {
         MetaClient {
             addr: addr.to_string(),
             rpc: Rpc::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
+            lean: Arc::new(LeanClient::new(addr)),
+            timeout,
+        }
+    }
+
+    /// Calls `path` over lean RPC.
+    async fn lean<A: Message + Default>(
+        &self,
+        path: &str,
+        request: &impl Message,
+        retry: Retry,
+    ) -> Result<A> {
+        let unavailable = |why: String| {
+            ClientError::from(Status::unavailable(format!(
+                "metadata service at {}: {path}: {why}",
+                self.addr
+            )))
+        };
+        let (message, payload) = (request.encode_to_vec(), Bytes::new());
+        let call = self.lean.call(path, &message, &payload, retry);
+        let answered = match self.timeout {
+            Some(t) => tokio::time::timeout(t, call)
+                .await
+                .map_err(|_| unavailable(format!("no answer in {t:?}")))?,
+            None => call.await,
+        };
+        match answered {
+            Ok(Ok(message)) => {
+                A::decode(message).map_err(|e| ClientError::Malformed(format!("{path}: {e}")))
+            }
+            Ok(Err(status)) => Err(status.into()),
+            Err(e) => Err(unavailable(e.to_string())),
         }
     }
 
@@ -152,26 +202,27 @@ impl MetaClient {
 
     /// Reserves `count` fresh block ids.
     pub async fn alloc_blocks(&self, count: u32) -> Result<Range<u64>> {
-        let r = self
-            .rpc()
-            .alloc_blocks(pb::AllocBlocksRequest { count })
-            .await?
-            .into_inner();
+        let req = pb::AllocBlocksRequest { count };
+        let r: pb::AllocBlocksResponse = self.lean(paths::ALLOC_BLOCKS, &req, Retry::Once).await?;
         Ok(r.first..r.first + u64::from(r.count))
     }
 
     /// A file's attributes, slices and inline blocks.
     pub async fn file_slices(&self, vol: VolumeId, ino: Ino) -> Result<FileSlices> {
         let req = pb::GetSlicesRequest { volume: vol, ino };
-        answer(self.rpc().get_slices(req).await?.into_inner())
+        let r: pb::GetSlicesResponse = self
+            .lean(paths::GET_SLICES, &req, Retry::Idempotent)
+            .await?;
+        answer(r)
     }
 
+    /// Commits written slices. Never sent twice: a commit whose connection
+    /// broke may have been applied.
     pub async fn commit(&self, c: Commit) -> Result<Committed> {
-        let r = self
-            .rpc()
-            .commit_writes(pb::CommitWritesRequest::from(c))
-            .await?;
-        answer(r.into_inner())
+        let req = pb::CommitWritesRequest::from(c);
+        let r: pb::CommitWritesResponse =
+            self.lean(paths::COMMIT_WRITES, &req, Retry::Once).await?;
+        answer(r)
     }
 
     /// Extends the lease of `session`'s orphans among `inos`.
