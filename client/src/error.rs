@@ -44,6 +44,10 @@ pub enum ClientError {
     Malformed(String),
     #[error("inode {ino}: a write at {offset} ends past the largest file")]
     TooLarge { ino: u64, offset: u64 },
+    /// SEEK_DATA or SEEK_HOLE from the end of the file or past it, or
+    /// SEEK_DATA with no data after the offset (ENXIO).
+    #[error("inode {ino}: no data or hole at or after {offset}")]
+    NoSuchData { ino: u64, offset: u64 },
     #[error("volume {volume} is shutting down")]
     ShuttingDown { volume: String },
     #[error("the write pipeline of inode {ino} went away before the write was stored")]
@@ -122,6 +126,7 @@ impl ClientError {
             } => libc::ENOSPC,
             ClientError::Invalid(_) => libc::EINVAL,
             ClientError::TooLarge { .. } => libc::EFBIG,
+            ClientError::NoSuchData { .. } => libc::ENXIO,
             ClientError::EarlierWrite { errno, .. } => *errno,
             _ => libc::EIO,
         }

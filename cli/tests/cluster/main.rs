@@ -3,6 +3,7 @@
 
 mod busy;
 mod data;
+mod database;
 mod docker;
 mod faults;
 mod fio;

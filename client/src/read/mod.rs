@@ -97,6 +97,35 @@ impl Volume {
         Ok(Bytes::from(buf))
     }
 
+    /// Where the next data (`data`: SEEK_DATA) or hole (SEEK_HOLE) of
+    /// `ino` starts at or after `offset`. Bytes no slice covers are holes;
+    /// the end of the file is one. Buffered writes are stored first, so
+    /// they count as data.
+    pub async fn seek_data_or_hole(&self, ino: Ino, offset: u64, data: bool) -> Result<u64> {
+        self.flush(ino).await?;
+        let e = self.entry(ino);
+        let slices = self.slices(ino, &e).await?;
+        let size = slices.size;
+        if offset >= size {
+            return Err(ClientError::NoSuchData { ino, offset });
+        }
+        let runs = slices.visible(offset, size);
+        if data {
+            return runs
+                .first()
+                .map(|v| v.offset.max(offset))
+                .ok_or(ClientError::NoSuchData { ino, offset });
+        }
+        let mut at = offset;
+        for v in &runs {
+            if v.offset > at {
+                break;
+            }
+            at = at.max(v.offset + v.len);
+        }
+        Ok(at.min(size))
+    }
+
     /// The committed slices of `ino`, fetched if this mount has none cached.
     pub(crate) async fn slices(&self, ino: Ino, e: &FileEntry) -> Result<Arc<CachedSlices>> {
         let generation = {

@@ -96,6 +96,12 @@ impl FileData<'_> {
         volume: &VolumeRecord,
     ) -> Result<(Vec<Attr>, u64, crate::volumes::usage::Reservation<'u>)> {
         let p = volume.protection;
+        // Read in the transaction, so a removal of the volume that commits
+        // first makes this commit retry and fail, rather than leave extents
+        // under a tree already deleted.
+        if load::<VolumeRecord>(txn, &keys::volume(c.vol))?.is_none() {
+            return Err(MetaError::not_found(format!("volume {}", c.vol)));
+        }
         for d in &c.degraded {
             repair::queue(txn, p, d, &[])?;
         }

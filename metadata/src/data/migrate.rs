@@ -67,24 +67,25 @@ pub(crate) fn convert_chunk_lists(store_: &dyn MetaStore) -> Result<()> {
         }
         rows_done += n;
     }
-    if rows_done == 0 {
-        return Ok(());
-    }
+    // Whether or not rows were converted now: a crash after the last
+    // batch leaves no `S` rows, and the jobs still walking them.
     let (start, end) = keys::prefix_range(&[keys::REMAP_JOB]);
     transact(store_, |txn| {
         for (k, v) in txn.scan(&start, &end, usize::MAX)? {
             let mut job: RemapJob = decode(&k, &v)?;
-            if job.cursor.first() != Some(&keys::SLICE) {
+            if job.cursor.first() == Some(&keys::CHUNK_LIST) {
                 job.cursor = vec![keys::SLICE];
                 store(txn, &k, &job)?;
             }
         }
         Ok(())
     })?;
-    info!(
-        rows = rows_done,
-        "converted chunk slice lists to a key per slice"
-    );
+    if rows_done > 0 {
+        info!(
+            rows = rows_done,
+            "converted chunk slice lists to a key per slice"
+        );
+    }
     Ok(())
 }
 
@@ -155,6 +156,26 @@ mod tests {
             t.commit(f.ino, vec![slice(0, 20, 7)]).unwrap();
             let now = t.slices(f.ino);
             assert_eq!((now[0].offset, now[0].len, now[0].block), (0, 20, 7));
+        });
+    }
+
+    /// A crash after the last rows were converted, before the remap jobs'
+    /// cursors moved to the new keys: the next open moves them.
+    #[test]
+    fn a_remap_job_left_walking_chunk_lists_walks_extents_after_a_crash() {
+        each_store(|s| {
+            let job = crate::cluster::RemapJob {
+                protection: tessera_common::Protection::new(4, 2).unwrap(),
+                old_pgs: vec![],
+                cursor: keys::chunk_list(1, 2, 3),
+            };
+            let key = keys::remap_job(4, 2, 7);
+            transact(s.as_ref(), |txn| store(txn, &key, &job)).unwrap();
+            super::convert_chunk_lists(s.as_ref()).unwrap();
+            let after: crate::cluster::RemapJob = crate::records::load(s.begin().as_mut(), &key)
+                .unwrap()
+                .unwrap();
+            assert_eq!(after.cursor, vec![keys::SLICE]);
         });
     }
 }

@@ -5,10 +5,13 @@
 //! changed: never more with the file's history or size. The map holds only
 //! what is visible, one extent per run of bytes last written together.
 //!
-//! Every writer of a file's extents (commit, truncation, release) also
-//! writes the file's inode in the same transaction, so two of them never
-//! interleave on one file: range scans are not conflict-checked, the inode
-//! is.
+//! Range scans are not conflict-checked; what keeps two writers of one
+//! file's extents from interleaving is checked elsewhere: a commit and a
+//! truncation write the file's inode (and a commit reads its volume's
+//! record, which a removal deletes); a trim's later steps are repeatable
+//! and a commit waits for them (it reads the `T` record); a release's
+//! steps come after the inode is gone, and inode numbers are never
+//! reused.
 
 use tessera_common::{
     extents::{self, ExtentMap, Extents, Refs},
@@ -21,9 +24,6 @@ use crate::{
     store::Txn,
     MetaError, Result,
 };
-
-/// Extents read per scan.
-const SCAN: usize = 4096;
 
 /// The extent map of one file, in a transaction.
 struct Map<'t> {
@@ -114,22 +114,14 @@ pub(crate) fn cut_at(txn: &mut dyn Txn, vol: VolumeId, ino: Ino, size: u64) -> R
     Ok(keys::extent(vol, ino, size))
 }
 
-/// Every extent of a file, in file order.
+/// Every extent of a file, in file order: read with one iterator, so
+/// from one moment (a read-only transaction is not conflict-checked, and
+/// pages read by iterators made one after another could mix the map
+/// before and after a commit, leaving bytes without an extent).
 pub(crate) fn file(txn: &mut dyn Txn, vol: VolumeId, ino: Ino) -> Result<Vec<Slice>> {
-    let (mut from, end) = keys::prefix_range(&keys::under(keys::SLICE, vol, ino));
-    let mut out = Vec::new();
-    loop {
-        let rows = txn.scan(&from, &end, SCAN)?;
-        let full = rows.len() == SCAN;
-        for (k, v) in &rows {
-            out.push(decode::<Slice>(k, v)?);
-        }
-        match rows.last() {
-            Some((k, _)) if full => {
-                from = k.clone();
-                from.push(0);
-            }
-            _ => return Ok(out),
-        }
-    }
+    let (from, end) = keys::prefix_range(&keys::under(keys::SLICE, vol, ino));
+    txn.scan(&from, &end, usize::MAX)?
+        .iter()
+        .map(|(k, v)| decode(k, v))
+        .collect()
 }

@@ -246,4 +246,18 @@ fn rocks_sync_fsyncs_only_what_needs_it() {
         after.0 == before.0 + 1 || after.1 > before.1,
         "a buffered commit was taken for durable: {before:?} -> {after:?}"
     );
+    // A durable commit refused for a conflict never reached the WAL: it
+    // covers nothing.
+    let before = (s.sync_fsyncs(), s.background_syncs());
+    let mut refused = s.begin();
+    let _ = refused.get(b"e").unwrap();
+    buffered(b"e");
+    refused.put(b"e", b"mine").unwrap();
+    assert!(matches!(refused.commit(), Err(StoreError::Conflict)));
+    s.sync().unwrap();
+    let after = (s.sync_fsyncs(), s.background_syncs());
+    assert!(
+        after.0 == before.0 + 1 || after.1 > before.1,
+        "a refused durable commit was taken for an fsync: {before:?} -> {after:?}"
+    );
 }

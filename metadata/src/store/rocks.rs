@@ -41,12 +41,18 @@ struct Syncer {
     wake: Condvar,
     /// WAL syncs done by the thread.
     done: AtomicU64,
-    /// Buffered commits that have returned, counted as they return.
+    /// Buffered commits begun, counted before they start: until each of
+    /// them is covered, `sync` fsyncs (a commit in flight may already be
+    /// visible to the caller of `sync`).
+    begun: AtomicU64,
+    /// Buffered commits that have returned (applied or not), counted as
+    /// they return.
     buffered: AtomicU64,
     /// WAL fsyncs `sync` asked for (the others were not needed).
     sync_fsyncs: AtomicU64,
     /// How many of them are known durable: a WAL fsync (or a durable
-    /// commit) that began after the first `synced` of them had returned.
+    /// commit) that succeeded began after the first `synced` of them had
+    /// returned.
     synced: AtomicU64,
 }
 
@@ -58,20 +64,25 @@ struct SyncState {
 }
 
 impl Syncer {
-    /// Runs `fsync` (a WAL fsync, or a durable commit), which covers every
-    /// buffered commit that returned before it began.
-    fn covering<T>(&self, fsync: impl FnOnce() -> T) -> T {
+    /// Runs `fsync` (a WAL fsync, or a durable commit), which, if it
+    /// succeeds, covers every buffered commit that returned before it
+    /// began. One that fails (a commit refused for a conflict never reached
+    /// the WAL; a failed WAL flush) covers nothing.
+    fn covering<E>(&self, fsync: impl FnOnce() -> Result<(), E>) -> Result<(), E> {
         let before = self.buffered.load(Ordering::Acquire);
         let out = fsync();
-        self.synced.fetch_max(before, Ordering::AcqRel);
+        if out.is_ok() {
+            self.synced.fetch_max(before, Ordering::AcqRel);
+        }
         out
     }
 
-    /// Whether every buffered commit that returned is durable already.
+    /// Whether every buffered commit begun so far is durable already.
     fn all_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire) >= self.buffered.load(Ordering::Acquire)
+        self.synced.load(Ordering::Acquire) >= self.begun.load(Ordering::Acquire)
     }
 
+    /// Counts a buffered commit that returned, and has the thread sync it.
     fn mark_dirty(&self) {
         self.buffered.fetch_add(1, Ordering::AcqRel);
         let mut st = self.state.lock().expect("syncer lock");
@@ -312,9 +323,10 @@ impl Txn for RocksTxn<'_> {
             // buffered commit that returned before it durable too.
             syncer.covering(|| self.txn.commit()).map_err(backend)
         } else {
-            self.txn.commit().map_err(backend)?;
+            syncer.begun.fetch_add(1, Ordering::AcqRel);
+            let done = self.txn.commit();
             syncer.mark_dirty();
-            Ok(())
+            done.map_err(backend)
         }
     }
 }
