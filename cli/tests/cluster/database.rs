@@ -286,3 +286,104 @@ fn the_posix_a_database_relies_on_matches_a_local_directory() {
     drop(f);
     m.unmount();
 }
+
+/// Commits numbered transactions to an SQLite database in WAL mode with
+/// full sync, printing each number once its commit returned; stops at the
+/// first error (the mount going away).
+const SQLITE_WRITER: &str = r#"
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("PRAGMA synchronous=FULL")
+db.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, pad BLOB)")
+for i in range(1, 10001):
+    db.execute("BEGIN")
+    db.execute("INSERT INTO t VALUES (?, randomblob(300))", (i,))
+    db.execute("COMMIT")
+    print(i, flush=True)
+"#;
+
+/// Prints the database's integrity check, its row count and largest id.
+const SQLITE_CHECK: &str = r#"
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+ok = db.execute("PRAGMA integrity_check").fetchone()[0]
+n, top = db.execute("SELECT count(*), coalesce(max(id), 0) FROM t").fetchone()
+print(ok, n, top)
+"#;
+
+#[test]
+fn sqlite_keeps_every_committed_transaction_when_the_mount_is_killed() {
+    use std::{
+        io::{BufRead, BufReader},
+        process::{Command, Stdio},
+        sync::{
+            atomic::{AtomicU64, Ordering},
+            Arc,
+        },
+    };
+    let c = Cluster::start(6);
+    c.create_volume("lite", "1GiB", "ec:4+2");
+    let m = c.mount("lite");
+    let db = m.path("t.db");
+    // A point that differs from run to run, well before the last commit.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let kill_after = 200 + u64::from(nanos) % 1800;
+    tracing::info!("--- killing the mount after {kill_after} commits");
+    let mut writer = Command::new("python3")
+        .args(["-c", SQLITE_WRITER])
+        .arg(&db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let acked = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let acked = acked.clone();
+        let out = writer.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                acked.store(line.trim().parse().unwrap(), Ordering::SeqCst);
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while acked.load(Ordering::SeqCst) < kill_after {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer made {} commits in 5 minutes",
+            acked.load(Ordering::SeqCst)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    m.kill();
+    let _ = writer.wait();
+    reader.join().unwrap();
+    let acked = acked.load(Ordering::SeqCst);
+    assert!(
+        acked < 10_000,
+        "the writer finished before the mount was killed"
+    );
+
+    let m = c.mount("lite");
+    let out = Command::new("python3")
+        .args(["-c", SQLITE_CHECK])
+        .arg(m.path("t.db"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    tracing::info!("--- {acked} commits returned; after a remount: {report}");
+    let fields: Vec<&str> = report.split_whitespace().collect();
+    assert_eq!(fields.first(), Some(&"ok"), "integrity check: {report}");
+    let (rows, top): (u64, u64) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
+    assert!(
+        top >= acked,
+        "{acked} commits returned, the database has ids up to {top}"
+    );
+    assert_eq!(rows, top, "ids 1..={top} are not all there");
+    m.unmount();
+}
