@@ -9,8 +9,9 @@ need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 # docker.io and busybox-static: the Docker volume plugin's tests run a real
 # engine and build their test image from busybox with `docker import`.
-# iproute2: the benchmarks pick free ports with `ss`.
-for pkg in libclang-dev clang fuse3 fio build-essential pkg-config docker.io busybox-static curl iproute2 "$@"; do
+# iproute2: the benchmarks pick free ports with `ss`. python3: the database
+# tests drive SQLite with it (its sqlite3 module).
+for pkg in libclang-dev clang fuse3 fio build-essential pkg-config docker.io busybox-static curl iproute2 python3 "$@"; do
   have "$pkg" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
