@@ -98,30 +98,41 @@ impl Volume {
     }
 
     /// Where the next data (`data`: SEEK_DATA) or hole (SEEK_HOLE) of
-    /// `ino` starts at or after `offset`. Bytes no slice covers are holes;
-    /// the end of the file is one. Buffered writes are stored first, so
-    /// they count as data.
+    /// `ino` starts at or after `offset`, as a reader would see the file:
+    /// its committed slices with this mount's uncommitted bytes on top.
+    /// Bytes nothing covers are holes; the end of the file is one. Stores
+    /// nothing (a write error stays for the writer's close or fsync).
     pub async fn seek_data_or_hole(&self, ino: Ino, offset: u64, data: bool) -> Result<u64> {
-        self.flush(ino).await?;
         let e = self.entry(ino);
+        let (mut covered, pending_end) = {
+            let st = e.state.lock().expect("file state lock");
+            (st.uncommitted(offset, u64::MAX), st.pending_end())
+        };
         let slices = self.slices(ino, &e).await?;
-        let size = slices.size;
+        let size = slices.size.max(pending_end);
         if offset >= size {
             return Err(ClientError::NoSuchData { ino, offset });
         }
-        let runs = slices.visible(offset, size);
+        covered.extend(
+            slices
+                .visible(offset, slices.size)
+                .iter()
+                .map(|v| (v.offset, v.offset + v.len)),
+        );
+        covered.sort_unstable();
         if data {
-            return runs
-                .first()
-                .map(|v| v.offset.max(offset))
+            return covered
+                .iter()
+                .find(|(_, hi)| *hi > offset)
+                .map(|(lo, _)| (*lo).max(offset))
                 .ok_or(ClientError::NoSuchData { ino, offset });
         }
         let mut at = offset;
-        for v in &runs {
-            if v.offset > at {
+        for (lo, hi) in covered {
+            if lo > at {
                 break;
             }
-            at = at.max(v.offset + v.len);
+            at = at.max(hi);
         }
         Ok(at.min(size))
     }

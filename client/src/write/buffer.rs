@@ -173,6 +173,18 @@ impl FileState {
         out
     }
 
+    /// The ranges `[lo, hi)` of `[start, end)` that uncommitted bytes (in
+    /// flight or buffered) cover, in no order, without the bytes.
+    pub fn uncommitted(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        self.inflight
+            .iter()
+            .flat_map(|p| &p.extents)
+            .chain(&self.dirty)
+            .map(|x| (x.offset.max(start), x.end().min(end)))
+            .filter(|(lo, hi)| lo < hi)
+            .collect()
+    }
+
     /// The end of the furthest uncommitted byte.
     pub fn pending_end(&self) -> u64 {
         let inflight = self.inflight.iter().flat_map(|p| &p.extents);

@@ -261,3 +261,35 @@ fn rocks_sync_fsyncs_only_what_needs_it() {
         "a refused durable commit was taken for an fsync: {before:?} -> {after:?}"
     );
 }
+
+/// A RocksDB transaction's reads all see the moment it began (its own
+/// writes on top): what it reads together belongs together.
+#[test]
+fn rocks_reads_of_a_transaction_see_one_moment() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RocksStore::open(dir.path()).unwrap();
+    put(&s, b"k1", b"old");
+    put(&s, b"k2", b"old");
+    let mut t = s.begin();
+    assert_eq!(t.get(b"k1").unwrap(), Some(b"old".to_vec()));
+    let mut other = s.begin();
+    other.put(b"k2", b"new").unwrap();
+    other.put(b"k3", b"new").unwrap();
+    other.commit().unwrap();
+    assert_eq!(t.get(b"k2").unwrap(), Some(b"old".to_vec()));
+    let seen: Vec<Vec<u8>> = t
+        .scan(b"k", b"l", 10)
+        .unwrap()
+        .into_iter()
+        .map(|x| x.1)
+        .collect();
+    assert_eq!(seen, vec![b"old".to_vec(), b"old".to_vec()]);
+    t.put(b"k4", b"mine").unwrap();
+    assert_eq!(t.scan_back(b"k", b"l", 1).unwrap()[0].0, b"k4".to_vec());
+    assert_eq!(
+        t.scan_around(b"k", &[(b"k3".to_vec(), b"k5".to_vec())])
+            .unwrap()
+            .len(),
+        2
+    );
+}

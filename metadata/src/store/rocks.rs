@@ -196,6 +196,17 @@ struct RocksTxn<'a> {
     wrote: bool,
 }
 
+impl RocksTxn<'_> {
+    /// Reads from the snapshot the transaction took when it began (its own
+    /// writes on top), so all its reads see one moment: a file's inode,
+    /// extents and inline blocks read together always belong together.
+    fn reads(&self) -> ReadOptions {
+        let mut o = ReadOptions::default();
+        o.set_snapshot(&self.txn.snapshot());
+        o
+    }
+}
+
 impl MetaStore for RocksStore {
     fn begin(&self) -> Box<dyn Txn + '_> {
         self.transaction(true)
@@ -221,7 +232,9 @@ impl MetaStore for RocksStore {
 
 impl Txn for RocksTxn<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.txn.get_for_update(key, true).map_err(backend)
+        self.txn
+            .get_for_update_opt(key, true, &self.reads())
+            .map_err(backend)
     }
 
     fn scan(
@@ -231,9 +244,11 @@ impl Txn for RocksTxn<'_> {
         limit: usize,
     ) -> Result<Vec<KeyValue>, StoreError> {
         let mut out = Vec::new();
+        let mut opts = self.reads();
+        opts.set_iterate_upper_bound(end.to_vec());
         for item in self
             .txn
-            .iterator(IteratorMode::From(start, Direction::Forward))
+            .iterator_opt(IteratorMode::From(start, Direction::Forward), opts)
         {
             let (k, v) = item.map_err(backend)?;
             if &*k >= end || out.len() >= limit {
@@ -251,10 +266,12 @@ impl Txn for RocksTxn<'_> {
         limit: usize,
     ) -> Result<Vec<KeyValue>, StoreError> {
         let mut out = Vec::new();
+        let mut opts = self.reads();
+        opts.set_iterate_lower_bound(start.to_vec());
         // Starts at the last key at or before `end`, which is excluded.
         for item in self
             .txn
-            .iterator(IteratorMode::From(end, Direction::Reverse))
+            .iterator_opt(IteratorMode::From(end, Direction::Reverse), opts)
         {
             let (k, v) = item.map_err(backend)?;
             if &*k >= end {
@@ -278,7 +295,7 @@ impl Txn for RocksTxn<'_> {
         let Some((_, last_end)) = ranges.last() else {
             return Ok(Vec::new());
         };
-        let mut opts = ReadOptions::default();
+        let mut opts = self.reads();
         opts.set_iterate_lower_bound(floor.to_vec());
         opts.set_iterate_upper_bound(last_end.clone());
         let mut it = self.txn.raw_iterator_opt(opts);
