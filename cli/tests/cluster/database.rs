@@ -39,6 +39,17 @@ fn seek(f: &File, offset: u64, whence: libc::c_int) -> String {
     })
 }
 
+/// A new empty file, open for reading and writing.
+fn fresh(path: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap()
+}
+
 /// Runs every behaviour in `dir`; one line of results each.
 fn behaviours(dir: &Path) -> Vec<(&'static str, String)> {
     let p = |name: &str| dir.join(name);
@@ -85,13 +96,7 @@ fn behaviours(dir: &Path) -> Vec<(&'static str, String)> {
     ));
 
     // Holes: data at [0, 4 KiB) and [1 MiB, 1 MiB + 4 KiB) of a 2 MiB file.
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(p("sparse"))
-        .unwrap();
+    let mut f = fresh(&p("sparse"));
     f.write_all(&[1u8; 4096]).unwrap();
     f.seek(SeekFrom::Start(1 << 20)).unwrap();
     f.write_all(&[2u8; 4096]).unwrap();
@@ -128,13 +133,7 @@ fn behaviours(dir: &Path) -> Vec<(&'static str, String)> {
     // fallocate: allocating and punching (a file system may refuse with
     // EOPNOTSUPP); posix_fallocate works either way (glibc writes the
     // range itself when the file system refuses).
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(p("falloc"))
-        .unwrap();
+    let f = fresh(&p("falloc"));
     let fd = f.as_raw_fd();
     out.push((
         "fallocate",
@@ -159,13 +158,7 @@ fn behaviours(dir: &Path) -> Vec<(&'static str, String)> {
     drop(f);
 
     // Truncating down and up; past the largest file either can hold.
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(p("size"))
-        .unwrap();
+    let mut f = fresh(&p("size"));
     f.write_all(&[9u8; 10_000]).unwrap();
     f.set_len(3000).unwrap();
     f.set_len(6000).unwrap();
@@ -221,13 +214,7 @@ fn behaviours(dir: &Path) -> Vec<(&'static str, String)> {
     drop(f);
 
     // A shared writable mapping's stores reach the file.
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(p("mapped"))
-        .unwrap();
+    let f = fresh(&p("mapped"));
     f.set_len(8192).unwrap();
     unsafe {
         let m = libc::mmap(

@@ -93,23 +93,18 @@ impl GcQueue<'_> {
 
     /// Removed files whose rows are left to delete.
     pub fn releasing(&self) -> Result<u64> {
-        let (start, end) = keys::prefix_range(&[keys::RELEASE]);
-        Ok(self
-            .meta
-            .store()
-            .begin()
-            .scan(&start, &end, usize::MAX)?
-            .len() as u64)
+        self.count(keys::RELEASE)
     }
 
     /// Blocks waiting.
     pub fn queued(&self) -> Result<u64> {
-        let (start, end) = keys::prefix_range(&[keys::GC]);
-        Ok(self
-            .meta
-            .store()
-            .begin()
-            .scan(&start, &end, usize::MAX)?
-            .len() as u64)
+        self.count(keys::GC)
+    }
+
+    /// Keys under `prefix`.
+    fn count(&self, prefix: u8) -> Result<u64> {
+        let (start, end) = keys::prefix_range(&[prefix]);
+        let rows = self.meta.store().begin().scan(&start, &end, usize::MAX)?;
+        Ok(rows.len() as u64)
     }
 }
