@@ -158,15 +158,19 @@ impl Volume {
         let per_file: Vec<Result<()>> = match self.commit(&writes, &stored).await {
             Ok(()) => vec![Ok(()); writes.len()],
             // One file's failure (removed meanwhile, say) must not fail the
-            // others: each commits on its own.
-            Err(_) if writes.len() > 1 => {
+            // others: each commits on its own. Not after a failure that
+            // leaves it unknown whether the commit was applied (the service
+            // unreachable, the call timed out): another mount may have
+            // written these files since, and committing the same slices
+            // again would lay them over its newer bytes. Every file fails.
+            Err(e) if writes.len() > 1 && !e.is_unreachable() => {
                 let mut out = Vec::with_capacity(writes.len());
                 for w in &writes {
                     out.push(self.commit(std::slice::from_ref(w), &stored).await);
                 }
                 out
             }
-            Err(e) => vec![Err(e)],
+            Err(e) => vec![Err(e); writes.len()],
         };
         let mut results = vec![Ok(()); parts.len()];
         for ((_, at), r) in files.iter().zip(per_file) {
