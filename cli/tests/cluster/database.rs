@@ -119,6 +119,8 @@ fn behaviours(dir: &Path) -> Vec<(&'static str, String)> {
         (1 << 20, libc::SEEK_HOLE),
         ((1 << 20) + 4096, libc::SEEK_DATA),
         (2 << 20, libc::SEEK_HOLE),
+        // A negative offset (-1).
+        (u64::MAX, libc::SEEK_DATA),
     ];
     let found: Vec<String> = seeks.iter().map(|&(o, w)| seek(&f, o, w)).collect();
     out.push(("SEEK_DATA/SEEK_HOLE", found.join(" ")));

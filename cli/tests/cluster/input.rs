@@ -114,7 +114,12 @@ fn hostile_file_names_are_refused() {
 /// A connection speaking lean RPC to the metadata service, as a FUSE
 /// thread does, with the hello already exchanged.
 fn lean_connection(c: &Cluster) -> TcpStream {
-    let mut s = TcpStream::connect(&c.meta_addr).unwrap();
+    lean_connection_to(&c.meta_addr)
+}
+
+/// A lean RPC connection to `addr`, the hello exchanged.
+fn lean_connection_to(addr: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(&lean::hello()).unwrap();
     let mut hello = [0u8; lean::HELLO_LEN];
@@ -125,8 +130,13 @@ fn lean_connection(c: &Cluster) -> TcpStream {
 
 /// Makes one call; the answer's (code, status, message).
 fn lean_call(s: &mut TcpStream, method: &str, message: &[u8]) -> (u32, String, Vec<u8>) {
+    lean_call_path(s, &format!("/tessera.v1.Meta/{method}"), message)
+}
+
+/// Makes one call to `path`; the answer's (code, status, message).
+fn lean_call_path(s: &mut TcpStream, path: &str, message: &[u8]) -> (u32, String, Vec<u8>) {
     let mut out = Vec::new();
-    lean::encode_request(&format!("/tessera.v1.Meta/{method}"), message, &mut out).unwrap();
+    lean::encode_request(path, message, &mut out).unwrap();
     s.write_all(&out).unwrap();
     let mut head = [0u8; 4];
     s.read_exact(&mut head).unwrap();
@@ -201,6 +211,17 @@ fn lean_rpc_answers_calls_and_refuses_hostile_bytes() {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert!(closed_by_service(&mut s));
+
+    // A storage node, which answers each lean call on the connection's own
+    // thread: a malformed request and a shard key it does not hold get a
+    // status, and the connection goes on.
+    let mut n = lean_connection_to(&format!("127.0.0.1:{}", c.nodes[0].port));
+    let (code, status, _) = lean_call_path(&mut n, lean::node::PUT_SHARD, b"\xff\xff\xff");
+    assert_eq!(code, tonic::Code::InvalidArgument as u32, "{status}");
+    let (code, _, _) = lean_call_path(&mut n, lean::node::GET_SHARD, b"");
+    assert_ne!(code, 0);
+    let (code, _, _) = lean_call_path(&mut n, lean::node::STAT, b"");
+    assert_eq!(code, 0);
 
     // None of it changed anything or stopped either protocol.
     assert!(c.cli_ok(&["volume", "ls"]).contains("lean"));

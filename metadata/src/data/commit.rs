@@ -27,7 +27,7 @@ impl FileData<'_> {
         self.check(c, &volume)?;
         let p = volume.protection;
         loop {
-            let done = transact(self.meta.store(), |txn| self.apply(txn, c, &volume));
+            let done = transact(self.meta.store(), |txn| self.apply(txn, c));
             let (attrs, epoch, reserved) = match done {
                 // A truncation of one of the files is still being cut:
                 // finish it first, so it cannot cut these slices.
@@ -93,15 +93,13 @@ impl FileData<'_> {
         &'u self,
         txn: &mut dyn Txn,
         c: &Commit,
-        volume: &VolumeRecord,
     ) -> Result<(Vec<Attr>, u64, crate::volumes::usage::Reservation<'u>)> {
-        let p = volume.protection;
         // Read in the transaction, so a removal of the volume that commits
         // first makes this commit retry and fail, rather than leave extents
-        // under a tree already deleted.
-        if load::<VolumeRecord>(txn, &keys::volume(c.vol))?.is_none() {
-            return Err(MetaError::not_found(format!("volume {}", c.vol)));
-        }
+        // under a tree already deleted; and the quota is the one in force.
+        let volume: VolumeRecord = load(txn, &keys::volume(c.vol))?
+            .ok_or_else(|| MetaError::not_found(format!("volume {}", c.vol)))?;
+        let p = volume.protection;
         for d in &c.degraded {
             repair::queue(txn, p, d, &[])?;
         }
