@@ -3,10 +3,12 @@
 # blocks, one psync job on a 256 MiB file: random writes with an fsync
 # every 32 (three runs in a row on the same file: the figure must not
 # fall), cold random reads, and 70/30 random reads and writes with an
-# fsync every 32; then pgbench (scale 10, 4 clients) on PostgreSQL from
-# Debian. Everything on an `ec:4+2` mount and on the local disk in the
-# same run, pgbench also on a `replica:3` mount. Prints each figure and
-# its ratio to the local disk.
+# fsync every 32; then SQLite commits (one insert a transaction,
+# synchronous=FULL, WAL and rollback journal: every commit takes fcntl
+# locks, which hold across mounts), and pgbench (scale 10, 4 clients) on
+# PostgreSQL from Debian. Everything on an `ec:4+2` mount and on the local
+# disk in the same run, pgbench also on a `replica:3` mount. Prints each
+# figure and its ratio to the local disk.
 #
 #   bench/db.sh [SECONDS]      (default 30 per fio run and per pgbench run)
 set -euo pipefail
@@ -81,6 +83,29 @@ pgbench_tps() { # dir
   runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DIR" -m fast -w stop >/dev/null
   PG_DIR=""
 }
+# Commits per second of SQLite in dir, WAL and rollback journal: "wal delete".
+sqlite_commits() { # dir
+  python3 - "$1" "$SECS" <<'PY'
+import sqlite3, sys, time
+out = []
+for mode in ("WAL", "DELETE"):
+    db = sqlite3.connect(f"{sys.argv[1]}/bench-{mode}.db", isolation_level=None)
+    db.execute(f"PRAGMA journal_mode={mode}")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, pad BLOB)")
+    n, start = 0, time.time()
+    while time.time() - start < float(sys.argv[2]) / 3:
+        db.execute("BEGIN")
+        db.execute("INSERT INTO t VALUES (?, randomblob(300))", (n,))
+        db.execute("COMMIT")
+        n += 1
+    out.append(str(round(n / (time.time() - start))))
+print(" ".join(out))
+PY
+}
+read -r R[lite_local_wal] R[lite_local_del] < <(sqlite_commits "$LOCAL")
+read -r R[lite_ec_wal] R[lite_ec_del] < <(sqlite_commits "$EC")
+
 R[pg_local]=$(pgbench_tps "$LOCAL")
 R[pg_ec]=$(pgbench_tps "$EC")
 R[pg_rep]=$(pgbench_tps "$REP")
@@ -92,4 +117,5 @@ echo "cluster:     6 nodes on one disk; fio 4 KiB psync on a 256 MiB file, ${SEC
 echo "randwrite fsync/32: ec:4+2 ${R[ec_w1]}, ${R[ec_w2]}, ${R[ec_w3]} IOPS; local ${R[local_w]}; ratio $(ratio "${R[ec_w3]}" "${R[local_w]}")"
 echo "randread (cold):    ec:4+2 ${R[ec_r]} IOPS; local ${R[local_r]}; ratio $(ratio "${R[ec_r]}" "${R[local_r]}")"
 echo "randrw 70/30 fsync/32: ec:4+2 ${R[ec_mr]} r + ${R[ec_mw]} w IOPS; local ${R[local_mr]} r + ${R[local_mw]} w; ratio $(ratio "$((R[ec_mr] + R[ec_mw]))" "$((R[local_mr] + R[local_mw]))")"
+echo "sqlite commits/s:   ec:4+2 ${R[lite_ec_wal]} (WAL), ${R[lite_ec_del]} (rollback journal); local ${R[lite_local_wal]}, ${R[lite_local_del]}; ratios $(ratio "${R[lite_ec_wal]}" "${R[lite_local_wal]}"), $(ratio "${R[lite_ec_del]}" "${R[lite_local_del]}")"
 echo "pgbench (s 10, c 4): ec:4+2 ${R[pg_ec]} TPS, replica:3 ${R[pg_rep]}, local ${R[pg_local]}; ratios $(ratio "${R[pg_ec]}" "${R[pg_local]}"), $(ratio "${R[pg_rep]}" "${R[pg_local]}")"

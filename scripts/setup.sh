@@ -10,8 +10,9 @@ have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok ins
 # docker.io and busybox-static: the Docker volume plugin's tests run a real
 # engine and build their test image from busybox with `docker import`.
 # iproute2: the benchmarks pick free ports with `ss`. python3: the database
-# tests drive SQLite with it (its sqlite3 module).
-for pkg in libclang-dev clang fuse3 fio build-essential pkg-config docker.io busybox-static curl iproute2 python3 "$@"; do
+# tests drive SQLite with it (its sqlite3 module). postgresql: a database
+# test runs pgbench and a crash on a mount.
+for pkg in libclang-dev clang fuse3 fio build-essential pkg-config docker.io busybox-static curl iproute2 python3 postgresql "$@"; do
   have "$pkg" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -42,6 +42,10 @@ pub struct MetaArgs {
     /// lives after that mount stops renewing it (it died or lost us).
     #[arg(long, default_value_t = 600)]
     orphan_lease_secs: u64,
+    /// Seconds a mount's advisory locks (fcntl, flock) last after it stops
+    /// renewing them (it died or lost us); then other mounts may take them.
+    #[arg(long, default_value_t = 30)]
+    lock_lease_secs: u64,
 }
 
 pub fn meta(a: MetaArgs) -> anyhow::Result<()> {
@@ -59,6 +63,7 @@ pub fn meta(a: MetaArgs) -> anyhow::Result<()> {
             },
             out_after: std::time::Duration::from_secs(a.out_after_secs),
             orphan_lease: std::time::Duration::from_secs(a.orphan_lease_secs),
+            lock_lease: std::time::Duration::from_secs(a.lock_lease_secs.max(1)),
         },
     };
     runtime()?.block_on(tessera_metadata::run(config, signalled()))?;

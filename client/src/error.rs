@@ -48,6 +48,17 @@ pub enum ClientError {
     /// SEEK_DATA with no data after the offset (ENXIO).
     #[error("inode {ino}: no data or hole at or after {offset}")]
     NoSuchData { ino: u64, offset: u64 },
+    /// A lock wait of an owner that released the file meanwhile (it closed
+    /// it or exited), or of a mount shutting down (EINTR).
+    #[error("inode {ino}: the wait for a lock was given up")]
+    LockWaitEnded { ino: u64 },
+    /// Too many processes of this mount wait for locks (ENOLCK).
+    #[error("inode {ino}: {waiting} lock waits already; at most {max}")]
+    TooManyLockWaits {
+        ino: u64,
+        waiting: usize,
+        max: usize,
+    },
     #[error("volume {volume} is shutting down")]
     ShuttingDown { volume: String },
     #[error("the write pipeline of inode {ino} went away before the write was stored")]
@@ -127,6 +138,8 @@ impl ClientError {
             ClientError::Invalid(_) => libc::EINVAL,
             ClientError::TooLarge { .. } => libc::EFBIG,
             ClientError::NoSuchData { .. } => libc::ENXIO,
+            ClientError::LockWaitEnded { .. } => libc::EINTR,
+            ClientError::TooManyLockWaits { .. } => libc::ENOLCK,
             ClientError::EarlierWrite { errno, .. } => *errno,
             _ => libc::EIO,
         }

@@ -158,6 +158,10 @@ pub struct Commit {
     /// one). Shards placed with an older table are queued to move where
     /// the current one wants them.
     pub placement_epoch: u64,
+    /// The writing mount's session (0: unknown), recorded for files with
+    /// locks: a mount taking a lock learns whether another one changed the
+    /// file (see the metadata service's `fs/locks.rs`).
+    pub session: u64,
 }
 
 /// What a commit left: each file's attributes, and the current placement

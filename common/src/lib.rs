@@ -12,6 +12,7 @@ pub mod error;
 pub mod extents;
 pub mod fs;
 pub mod ids;
+pub mod locks;
 pub mod pace;
 pub mod placement;
 pub mod protection;

@@ -13,8 +13,8 @@ use std::{ffi::OsStr, os::unix::ffi::OsStrExt, path::Path, time::SystemTime};
 use fuser::{
     BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 use tessera_common::{FileKind, SetAttr};
 use tracing::warn;
@@ -23,6 +23,7 @@ use crate::{
     attr::{file_attr, file_type, kind_of_mode, ns_of, IO_SIZE},
     caps::{Ask, CAPS},
     dir_attrs::TTL,
+    locks::LockArgs,
     state::{node, TesseraFs},
 };
 
@@ -34,10 +35,14 @@ impl Filesystem for TesseraFs {
         let _ = config.set_max_write(IO_SIZE);
         let _ = config.set_max_readahead(IO_SIZE);
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+        // Locks go to the volume, so they hold across every mount.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_POSIX_LOCKS);
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_FLOCK_LOCKS);
         Ok(())
     }
 
     fn destroy(&mut self) {
+        self.vol.end_lock_waits();
         if let Err(e) = self.vol.flush_for_unmount() {
             warn!(volume = self.vol.name(), error = %e, "flush at unmount failed");
         }
@@ -209,7 +214,7 @@ impl Filesystem for TesseraFs {
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.vol.open_file(ino.0);
         self.caps.opened(ino.0, false);
-        reply.opened(FileHandle(0), FopenFlags::empty());
+        reply.opened(self.handles.open(), FopenFlags::empty());
     }
 
     fn read(
@@ -251,11 +256,15 @@ impl Filesystem for TesseraFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
+        fh: FileHandle,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        // A close: the closing process's record locks on the file go
+        // (the kernel leaves that to the file system), after its writes.
         let r = self.data("flush", self.vol.flush(ino.0));
+        self.handles.flushed(fh.0, lock_owner.0);
+        self.vol.release_locks(ino.0, lock_owner.0);
         self.empty(reply, r);
     }
 
@@ -263,13 +272,19 @@ impl Filesystem for TesseraFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         self.caps.released(ino.0);
+        // The last close of an open file: its flock and its open file
+        // description locks go.
+        let owners = self.handles.released(fh.0);
+        for owner in lock_owner.map(|o| o.0).into_iter().chain(owners) {
+            self.vol.release_locks(ino.0, owner);
+        }
         let r = self.data("release", async {
             let flushed = self.vol.flush(ino.0).await;
             let released = self.vol.release_file(ino.0).await;
@@ -288,6 +303,57 @@ impl Filesystem for TesseraFs {
     ) {
         let r = self.result("fsync", self.vol.fsync(ino.0));
         self.empty(reply, r);
+    }
+
+    fn getlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let ask = LockArgs {
+            fh: fh.0,
+            ino: ino.0,
+            owner: lock_owner.0,
+            pid,
+            thread: req.pid(),
+            start,
+            end,
+            typ,
+        };
+        TesseraFs::getlk(self, ask, reply);
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let ask = LockArgs {
+            fh: fh.0,
+            ino: ino.0,
+            owner: lock_owner.0,
+            pid,
+            thread: req.pid(),
+            start,
+            end,
+            typ,
+        };
+        TesseraFs::setlk(self, ask, sleep, reply);
     }
 
     /// SEEK_DATA and SEEK_HOLE (the kernel answers the other whences).
@@ -494,28 +560,46 @@ impl Filesystem for TesseraFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let perm = mode & !umask & 0o7777;
-        let r = self.make(
+        let mut r = self.make(
             "create",
             req,
             parent.0,
             name,
             node(FileKind::File, perm, 0, b""),
         );
+        let mut created = true;
+        if r == Err(Errno::EEXIST) && flags & libc::O_EXCL == 0 {
+            // Another mount created it since the kernel looked: open(2)
+            // without O_EXCL opens what is there.
+            created = false;
+            r = self.existing_for_create(req, parent.0, name, flags);
+            if r == Err(Errno::ENOENT) {
+                // And removed again since: create it after all.
+                created = true;
+                r = self.make(
+                    "create",
+                    req,
+                    parent.0,
+                    name,
+                    node(FileKind::File, perm, 0, b""),
+                );
+            }
+        }
         match r {
             Ok(a) => {
                 self.vol.open_file(a.ino);
                 // A new file has no xattrs: the question before its first
                 // write is answered here as well.
-                self.caps.opened(a.ino, true);
+                self.caps.opened(a.ino, created);
                 reply.created(
                     &TTL,
                     &file_attr(&a),
                     Generation(0),
-                    FileHandle(0),
+                    self.handles.open(),
                     FopenFlags::empty(),
                 );
             }

@@ -11,6 +11,7 @@ mod caps;
 mod dir_attrs;
 mod dirs;
 mod fs;
+mod locks;
 mod state;
 
 use std::{io, path::Path};
@@ -55,5 +56,8 @@ pub fn mount(volume: Volume, dir: &Path, options: &MountOptions) -> io::Result<B
     }
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
-    fuser::spawn_mount(TesseraFs::new(volume), dir, &config)
+    let kernel = std::sync::Arc::new(std::sync::OnceLock::new());
+    let session = fuser::spawn_mount(TesseraFs::new(volume, kernel.clone()), dir, &config)?;
+    let _ = kernel.set(session.notifier());
+    Ok(session)
 }

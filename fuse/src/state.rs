@@ -2,9 +2,13 @@
 //! share: running a call and mapping its error, creating a node, listing
 //! a directory.
 
-use std::{ffi::OsStr, os::unix::ffi::OsStrExt};
+use std::{
+    ffi::OsStr,
+    os::unix::ffi::OsStrExt,
+    sync::{Arc, OnceLock},
+};
 
-use fuser::{Errno, Generation, ReplyEmpty, ReplyEntry, ReplyXattr, Request};
+use fuser::{Errno, Generation, Notifier, ReplyEmpty, ReplyEntry, ReplyXattr, Request};
 use tessera_client::{ClientError, Made, Volume};
 use tessera_common::{Attr, DirEntry, FileKind, Ino, NewNode};
 use tracing::{debug, warn};
@@ -14,6 +18,7 @@ use crate::{
     caps::Caps,
     dir_attrs::{DirAttrs, TTL},
     dirs::DirHandles,
+    locks::Handles,
 };
 
 /// Entries fetched per metadata call when listing a directory.
@@ -21,15 +26,22 @@ const DIR_PAGE: u32 = 1000;
 
 pub struct TesseraFs {
     pub(crate) vol: Volume,
+    /// The kernel's side of the session, once it is mounted: to drop its
+    /// cached pages of a file (`locks.rs`).
+    pub(crate) kernel: Arc<OnceLock<Notifier>>,
+    /// Open file handles and the lock owners seen on them.
+    pub(crate) handles: Handles,
     pub(crate) dirs: DirHandles,
     pub(crate) dir_attrs: DirAttrs,
     pub(crate) caps: Caps,
 }
 
 impl TesseraFs {
-    pub fn new(vol: Volume) -> Self {
+    pub fn new(vol: Volume, kernel: Arc<OnceLock<Notifier>>) -> Self {
         TesseraFs {
             vol,
+            kernel,
+            handles: Handles::default(),
             dirs: DirHandles::default(),
             dir_attrs: DirAttrs::default(),
             caps: Caps::default(),
@@ -96,6 +108,55 @@ impl TesseraFs {
             None => self.dir_attrs.forget(parent),
         }
         Ok(node)
+    }
+
+    /// The file `name` in `parent` that another mount created while this
+    /// one was creating it, checked for what open(2) with `flags` needs
+    /// (the kernel checked the directory only): a regular file the caller
+    /// may open that way, truncated when asked.
+    pub(crate) fn existing_for_create(
+        &self,
+        req: &Request,
+        parent: Ino,
+        name: &OsStr,
+        flags: i32,
+    ) -> Result<Attr, Errno> {
+        let a = self.result("create", self.vol.lookup(parent, name.as_bytes()))?;
+        if a.kind != FileKind::File {
+            return Err(if a.kind == FileKind::Dir {
+                Errno::EISDIR
+            } else {
+                Errno::EEXIST
+            });
+        }
+        let mut want = match flags & libc::O_ACCMODE {
+            libc::O_RDONLY => 4,
+            libc::O_WRONLY => 2,
+            _ => 6,
+        };
+        if flags & libc::O_TRUNC != 0 {
+            want |= 2;
+        }
+        let bits = if req.uid() == 0 {
+            7
+        } else if req.uid() == a.uid {
+            a.perm >> 6
+        } else if req.gid() == a.gid {
+            a.perm >> 3
+        } else {
+            a.perm
+        };
+        if bits & want != want {
+            return Err(Errno::EACCES);
+        }
+        if flags & libc::O_TRUNC != 0 && a.size > 0 {
+            let cut = tessera_common::SetAttr {
+                size: Some(0),
+                ..Default::default()
+            };
+            return self.result("create", self.vol.setattr(a.ino, &cut));
+        }
+        Ok(a)
     }
 
     pub(crate) fn list(&self, ino: Ino) -> Result<Vec<DirEntry>, ClientError> {

@@ -31,6 +31,9 @@ pub enum MetaError {
     },
     #[error("{0}")]
     Unavailable(String),
+    /// Too many locks on one file (ENOLCK).
+    #[error("{0}")]
+    NoLocks(String),
     /// The request is valid but must wait (e.g. a node still holds data).
     #[error("{0}")]
     Busy(String),
@@ -74,6 +77,7 @@ impl MetaError {
             MetaError::NameTooLong(_) => libc_errno::ENAMETOOLONG,
             MetaError::Quota { .. } => libc_errno::ENOSPC,
             MetaError::Busy(_) => libc_errno::EBUSY,
+            MetaError::NoLocks(_) => libc_errno::ENOLCK,
             MetaError::NoXattr { .. } => libc_errno::ENODATA,
             MetaError::FileTooLarge { .. } => libc_errno::EFBIG,
             MetaError::Unavailable(_)
@@ -98,6 +102,7 @@ mod libc_errno {
     pub const EINVAL: i32 = 22;
     pub const ENOSPC: i32 = 28;
     pub const ENAMETOOLONG: i32 = 36;
+    pub const ENOLCK: i32 = 37;
     pub const ENOTEMPTY: i32 = 39;
     pub const ENODATA: i32 = 61;
 }
@@ -115,7 +120,7 @@ impl From<MetaError> for Status {
                 Code::InvalidArgument
             }
             MetaError::NotPermitted(_) => Code::PermissionDenied,
-            MetaError::Quota { .. } => Code::ResourceExhausted,
+            MetaError::Quota { .. } | MetaError::NoLocks(_) => Code::ResourceExhausted,
             MetaError::Busy(_) => Code::FailedPrecondition,
             MetaError::Unavailable(_) => Code::Unavailable,
             MetaError::Corrupt { .. } => Code::DataLoss,

@@ -54,8 +54,15 @@ pub const RELEASE: u8 = b'F';
 /// (`fs/release.rs`): `T` + volume + ino -> TrimRecord.
 pub const TRIM: u8 = b'T';
 
+/// Advisory locks on a file (`fs/locks.rs`): `K` + volume + ino ->
+/// LockTable.
+pub const LOCK: u8 = b'K';
+/// Mounts holding locks, and when their locks lapse unless renewed:
+/// `Y` + session -> SessionRecord.
+pub const LOCK_SESSION: u8 = b'Y';
+
 /// Every prefix keyed by volume first: what a volume's deletion deletes.
-pub const VOLUME_TREE: [u8; 7] = [SLICE, INODE, DENTRY, XATTR, ORPHAN, RELEASE, TRIM];
+pub const VOLUME_TREE: [u8; 8] = [SLICE, INODE, DENTRY, XATTR, ORPHAN, RELEASE, TRIM, LOCK];
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
@@ -159,6 +166,10 @@ pub fn release(vol: VolumeId, ino: Ino) -> Vec<u8> {
 
 pub fn trim(vol: VolumeId, ino: Ino) -> Vec<u8> {
     under(TRIM, vol, ino)
+}
+
+pub fn lock_session(session: u64) -> Vec<u8> {
+    key(LOCK_SESSION, &[&session.to_be_bytes()])
 }
 
 pub fn orphan(vol: VolumeId, ino: Ino) -> Vec<u8> {

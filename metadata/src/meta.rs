@@ -47,6 +47,9 @@ pub struct MetaOptions {
     /// How long a file kept for a client that has it open after its last
     /// name went (an orphan) lives without the client renewing it.
     pub orphan_lease: Duration,
+    /// How long a mount's advisory locks last without it renewing them
+    /// (it died or lost the service): then other mounts may take them.
+    pub lock_lease: Duration,
 }
 
 impl Default for MetaOptions {
@@ -57,6 +60,7 @@ impl Default for MetaOptions {
             repair: RepairOptions::default(),
             out_after: Duration::from_secs(600),
             orphan_lease: Duration::from_secs(600),
+            lock_lease: Duration::from_secs(30),
         }
     }
 }
@@ -84,6 +88,10 @@ pub struct Meta {
     pub(crate) repair_queued: tokio::sync::Notify,
     /// Wakes the garbage collection task when work is left for it.
     pub(crate) gc_wanted: tokio::sync::Notify,
+    /// When this process opened the store: for a lease after it, every
+    /// session's locks count as alive, so that mounts renew them after a
+    /// restart (`fs/locks.rs`).
+    pub(crate) started_ns: i64,
 }
 
 impl Meta {
@@ -103,6 +111,7 @@ impl Meta {
             repair_stats: RepairStats::default(),
             repair_queued: tokio::sync::Notify::new(),
             gc_wanted: tokio::sync::Notify::new(),
+            started_ns: now_ns(),
             options,
             store,
         };

@@ -155,6 +155,7 @@ impl Fx {
             degraded: degraded.to_vec(),
             inline: inline.to_vec(),
             placement_epoch: 0,
+            session: 0,
         })
     }
 

@@ -300,9 +300,10 @@ for i in range(1, 10001):
 "#;
 
 /// Prints the database's integrity check, its row count and largest id.
+/// Waits for the locks of the killed mount to lapse (its lease).
 const SQLITE_CHECK: &str = r#"
 import sqlite3, sys
-db = sqlite3.connect(sys.argv[1])
+db = sqlite3.connect(sys.argv[1], timeout=60)
 ok = db.execute("PRAGMA integrity_check").fetchone()[0]
 n, top = db.execute("SELECT count(*), coalesce(max(id), 0) FROM t").fetchone()
 print(ok, n, top)
@@ -318,7 +319,8 @@ fn sqlite_keeps_every_committed_transaction_when_the_mount_is_killed() {
             Arc,
         },
     };
-    let c = Cluster::start(6);
+    // The killed mount's locks hold for the lease, then lapse.
+    let c = Cluster::start_with(6, &["--lock-lease-secs", "3"]);
     c.create_volume("lite", "1GiB", "ec:4+2");
     let m = c.mount("lite");
     let db = m.path("t.db");

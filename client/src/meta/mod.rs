@@ -236,6 +236,15 @@ impl MetaClient {
         Ok(())
     }
 
+    /// Extends the lease of every lock of this mount's `session`.
+    pub async fn renew_locks(&self, session: u64) -> Result<()> {
+        let req = pb::RenewLocksRequest { session };
+        let _: pb::Empty = self
+            .lean(paths::RENEW_LOCKS, &req, Retry::Idempotent)
+            .await?;
+        Ok(())
+    }
+
     /// The last handle of orphan `ino` closed: the file goes.
     pub async fn release_orphan(&self, vol: VolumeId, ino: Ino) -> Result<()> {
         let req = pb::OrphanRequest { volume: vol, ino };

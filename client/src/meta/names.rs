@@ -11,7 +11,11 @@
 //! EIO and is not sent again.
 
 use prost::Message;
-use tessera_common::{fs::SetAttr, Attr, DirEntry, Ino, NewNode, StatFs, VolumeId};
+use tessera_common::{
+    fs::SetAttr,
+    locks::{HeldLock, LockAnswer, LockKind, LockRange, LockRequest},
+    Attr, DirEntry, Ino, NewNode, StatFs, VolumeId,
+};
 use tessera_proto::{
     lean::meta as paths,
     pb,
@@ -42,6 +46,43 @@ pub struct Unlinked {
     pub lease_ms: u64,
 }
 
+fn lock_request(lock: &LockRequest) -> pb::LockRequest {
+    pb::LockRequest {
+        volume: lock.vol,
+        ino: lock.ino,
+        session: lock.session,
+        owner: lock.owner,
+        pid: lock.pid,
+        start: lock.start,
+        end: lock.end,
+        r#type: lock_type(lock.kind) as i32,
+    }
+}
+
+fn lock_type(kind: Option<LockKind>) -> pb::LockType {
+    match kind {
+        None => pb::LockType::Unlock,
+        Some(LockKind::Read) => pb::LockType::Read,
+        Some(LockKind::Write) => pb::LockType::Write,
+    }
+}
+
+fn held(h: Option<pb::HeldLock>) -> Result<Option<HeldLock>> {
+    let Some(h) = h else { return Ok(None) };
+    let kind = match pb::LockType::try_from(h.r#type) {
+        Ok(pb::LockType::Read) => LockKind::Read,
+        Ok(pb::LockType::Write) => LockKind::Write,
+        _ => {
+            return Err(ClientError::Malformed(format!(
+                "a held lock of type {}",
+                h.r#type
+            )))
+        }
+    };
+    let range = LockRange::new(h.start, h.end, kind).map_err(malformed)?;
+    Ok(Some(HeldLock { range, pid: h.pid }))
+}
+
 fn attr(a: pb::Attr) -> Result<Attr> {
     Attr::try_from(a).map_err(malformed)
 }
@@ -56,13 +97,22 @@ impl NamesClient {
     }
 
     fn call<A: Message + Default>(&self, path: &str, request: &impl Message) -> Result<A> {
+        self.call_with(path, request, Retry::Once)
+    }
+
+    fn call_with<A: Message + Default>(
+        &self,
+        path: &str,
+        request: &impl Message,
+        retry: Retry,
+    ) -> Result<A> {
         let unreachable = |why: String| {
             ClientError::from(Status::unavailable(format!(
                 "metadata service at {}: {why}",
                 self.lean.addr()
             )))
         };
-        match self.lean.call(path, &request.encode_to_vec(), Retry::Once) {
+        match self.lean.call(path, &request.encode_to_vec(), retry) {
             Ok(Ok(message)) => {
                 A::decode(message).map_err(|e| ClientError::Malformed(format!("{path}: {e}")))
             }
@@ -190,6 +240,31 @@ impl NamesClient {
             orphaned: r.orphaned,
             lease_ms: r.lease_ms,
         })
+    }
+
+    /// Sets (or with `kind` None releases) `start..=end` for lock owner
+    /// `owner` of this mount's `session`, unless another owner holds a lock
+    /// that conflicts: then nothing changed and that lock is the answer.
+    /// Also says how long the session's locks live without a renewal.
+    /// Sent again after a lost answer: the same request twice leaves the
+    /// same locks.
+    pub fn set_lock(&self, lock: &LockRequest) -> Result<(LockAnswer, u64)> {
+        let r: pb::LockResponse =
+            self.call_with(paths::SET_LOCK, &lock_request(lock), Retry::Idempotent)?;
+        let answer = match held(r.conflict)? {
+            Some(h) => LockAnswer::Held(h),
+            None => LockAnswer::Granted {
+                foreign_change: r.foreign_change,
+            },
+        };
+        Ok((answer, r.lease_ms))
+    }
+
+    /// A lock of another owner that would keep `lock` from being granted.
+    pub fn test_lock(&self, lock: &LockRequest) -> Result<Option<HeldLock>> {
+        let r: pb::LockResponse =
+            self.call_with(paths::TEST_LOCK, &lock_request(lock), Retry::Idempotent)?;
+        held(r.conflict)
     }
 
     /// Entries of directory `ino` whose names sort after `after`.

@@ -10,9 +10,12 @@
 //! Each file this mount has open or dirty has a [`FileEntry`]: its write
 //! buffer and its cached slices.
 
+mod locks;
 mod names;
 mod orphans;
 mod xattrs;
+
+pub use locks::{LockAsk, Locked};
 
 use std::{
     collections::{HashMap, HashSet},
@@ -63,6 +66,10 @@ pub(crate) struct FileEntry {
     /// Committed slices, and a generation bumped by every change, so a fetch
     /// that raced with a commit is not cached.
     pub slices: Mutex<(u64, Option<Arc<CachedSlices>>)>,
+    /// The file's last change by another mount that this mount knows of
+    /// (from its last lock): a lock granted with a later one drops this
+    /// mount's cached view of the file (`locks.rs`).
+    pub seen_change: AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -76,6 +83,7 @@ pub(crate) struct Inner {
     pub session: u64,
     pub orphans: Mutex<HashSet<Ino>>,
     pub renewing: std::sync::atomic::AtomicBool,
+    pub locks: locks::Locks,
     pub id: VolumeId,
     pub name: String,
     pub codec: Codec,
@@ -115,6 +123,7 @@ impl Volume {
                 session: orphans::new_session(),
                 orphans: Mutex::default(),
                 renewing: Default::default(),
+                locks: Default::default(),
                 block_ids: BlockIds::new(meta.clone()),
                 names: NamesClient::new(meta_addr),
                 meta,

@@ -50,11 +50,30 @@ impl Volume {
         Ok(())
     }
 
-    /// Makes everything written to `ino` durable and visible.
+    /// Makes everything written to `ino` durable and visible, and reports
+    /// (once) a write of it that failed.
     pub async fn flush(&self, ino: Ino) -> Result<()> {
+        self.store_buffered(ino).await?;
+        match self.existing_entry(ino) {
+            Some(e) => e.state.lock().expect("file state lock").take_error(ino),
+            None => Ok(()),
+        }
+    }
+
+    /// Stores and commits what is buffered for `ino`, waiting for what is
+    /// in flight; a write that failed stays to be reported by the next
+    /// flush or fsync.
+    pub(crate) async fn store_buffered(&self, ino: Ino) -> Result<()> {
         let Some(e) = self.existing_entry(ino) else {
             return Ok(());
         };
+        let buffered = {
+            let st = e.state.lock().expect("file state lock");
+            !st.dirty.is_empty() || !st.inflight.is_empty()
+        };
+        if !buffered {
+            return Ok(());
+        }
         self.cut_blocks(ino, &e, true).await?;
         let last = e
             .state
@@ -66,8 +85,7 @@ impl Volume {
         if let Some(p) = last {
             let _ = p.wait(ino).await;
         }
-        let result = e.state.lock().expect("file state lock").take_error(ino);
-        result
+        Ok(())
     }
 
     /// Flushes every file with buffered data (unmount), together, so that

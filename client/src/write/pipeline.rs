@@ -260,6 +260,7 @@ impl Volume {
                 .collect(),
             placement_epoch: stored.epoch,
             inline: inline.clone(),
+            session: self.inner.session,
         };
         let done = self.inner.meta.commit(commit).await?;
         if let Err(e) = self

@@ -120,6 +120,7 @@ impl FileData<'_> {
             }
             inode.mtime_ns = inode.mtime_ns.max(f.mtime_ns);
             inode.ctime_ns = inode.ctime_ns.max(f.mtime_ns);
+            crate::fs::note_change(t.txn(), c.vol, f.ino, c.session)?;
             attrs.push(inode.attr(f.ino));
             t.set(f.ino, inode);
         }

@@ -13,6 +13,7 @@
 //! against power loss at the next `sync` or within milliseconds.
 
 mod attrs;
+pub(crate) mod locks;
 mod names;
 pub(crate) mod orphans;
 pub(crate) mod release;
@@ -30,6 +31,8 @@ use crate::{
     MetaError, Result,
 };
 
+pub(crate) use locks::note_change;
+pub use locks::{LockOwner, LockTable, SessionRecord};
 pub use names::{Made, MakeNode, Rename, Unlink};
 pub use orphans::{Holder, OrphanRecord, MAX_OPEN, MAX_RENEW};
 

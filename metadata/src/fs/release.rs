@@ -90,7 +90,11 @@ pub(crate) fn delete_rows(
 /// One step (of at most `budget` bytes) of deleting the slices, then
 /// the xattrs, of `ino`. Returns whether rows are left.
 fn release_step(txn: &mut dyn Txn, vol: VolumeId, ino: Ino, budget: Option<usize>) -> Result<bool> {
-    for (prefix, slices) in [(keys::SLICE, true), (keys::XATTR, false)] {
+    for (prefix, slices) in [
+        (keys::SLICE, true),
+        (keys::XATTR, false),
+        (keys::LOCK, false),
+    ] {
         let (start, end) = keys::prefix_range(&keys::under(prefix, vol, ino));
         if delete_rows(txn, &start, &end, slices, budget)? {
             return Ok(true);

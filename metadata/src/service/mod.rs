@@ -139,4 +139,7 @@ meta_service! {
     set_xattr: tree::set_xattr, pb::SetXattrRequest => pb::Empty, SET_XATTR;
     list_xattr: tree::list_xattr, pb::GetAttrRequest => pb::XattrNames, LIST_XATTR;
     remove_xattr: tree::remove_xattr, pb::XattrRequest => pb::Empty, REMOVE_XATTR;
+    set_lock: tree::set_lock, pb::LockRequest => pb::LockResponse, SET_LOCK;
+    test_lock: tree::test_lock, pb::LockRequest => pb::LockResponse, TEST_LOCK;
+    renew_locks: tree::renew_locks, pb::RenewLocksRequest => pb::Empty, RENEW_LOCKS;
 }

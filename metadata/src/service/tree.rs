@@ -1,6 +1,9 @@
 //! Handlers of the file tree's calls: names, attributes, xattrs, orphans.
 
-use tessera_common::{Attr, FileKind, NewNode, SetAttr};
+use tessera_common::{
+    locks::{HeldLock, LockAnswer, LockKind, LockRequest},
+    Attr, FileKind, NewNode, SetAttr,
+};
 use tessera_proto::pb;
 
 use crate::{
@@ -152,5 +155,62 @@ pub(super) fn remove_xattr(m: &Meta, r: pb::XattrRequest) -> Result<pb::Empty> {
 
 pub(super) fn sync(m: &Meta, r: pb::SyncRequest) -> Result<pb::Empty> {
     m.tree().sync(r.volume)?;
+    Ok(pb::Empty {})
+}
+
+fn lock_request(r: &pb::LockRequest) -> Result<LockRequest> {
+    let kind = pb::LockType::try_from(r.r#type)
+        .map_err(|_| MetaError::Invalid(format!("lock type {} is not one of 0, 1, 2", r.r#type)))?;
+    Ok(LockRequest {
+        vol: r.volume,
+        ino: r.ino,
+        session: r.session,
+        owner: r.owner,
+        pid: r.pid,
+        start: r.start,
+        end: r.end,
+        kind: match kind {
+            pb::LockType::Unlock => None,
+            pb::LockType::Read => Some(LockKind::Read),
+            pb::LockType::Write => Some(LockKind::Write),
+        },
+    })
+}
+
+fn lock_response(m: &Meta, answer: LockAnswer) -> pb::LockResponse {
+    let (conflict, foreign_change) = match answer {
+        LockAnswer::Granted { foreign_change } => (None, foreign_change),
+        LockAnswer::Held(h) => (Some(h), 0),
+    };
+    pb::LockResponse {
+        foreign_change,
+        conflict: conflict.map(|h: HeldLock| pb::HeldLock {
+            start: h.range.start,
+            end: h.range.end,
+            r#type: match h.range.kind {
+                LockKind::Read => pb::LockType::Read,
+                LockKind::Write => pb::LockType::Write,
+            } as i32,
+            pid: h.pid,
+        }),
+        lease_ms: m.tree().lock_lease().as_millis() as u64,
+    }
+}
+
+pub(super) fn set_lock(m: &Meta, r: pb::LockRequest) -> Result<pb::LockResponse> {
+    let answer = m.tree().set_lock(&lock_request(&r)?)?;
+    Ok(lock_response(m, answer))
+}
+
+pub(super) fn test_lock(m: &Meta, r: pb::LockRequest) -> Result<pb::LockResponse> {
+    let answer = match m.tree().test_lock(&lock_request(&r)?)? {
+        Some(h) => LockAnswer::Held(h),
+        None => LockAnswer::Granted { foreign_change: 0 },
+    };
+    Ok(lock_response(m, answer))
+}
+
+pub(super) fn renew_locks(m: &Meta, r: pb::RenewLocksRequest) -> Result<pb::Empty> {
+    m.tree().renew_locks(r.session)?;
     Ok(pb::Empty {})
 }

@@ -120,6 +120,7 @@ impl From<Commit> for pb::CommitWritesRequest {
             degraded: c.degraded.into_iter().map(Into::into).collect(),
             placement_epoch: c.placement_epoch,
             inline_blocks: c.inline.into_iter().map(Into::into).collect(),
+            session: c.session,
         }
     }
 }
@@ -134,6 +135,7 @@ impl TryFrom<pb::CommitWritesRequest> for Commit {
             degraded: all(r.degraded)?,
             inline: all(r.inline_blocks)?,
             placement_epoch: r.placement_epoch,
+            session: r.session,
         })
     }
 }

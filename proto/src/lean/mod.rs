@@ -84,6 +84,9 @@ pub mod meta {
     pub const LIST_XATTR: &str = "/tessera.v1.Meta/ListXattr";
     pub const REMOVE_XATTR: &str = "/tessera.v1.Meta/RemoveXattr";
     pub const STAT_FS: &str = "/tessera.v1.Meta/StatFs";
+    pub const SET_LOCK: &str = "/tessera.v1.Meta/SetLock";
+    pub const TEST_LOCK: &str = "/tessera.v1.Meta/TestLock";
+    pub const RENEW_LOCKS: &str = "/tessera.v1.Meta/RenewLocks";
 }
 
 pub const MAGIC: [u8; 4] = *b"TSRM";

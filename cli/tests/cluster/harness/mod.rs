@@ -398,7 +398,13 @@ impl Cluster {
     }
 
     pub fn mount(&self, volume: &str) -> Mount {
-        let dir = self.dir.path().join(format!("mnt-{volume}"));
+        self.mount_at(volume, &format!("mnt-{volume}"))
+    }
+
+    /// Another mount of `volume`, at `name` in the cluster's directory (as
+    /// another host would mount it).
+    pub fn mount_at(&self, volume: &str, name: &str) -> Mount {
+        let dir = self.dir.path().join(name);
         fs::create_dir_all(&dir).unwrap();
         Mount::start(self, volume, dir)
     }
@@ -456,7 +462,8 @@ pub struct Mount {
 
 impl Mount {
     fn start(c: &Cluster, volume: &str, dir: PathBuf) -> Mount {
-        let log = c.log(&format!("mount-{volume}"));
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        let log = c.log(&format!("mount-{volume}-{}", name.unwrap_or_default()));
         let args = vec![
             "mount".into(),
             volume.into(),
