@@ -48,8 +48,8 @@ pub enum ClientError {
     /// SEEK_DATA with no data after the offset (ENXIO).
     #[error("inode {ino}: no data or hole at or after {offset}")]
     NoSuchData { ino: u64, offset: u64 },
-    /// A lock wait of an owner that released the file meanwhile (it closed
-    /// it or exited), or of a mount shutting down (EINTR).
+    /// A lock wait ended by a signal pending for the waiting thread, or by
+    /// the mount going away (EINTR).
     #[error("inode {ino}: the wait for a lock was given up")]
     LockWaitEnded { ino: u64 },
     /// Too many processes of this mount wait for locks (ENOLCK).

@@ -17,4 +17,4 @@ mod write;
 
 pub use error::{ClientError, Result};
 pub use meta::{names::Made, MetaClient};
-pub use volume::{LockAsk, Locked, Volume, VolumeOptions};
+pub use volume::{LockAsk, Locked, PageDropper, Volume, VolumeOptions};

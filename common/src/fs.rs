@@ -131,6 +131,9 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime_ns: Option<i64>,
     pub mtime_ns: Option<i64>,
+    /// The changing mount's session (0: unknown): a size change counts as
+    /// a change of the file for mounts taking locks on it.
+    pub session: u64,
 }
 
 /// Capacity figures of one volume, for statfs.

@@ -90,6 +90,7 @@ impl Filesystem for TesseraFs {
             size,
             atime_ns: atime.map(ns_of),
             mtime_ns: mtime.map(ns_of),
+            session: 0,
         };
         match self.result("setattr", self.vol.setattr(ino.0, &change)) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),

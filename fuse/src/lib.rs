@@ -56,8 +56,9 @@ pub fn mount(volume: Volume, dir: &Path, options: &MountOptions) -> io::Result<B
     }
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
-    let kernel = std::sync::Arc::new(std::sync::OnceLock::new());
-    let session = fuser::spawn_mount(TesseraFs::new(volume, kernel.clone()), dir, &config)?;
-    let _ = kernel.set(session.notifier());
+    let vol = volume.clone();
+    let session = fuser::spawn_mount(TesseraFs::new(volume), dir, &config)?;
+    let kernel = session.notifier();
+    vol.set_page_dropper(Box::new(move |ino| locks::drop_cached_pages(&kernel, ino)));
     Ok(session)
 }

@@ -7,7 +7,7 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Mutex, OnceLock,
+        Mutex,
     },
 };
 
@@ -96,15 +96,12 @@ fn typ(h: &HeldLock) -> i32 {
     }
 }
 
-/// Drops the kernel's cached pages of `ino`: a lock granted on a file
-/// another mount changed must read what the last holder wrote (the
-/// volume's own cache is dropped by the client).
-fn drop_cached_pages(kernel: &OnceLock<Notifier>, ino: u64) {
-    if let Some(n) = kernel.get() {
-        // ENOENT: the kernel has nothing cached for it.
-        if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
-            debug!(ino, error = %e, "dropping cached pages");
-        }
+/// Drops the kernel's cached pages of `ino` (a lock granted on a file
+/// another mount changed must read what the last holder wrote).
+pub(crate) fn drop_cached_pages(kernel: &Notifier, ino: u64) {
+    // ENOENT: the kernel has nothing cached for it.
+    if let Err(e) = kernel.inval_inode(INodeNo(ino), 0, 0) {
+        debug!(ino, error = %e, "dropping cached pages");
     }
 }
 
@@ -131,12 +128,7 @@ impl TesseraFs {
         }
         if !sleep || lock.kind.is_none() {
             return match self.result("setlk", self.vol.set_lock(&lock)) {
-                Ok(Locked::Granted { stale }) => {
-                    if stale {
-                        drop_cached_pages(&self.kernel, ask.ino);
-                    }
-                    reply.ok()
-                }
+                Ok(Locked::Granted) => reply.ok(),
                 Ok(Locked::Held(h)) => {
                     debug!(ino = ask.ino, held = ?h, "lock held by another owner");
                     reply.error(Errno::EAGAIN)
@@ -144,16 +136,11 @@ impl TesseraFs {
                 Err(e) => reply.error(e),
             };
         }
-        let (vol, kernel) = (self.vol.clone(), self.kernel.clone());
+        let vol = self.vol.clone();
         let spawned = std::thread::Builder::new()
             .name("lock-wait".into())
             .spawn(move || match vol.wait_lock(&lock) {
-                Ok(stale) => {
-                    if stale {
-                        drop_cached_pages(&kernel, ask.ino);
-                    }
-                    reply.ok()
-                }
+                Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             });
         if let Err(e) = spawned {

@@ -2,13 +2,9 @@
 //! share: running a call and mapping its error, creating a node, listing
 //! a directory.
 
-use std::{
-    ffi::OsStr,
-    os::unix::ffi::OsStrExt,
-    sync::{Arc, OnceLock},
-};
+use std::{ffi::OsStr, os::unix::ffi::OsStrExt};
 
-use fuser::{Errno, Generation, Notifier, ReplyEmpty, ReplyEntry, ReplyXattr, Request};
+use fuser::{Errno, Generation, ReplyEmpty, ReplyEntry, ReplyXattr, Request};
 use tessera_client::{ClientError, Made, Volume};
 use tessera_common::{Attr, DirEntry, FileKind, Ino, NewNode};
 use tracing::{debug, warn};
@@ -26,9 +22,6 @@ const DIR_PAGE: u32 = 1000;
 
 pub struct TesseraFs {
     pub(crate) vol: Volume,
-    /// The kernel's side of the session, once it is mounted: to drop its
-    /// cached pages of a file (`locks.rs`).
-    pub(crate) kernel: Arc<OnceLock<Notifier>>,
     /// Open file handles and the lock owners seen on them.
     pub(crate) handles: Handles,
     pub(crate) dirs: DirHandles,
@@ -37,10 +30,9 @@ pub struct TesseraFs {
 }
 
 impl TesseraFs {
-    pub fn new(vol: Volume, kernel: Arc<OnceLock<Notifier>>) -> Self {
+    pub fn new(vol: Volume) -> Self {
         TesseraFs {
             vol,
-            kernel,
             handles: Handles::default(),
             dirs: DirHandles::default(),
             dir_attrs: DirAttrs::default(),

@@ -46,6 +46,9 @@ for line in sys.stdin:
         elif w[0] == "write":
             os.pwrite(f, w[2].encode(), int(w[1]))
             print("ok")
+        elif w[0] == "truncate":
+            os.ftruncate(f, int(w[1]))
+            print("ok")
         elif w[0] == "sync":
             os.fsync(f)
             print("ok")
@@ -165,6 +168,17 @@ fn locks_exclude_across_mounts_and_go_with_their_holder() {
     assert_eq!(b.ask("read 10 5"), "hello");
     assert_eq!(a.ask("lock R 0 1"), "EAGAIN");
 
+    // A truncation is a change too: a lock taken after it, on the other
+    // mount, reads the new bytes though it had read the old ones.
+    assert_eq!(a.ask("read 10 5"), "hello");
+    assert_eq!(b.ask("truncate 0"), "ok");
+    assert_eq!(b.ask("truncate 15"), "ok");
+    assert_eq!(b.ask("unlock 0 0"), "ok");
+    a.send("wait W 0 100");
+    assert_eq!(a.answer(Duration::from_secs(10)).as_deref(), Some("ok"));
+    assert_eq!(a.ask("read 10 5"), "\0\0\0\0\0");
+    assert_eq!(a.ask("unlock 0 0"), "ok");
+
     // A holder that dies lets go at once.
     assert_eq!(b.ask("unlock 0 0"), "ok");
     let mut a2 = Locker::open(&ma.path("f"));
@@ -178,8 +192,19 @@ fn locks_exclude_across_mounts_and_go_with_their_holder() {
     // the request: the mount ends the wait when it sees the signal).
     let mut waiter = Locker::open(&mb.path("f"));
     assert_eq!(b.ask("lock W 300 1"), "ok");
+    assert_eq!(waiter.ask("pid"), waiter.pid().to_string());
     waiter.send("wait W 300 1");
-    assert_eq!(waiter.answer(Duration::from_millis(500)), None, "it waits");
+    // Until it is inside fcntl (syscall 72 on x86_64).
+    let syscall = format!("/proc/{}/syscall", waiter.pid());
+    let since = Instant::now();
+    while !std::fs::read_to_string(&syscall).is_ok_and(|s| s.starts_with("72 ")) {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "the waiter never waits"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(waiter.answer(Duration::from_millis(300)), None, "it waits");
     let started = Instant::now();
     unsafe { libc::kill(waiter.pid() as i32, libc::SIGKILL) };
     while waiter.child.try_wait().unwrap().is_none() {
@@ -236,7 +261,8 @@ fn locks_exclude_across_mounts_and_go_with_their_holder() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(killed.elapsed() >= Duration::from_secs(3));
+    // Renewed every 1.7 s: at least 5 - 1.7 s after the last renewal.
+    assert!(killed.elapsed() >= Duration::from_millis(3300) - Duration::from_millis(1700));
     drop((b, b2, b3, fb, a, ob));
     mb.unmount();
 }

@@ -141,7 +141,7 @@ impl Postgres {
             unsafe { libc::kill(child, libc::SIGKILL) };
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        while Path::new(&format!("/proc/{pid}")).exists() || !children_of(pid).is_empty() {
+        while running(pid) || children_of(pid).iter().any(|c| running(*c)) {
             assert!(Instant::now() < deadline, "postmaster {pid} did not exit");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -166,6 +166,16 @@ fn chown_postgres(path: &Path) {
         .status()
         .unwrap();
     assert!(st.success(), "chown postgres {}", path.display());
+}
+
+/// Whether process `pid` exists and is not a zombie (one whose parent, or
+/// an init that does not reap, has not collected it yet).
+fn running(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
 }
 
 /// Process ids whose parent is `pid` (a process already gone leaves its
@@ -299,7 +309,7 @@ fn postgres_runs_pgbench_and_recovers_every_commit_after_a_node_and_postmaster_c
     // Again, with a writer of committed ids beside it; a crash mid-run.
     pg.sql("CREATE TABLE committed (id bigint PRIMARY KEY)");
     let script = committed_ids_script(&pg.socket, 1_000_000);
-    let load = pgbench(&pg, 8, 120);
+    let load = pgbench(&pg, 8, 600);
     let mut writer = pg
         .command(
             "psql",

@@ -145,6 +145,7 @@ impl NamesClient {
             size: change.size,
             atime_ns: change.atime_ns,
             mtime_ns: change.mtime_ns,
+            session: change.session,
         };
         attr(self.call(paths::SET_ATTR, &req)?)
     }

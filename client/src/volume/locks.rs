@@ -1,23 +1,24 @@
-//! Advisory locks (fcntl record locks, and flock as a lock of the whole
-//! file) held across every mount of the volume: each lock call is one
-//! metadata call (see the metadata service's `fs/locks.rs`). While this
-//! mount has taken a lock, it renews its session's lease every third of
-//! it; if the mount dies, its locks lapse at the end of the lease and
-//! other mounts may take them.
+//! Advisory locks (fcntl record locks, open file description locks, and
+//! flock as a lock of the whole file) held across every mount of the
+//! volume: each lock call is one metadata call (see the metadata
+//! service's `fs/locks.rs`). While this mount has taken a lock, it renews
+//! its session's lease every third of it; if the mount dies, its locks
+//! lapse at the end of the lease and other mounts may take them.
 //!
 //! Locks also order what mounts see of a file, as on NFS (see
 //! [`Volume::set_lock`]).
 //!
 //! A blocking lock (F_SETLKW, flock without LOCK_NB) waits on a thread of
 //! its own, asking again with a growing pause, until it is granted, a
-//! signal is pending for the waiting thread (FUSE cannot interrupt the
-//! request: without this even SIGKILL would wait), or the mount goes away.
+//! signal that would interrupt it is pending for the waiting thread (FUSE
+//! cannot interrupt the request: without this even SIGKILL would wait),
+//! or the mount goes away.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        Mutex,
+        Mutex, MutexGuard, OnceLock,
     },
     time::Duration,
 };
@@ -36,6 +37,9 @@ pub const MAX_WAITS: usize = 256;
 /// The longest pause between two attempts of a waiting lock.
 const MAX_PAUSE: Duration = Duration::from_millis(100);
 
+/// Drops the kernel's cached pages of a file (the FUSE layer's).
+pub type PageDropper = Box<dyn Fn(Ino) + Send + Sync>;
+
 /// This mount's lock state.
 #[derive(Default)]
 pub(crate) struct Locks {
@@ -45,24 +49,31 @@ pub(crate) struct Locks {
     waiting: AtomicUsize,
     /// The mount is going away: waits end, renewal stops.
     closing: AtomicBool,
-    /// (ino, owner) that may hold a lock here: what closing a file
-    /// releases. Entered before a lock is asked for (an answer lost on
-    /// the way may still have granted it), left once a release answered.
-    held: Mutex<HashSet<(Ino, u64)>>,
+    /// (ino, owner) that may hold a lock here, with a generation bumped by
+    /// each lock asked for: what closing a file releases. Entered before
+    /// a lock is asked for (an answer lost on the way may still have
+    /// granted it); left when a release answered and no lock was asked
+    /// for since it was sent.
+    held: Mutex<HashMap<(Ino, u64), u64>>,
+    /// Releases of closed files not answered yet (the service was
+    /// unreachable), sent again in the background. The lock serializes
+    /// them with new locks of the same owners: an owed release goes
+    /// before the owner's next lock, never after it.
+    owed: Mutex<HashSet<(Ino, u64)>>,
+    /// Drops the kernel's cached pages of a file.
+    pages: OnceLock<PageDropper>,
 }
 
 /// What a lock call got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Locked {
-    /// Granted; `stale`: another mount changed the file since this one
-    /// last knew it, so cached pages of it must go.
-    Granted { stale: bool },
+    Granted,
     /// Another owner's lock is in the way.
     Held(HeldLock),
 }
 
 /// One owner's lock request on a file. `thread`: the caller's thread id
-/// (for a wait, to see its signals).
+/// (for a wait, to see its signals; 0 when the kernel could not name it).
 #[derive(Clone, Copy, Debug)]
 pub struct LockAsk {
     pub ino: Ino,
@@ -75,7 +86,28 @@ pub struct LockAsk {
     pub kind: Option<LockKind>,
 }
 
+impl LockAsk {
+    /// A release of everything `owner` holds on `ino`.
+    fn all(ino: Ino, owner: u64) -> LockAsk {
+        LockAsk {
+            ino,
+            owner,
+            pid: 0,
+            thread: 0,
+            start: 0,
+            end: u64::MAX,
+            kind: None,
+        }
+    }
+}
+
 impl Volume {
+    /// How the mount drops the kernel's cached pages of a file, for locks
+    /// granted on a file another mount changed. Set once.
+    pub fn set_page_dropper(&self, drop_pages: PageDropper) {
+        let _ = self.inner.locks.pages.set(drop_pages);
+    }
+
     fn lock_call(&self, ask: &LockAsk) -> LockRequest {
         LockRequest {
             vol: self.id(),
@@ -102,15 +134,16 @@ impl Volume {
     /// write that fails stays to be reported by the next fsync or close;
     /// a release is sent whatever happened), and a lock granted on a file
     /// another mount changed since this one last knew it drops this
-    /// mount's cached view of it (and says so, for the kernel's cached
-    /// pages), so whoever takes the lock next, on any mount, reads what
+    /// mount's cached slices and the kernel's cached pages of it before it
+    /// returns, so whoever takes the lock next, on any mount, reads what
     /// the holder wrote.
     pub fn set_lock(&self, ask: &LockAsk) -> Result<Locked> {
         if let Err(e) = self.block_on(self.store_buffered(ask.ino)) {
             warn!(volume = self.name(), ino = ask.ino, error = %e, "storing a file's writes before a lock call failed");
         }
         if ask.kind.is_some() {
-            self.held().insert((ask.ino, ask.owner));
+            self.pay_owed_release(ask.ino, ask.owner)?;
+            *self.held().entry((ask.ino, ask.owner)).or_default() += 1;
         }
         let (answer, lease_ms) = self.inner.names.set_lock(&self.lock_call(ask))?;
         let foreign_change = match answer {
@@ -118,75 +151,96 @@ impl Volume {
             LockAnswer::Granted { foreign_change } => foreign_change,
         };
         if ask.kind.is_none() {
-            return Ok(Locked::Granted { stale: false });
+            return Ok(Locked::Granted);
         }
         self.renew_locks(lease_ms);
-        let Some(e) = self.existing_entry(ask.ino) else {
-            return Ok(Locked::Granted { stale: true });
-        };
-        let seen = e.seen_change.fetch_max(foreign_change, Ordering::AcqRel);
-        let stale = foreign_change > seen;
-        if stale {
-            self.invalidate(ask.ino);
+        if let Some(e) = self.existing_entry(ask.ino) {
+            // What this mount knew is raised only once its cached view is
+            // gone: a lock granted meanwhile drops it too.
+            if foreign_change > e.seen_change.load(Ordering::Acquire) {
+                self.invalidate(ask.ino);
+                if let Some(drop_pages) = self.inner.locks.pages.get() {
+                    drop_pages(ask.ino);
+                }
+                e.seen_change.fetch_max(foreign_change, Ordering::AcqRel);
+            }
         }
-        Ok(Locked::Granted { stale })
+        Ok(Locked::Granted)
     }
 
     /// `owner` closed `ino` (or exited): every lock it holds on the file
-    /// goes, as POSIX says. A release that fails is tried again in the
-    /// background until it is answered.
+    /// goes, as POSIX says. A release the service does not answer is owed:
+    /// sent again in the background, and before the owner's next lock.
     pub fn release_locks(&self, ino: Ino, owner: u64) {
-        if !self.held().contains(&(ino, owner)) {
+        let Some(generation) = self.held().get(&(ino, owner)).copied() else {
             return;
-        }
-        let all = LockAsk {
-            ino,
-            owner,
-            pid: 0,
-            thread: 0,
-            start: 0,
-            end: u64::MAX,
-            kind: None,
         };
-        if self.release(&all) {
-            return;
-        }
-        let vol = self.clone();
-        std::thread::spawn(move || {
-            let mut pause = Duration::from_millis(100);
-            while !vol.release(&all) {
-                if vol.inner.locks.closing.load(Ordering::Acquire) {
-                    return;
-                }
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
-        });
-    }
-
-    /// Sends a release of `all`; whether it was answered.
-    fn release(&self, all: &LockAsk) -> bool {
-        match self.set_lock(all) {
-            Ok(_) => {
-                self.held().remove(&(all.ino, all.owner));
-                true
-            }
+        match self.set_lock(&LockAsk::all(ino, owner)) {
+            Ok(_) => self.released(ino, owner, generation),
             Err(e) => {
-                warn!(volume = self.name(), ino = all.ino, error = %e, "releasing a closed file's locks failed; trying again");
-                false
+                warn!(volume = self.name(), ino, error = %e, "releasing a closed file's locks failed; trying again");
+                if self.owed().insert((ino, owner)) {
+                    let vol = self.clone();
+                    std::thread::spawn(move || vol.pay_in_background(ino, owner, generation));
+                }
             }
         }
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<(Ino, u64)>> {
+    /// A release sent at `generation` was answered: the entry goes unless
+    /// a lock was asked for since.
+    fn released(&self, ino: Ino, owner: u64, generation: u64) {
+        let mut held = self.held();
+        if held.get(&(ino, owner)) == Some(&generation) {
+            held.remove(&(ino, owner));
+        }
+    }
+
+    fn pay_in_background(&self, ino: Ino, owner: u64, generation: u64) {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(5));
+            if self.inner.locks.closing.load(Ordering::Acquire) {
+                return;
+            }
+            let mut owed = self.owed();
+            if !owed.contains(&(ino, owner)) {
+                return; // paid before a new lock
+            }
+            if self.set_lock(&LockAsk::all(ino, owner)).is_ok() {
+                owed.remove(&(ino, owner));
+                drop(owed);
+                self.released(ino, owner, generation);
+                return;
+            }
+        }
+    }
+
+    /// Sends the release `owner` owes on `ino`, if any, before its new
+    /// lock.
+    fn pay_owed_release(&self, ino: Ino, owner: u64) -> Result<()> {
+        let mut owed = self.owed();
+        if owed.contains(&(ino, owner)) {
+            self.set_lock(&LockAsk::all(ino, owner))?;
+            owed.remove(&(ino, owner));
+        }
+        Ok(())
+    }
+
+    fn held(&self) -> MutexGuard<'_, HashMap<(Ino, u64), u64>> {
         self.inner.locks.held.lock().expect("held locks")
     }
 
-    /// F_SETLKW: [`Volume::set_lock`] until it is granted; answers whether
-    /// the file's cached pages are stale. Ends with EINTR when a signal is
-    /// pending for the waiting thread or the mount goes away. Blocks: call
-    /// it on a thread that may wait.
-    pub fn wait_lock(&self, ask: &LockAsk) -> Result<bool> {
+    fn owed(&self) -> MutexGuard<'_, HashSet<(Ino, u64)>> {
+        self.inner.locks.owed.lock().expect("owed releases")
+    }
+
+    /// F_SETLKW: [`Volume::set_lock`] until it is granted. Ends with EINTR
+    /// when a signal that would interrupt it is pending for the waiting
+    /// thread, or the mount goes away. Blocks: call it on a thread that
+    /// may wait.
+    pub fn wait_lock(&self, ask: &LockAsk) -> Result<()> {
         let locks = &self.inner.locks;
         let waiting = locks.waiting.fetch_add(1, Ordering::AcqRel);
         let _count = Leave(&locks.waiting);
@@ -197,13 +251,20 @@ impl Volume {
                 max: MAX_WAITS,
             });
         }
+        if ask.thread == 0 {
+            warn!(
+                volume = self.name(),
+                ino = ask.ino,
+                "a lock waiter the kernel cannot name (another pid namespace): its signals cannot end the wait"
+            );
+        }
         let mut pause = Duration::from_millis(1);
         loop {
             if locks.closing.load(Ordering::Acquire) || signal_pending(ask.thread) {
                 return Err(ClientError::LockWaitEnded { ino: ask.ino });
             }
             match self.set_lock(ask) {
-                Ok(Locked::Granted { stale }) => return Ok(stale),
+                Ok(Locked::Granted) => return Ok(()),
                 Ok(Locked::Held(_)) => {}
                 // The service restarting: go on waiting.
                 Err(e) if e.is_unreachable() => {}
@@ -242,8 +303,10 @@ impl Volume {
     }
 }
 
-/// Whether thread `tid` has a signal pending that it neither blocks nor
-/// ignores (SIGKILL always counts), from /proc.
+/// Whether thread `tid` has a signal pending that would interrupt a local
+/// lock wait: SIGKILL, or one neither blocked nor ignored that it catches
+/// or whose default action ends the process (not the stop, continue and
+/// ignore-by-default ones), from /proc.
 fn signal_pending(tid: u32) -> bool {
     if tid == 0 {
         return false;
@@ -259,9 +322,14 @@ fn signal_pending(tid: u32) -> bool {
             .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
             .unwrap_or(0)
     };
+    let bit = |sig: u32| 1u64 << (sig - 1);
+    let not_fatal = [17, 18, 19, 20, 21, 22, 23, 28]
+        .into_iter()
+        .map(bit)
+        .fold(0, |a, b| a | b);
     let pending = mask("SigPnd:") | mask("ShdPnd:");
-    const SIGKILL: u64 = 1 << (9 - 1);
-    pending & SIGKILL != 0 || pending & !mask("SigBlk:") & !mask("SigIgn:") != 0
+    let interrupting = (mask("SigCgt:") | !not_fatal) & !mask("SigBlk:") & !mask("SigIgn:");
+    pending & bit(9) != 0 || pending & interrupting != 0
 }
 
 /// Counts a wait out when it ends, however it ends.

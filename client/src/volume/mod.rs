@@ -15,7 +15,7 @@ mod names;
 mod orphans;
 mod xattrs;
 
-pub use locks::{LockAsk, Locked};
+pub use locks::{LockAsk, Locked, PageDropper};
 
 use std::{
     collections::{HashMap, HashSet},

@@ -25,7 +25,11 @@ impl Volume {
         if change.size.is_some() {
             self.block_on(self.flush(ino))?;
         }
-        let a = self.inner.names.set_attr(self.id(), ino, change)?;
+        let change = SetAttr {
+            session: self.inner.session,
+            ..change.clone()
+        };
+        let a = self.inner.names.set_attr(self.id(), ino, &change)?;
         if change.size.is_some() {
             self.invalidate(ino);
         }

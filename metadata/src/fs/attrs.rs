@@ -50,6 +50,7 @@ impl FileTree<'_> {
                     }
                     inode.size = size;
                     inode.mtime_ns = now;
+                    super::note_change(t.txn(), vol, ino, change.session)?;
                 }
                 if let Some(p) = change.perm {
                     inode.perm = p & 0o7777;

@@ -41,6 +41,7 @@ pub(super) fn set_attr(m: &Meta, r: pb::SetAttrRequest) -> Result<pb::Attr> {
         size: r.size,
         atime_ns: r.atime_ns,
         mtime_ns: r.mtime_ns,
+        session: r.session,
     };
     Ok(attr(m.tree().set_attr(r.volume, r.ino, &change)?))
 }

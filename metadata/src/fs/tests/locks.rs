@@ -78,7 +78,7 @@ fn locks_of_other_sessions_conflict_as_fcntl_says() {
 fn the_locks_of_a_session_that_stops_renewing_lapse() {
     each_store(|s| {
         let options = MetaOptions {
-            lock_lease: Duration::from_millis(300),
+            lock_lease: Duration::from_secs(2),
             ..Default::default()
         };
         let t = Fx::with(s, 1 << 30, options);
@@ -86,9 +86,10 @@ fn the_locks_of_a_session_that_stops_renewing_lapse() {
         let tree = t.m.tree();
         set(tree, &ask(&t, f, 1, (0, 9), W)).unwrap();
         set(tree, &ask(&t, f, 2, (10, 19), W)).unwrap();
-        // Session 1 keeps renewing; session 2 died.
-        for _ in 0..4 {
-            std::thread::sleep(Duration::from_millis(150));
+        // Session 1 keeps renewing; session 2 died. (The first lease
+        // after the service started counts every session alive.)
+        for _ in 0..25 {
+            std::thread::sleep(Duration::from_millis(200));
             tree.renew_locks(1).unwrap();
         }
         assert!(set(tree, &ask(&t, f, 3, (0, 9), W)).unwrap().is_some());
