@@ -94,6 +94,10 @@ impl Postgres {
     /// Starts the server and waits until it accepts connections (after
     /// crash recovery, if it needs one).
     fn start(&self) {
+        // The postmaster outlives pg_ctl: it is reparented to this process,
+        // which can then reap it after a crash (an init that does not reap
+        // would leave a zombie whose pid PostgreSQL takes for a live one).
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
         let opts = format!(
             "-p {} -k {} -c listen_addresses='' -c max_connections=30",
             self.port,
@@ -137,12 +141,23 @@ impl Postgres {
         tracing::info!("--- SIGKILL postmaster {pid} and its children");
         let children = children_of(pid);
         unsafe { libc::kill(pid, libc::SIGKILL) };
-        for child in children {
+        for &child in &children {
             unsafe { libc::kill(child, libc::SIGKILL) };
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while running(pid) || children_of(pid).iter().any(|c| running(*c)) {
-            assert!(Instant::now() < deadline, "postmaster {pid} did not exit");
+        // PostgreSQL refuses to start while the old postmaster's pid
+        // exists, zombie or not: this process reaps them (it is their
+        // subreaper, see `start`).
+        let mut left: Vec<i32> = children.into_iter().chain([pid]).collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !left.is_empty() {
+            left.retain(|&p| {
+                unsafe { libc::waitpid(p, std::ptr::null_mut(), libc::WNOHANG) };
+                Path::new(&format!("/proc/{p}")).exists()
+            });
+            assert!(
+                Instant::now() < deadline,
+                "postgres processes {left:?} did not go"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -166,16 +181,6 @@ fn chown_postgres(path: &Path) {
         .status()
         .unwrap();
     assert!(st.success(), "chown postgres {}", path.display());
-}
-
-/// Whether process `pid` exists and is not a zombie (one whose parent, or
-/// an init that does not reap, has not collected it yet).
-fn running(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z")
-    })
 }
 
 /// Process ids whose parent is `pid` (a process already gone leaves its

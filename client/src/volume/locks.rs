@@ -145,7 +145,13 @@ impl Volume {
             self.pay_owed_release(ask.ino, ask.owner)?;
             *self.held().entry((ask.ino, ask.owner)).or_default() += 1;
         }
-        let (answer, lease_ms) = self.inner.names.set_lock(&self.lock_call(ask))?;
+        let asked = self.inner.names.set_lock(&self.lock_call(ask));
+        if ask.kind.is_some() {
+            // Again once answered: a close's release that went out while
+            // this was in flight must not forget a lock granted after it.
+            *self.held().entry((ask.ino, ask.owner)).or_default() += 1;
+        }
+        let (answer, lease_ms) = asked?;
         let foreign_change = match answer {
             LockAnswer::Held(h) => return Ok(Locked::Held(h)),
             LockAnswer::Granted { foreign_change } => foreign_change,
@@ -175,8 +181,8 @@ impl Volume {
         let Some(generation) = self.held().get(&(ino, owner)).copied() else {
             return;
         };
-        match self.set_lock(&LockAsk::all(ino, owner)) {
-            Ok(_) => self.released(ino, owner, generation),
+        match self.send_release(ino, owner) {
+            Ok(()) => self.released(ino, owner, generation),
             Err(e) => {
                 warn!(volume = self.name(), ino, error = %e, "releasing a closed file's locks failed; trying again");
                 if self.owed().insert((ino, owner)) {
@@ -208,7 +214,7 @@ impl Volume {
             if !owed.contains(&(ino, owner)) {
                 return; // paid before a new lock
             }
-            if self.set_lock(&LockAsk::all(ino, owner)).is_ok() {
+            if self.send_release(ino, owner).is_ok() {
                 owed.remove(&(ino, owner));
                 drop(owed);
                 self.released(ino, owner, generation);
@@ -222,10 +228,17 @@ impl Volume {
     fn pay_owed_release(&self, ino: Ino, owner: u64) -> Result<()> {
         let mut owed = self.owed();
         if owed.contains(&(ino, owner)) {
-            self.set_lock(&LockAsk::all(ino, owner))?;
+            self.send_release(ino, owner)?;
             owed.remove(&(ino, owner));
         }
         Ok(())
+    }
+
+    /// Releases everything `owner` holds on `ino` (its writes were stored
+    /// when it closed the file).
+    fn send_release(&self, ino: Ino, owner: u64) -> Result<()> {
+        let all = self.lock_call(&LockAsk::all(ino, owner));
+        self.inner.names.set_lock(&all).map(|_| ())
     }
 
     fn held(&self) -> MutexGuard<'_, HashMap<(Ino, u64), u64>> {
