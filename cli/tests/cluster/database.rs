@@ -9,7 +9,7 @@ use std::{
     path::Path,
 };
 
-use crate::harness::Cluster;
+use crate::harness::{Acked, Cluster};
 
 /// What a call gave: its value, or the errno's name.
 fn outcome<T: std::fmt::Debug>(r: std::io::Result<T>) -> String {
@@ -311,14 +311,7 @@ print(ok, n, top)
 
 #[test]
 fn sqlite_keeps_every_committed_transaction_when_the_mount_is_killed() {
-    use std::{
-        io::{BufRead, BufReader},
-        process::{Command, Stdio},
-        sync::{
-            atomic::{AtomicU64, Ordering},
-            Arc,
-        },
-    };
+    use std::process::{Command, Stdio};
     // The killed mount's locks hold for the lease, then lapse.
     let c = Cluster::start_with(6, &["--lock-lease-secs", "3"]);
     c.create_volume("lite", "1GiB", "ec:4+2");
@@ -338,38 +331,27 @@ fn sqlite_keeps_every_committed_transaction_when_the_mount_is_killed() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let acked = Arc::new(AtomicU64::new(0));
-    let reader = {
-        let acked = acked.clone();
-        let out = writer.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                acked.store(line.trim().parse().unwrap(), Ordering::SeqCst);
-            }
-        })
-    };
+    let acked = Acked::follow(&mut writer);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while acked.load(Ordering::SeqCst) < kill_after {
+    while acked.now() < kill_after {
         if let Ok(Some(status)) = writer.try_wait() {
             let mut err = String::new();
             let _ = writer.stderr.take().unwrap().read_to_string(&mut err);
             panic!(
                 "the writer stopped by itself ({status}) after {} commits: {err}",
-                acked.load(Ordering::SeqCst)
+                acked.now()
             );
         }
         assert!(
             std::time::Instant::now() < deadline,
             "the writer made {} commits in 5 minutes",
-            acked.load(Ordering::SeqCst)
+            acked.now()
         );
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     m.kill();
     let _ = writer.wait();
-    reader.join().unwrap();
-    let acked = acked.load(Ordering::SeqCst);
+    let acked = acked.finish();
     assert!(
         acked < 10_000,
         "the writer finished before the mount was killed"

@@ -6,18 +6,13 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
     time::{Duration, Instant},
 };
 
-use crate::harness::{free_port, Cluster};
+use crate::harness::{free_port, Acked, Cluster};
 
 /// One PostgreSQL cluster with its data directory on a Tessera mount and
 /// its socket and log on the local disk. Stopped at once when dropped.
@@ -331,25 +326,13 @@ fn postgres_runs_pgbench_and_recovers_every_commit_after_a_node_and_postmaster_c
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let acked = Arc::new(AtomicU64::new(0));
-    let reader = {
-        let acked = acked.clone();
-        let out = writer.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(id) = line.trim().parse() {
-                    acked.store(id, Ordering::SeqCst);
-                }
-            }
-        })
-    };
+    let acked = Acked::follow(&mut writer);
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) || acked.load(Ordering::SeqCst) < 100 {
+    while start.elapsed() < Duration::from_secs(20) || acked.now() < 100 {
         assert!(
             start.elapsed() < Duration::from_secs(120),
             "{} ids committed in 2 minutes",
-            acked.load(Ordering::SeqCst)
+            acked.now()
         );
         if let Ok(Some(s)) = writer.try_wait() {
             panic!("the id writer stopped by itself ({s})");
@@ -362,10 +345,9 @@ fn postgres_runs_pgbench_and_recovers_every_commit_after_a_node_and_postmaster_c
     c.kill_node(busiest);
     pg.crash();
     let _ = writer.wait();
-    reader.join().unwrap();
+    let acked = acked.finish();
     let load = load.wait_with_output().unwrap();
     assert!(!load.status.success(), "pgbench did not notice the crash");
-    let acked = acked.load(Ordering::SeqCst);
 
     // Recovery on the same mount, one node still down.
     pg.start();

@@ -138,7 +138,12 @@ impl Volume {
     /// returns, so whoever takes the lock next, on any mount, reads what
     /// the holder wrote.
     pub fn set_lock(&self, ask: &LockAsk) -> Result<Locked> {
-        if let Err(e) = self.block_on(self.store_buffered(ask.ino)) {
+        // No hop onto the runtime when there is nothing to store.
+        let stored = match self.has_buffered(ask.ino) {
+            true => self.block_on(self.store_buffered(ask.ino)),
+            false => Ok(()),
+        };
+        if let Err(e) = stored {
             warn!(volume = self.name(), ino = ask.ino, error = %e, "storing a file's writes before a lock call failed");
         }
         if ask.kind.is_some() {

@@ -60,20 +60,24 @@ impl Volume {
         }
     }
 
+    /// Whether this mount has writes of `ino` not committed yet.
+    pub(crate) fn has_buffered(&self, ino: Ino) -> bool {
+        self.existing_entry(ino).is_some_and(|e| {
+            let st = e.state.lock().expect("file state lock");
+            !st.dirty.is_empty() || !st.inflight.is_empty()
+        })
+    }
+
     /// Stores and commits what is buffered for `ino`, waiting for what is
     /// in flight; a write that failed stays to be reported by the next
     /// flush or fsync.
     pub(crate) async fn store_buffered(&self, ino: Ino) -> Result<()> {
+        if !self.has_buffered(ino) {
+            return Ok(());
+        }
         let Some(e) = self.existing_entry(ino) else {
             return Ok(());
         };
-        let buffered = {
-            let st = e.state.lock().expect("file state lock");
-            !st.dirty.is_empty() || !st.inflight.is_empty()
-        };
-        if !buffered {
-            return Ok(());
-        }
         self.cut_blocks(ino, &e, true).await?;
         let last = e
             .state

@@ -215,3 +215,27 @@ pub(super) fn renew_locks(m: &Meta, r: pb::RenewLocksRequest) -> Result<pb::Empt
     m.tree().renew_locks(r.session)?;
     Ok(pb::Empty {})
 }
+
+#[cfg(test)]
+mod tests {
+    use tessera_proto::pb;
+
+    use super::lock_request;
+    use crate::MetaError;
+
+    #[test]
+    fn a_lock_request_of_an_unknown_type_is_refused() {
+        let r = pb::LockRequest {
+            r#type: 7,
+            ..Default::default()
+        };
+        assert!(matches!(lock_request(&r), Err(MetaError::Invalid(_))));
+        let r = pb::LockRequest {
+            r#type: pb::LockType::Write as i32,
+            start: 10,
+            end: 20,
+            ..Default::default()
+        };
+        assert_eq!(lock_request(&r).unwrap().range().unwrap().end, 20);
+    }
+}

@@ -555,6 +555,42 @@ impl Drop for Mount {
     }
 }
 
+/// The largest number a writer process printed on its stdout, one per
+/// line, each once its transaction committed: what was acknowledged.
+pub struct Acked {
+    last: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Acked {
+    /// Reads `writer`'s stdout (piped) until it closes.
+    pub fn follow(writer: &mut Child) -> Acked {
+        use std::io::BufRead;
+        let last = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let out = writer.stdout.take().expect("the writer's stdout is piped");
+        let seen = last.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(id) = line.trim().parse() {
+                    seen.store(id, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+        Acked { last, reader }
+    }
+
+    pub fn now(&self) -> u64 {
+        self.last.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The last number, once the writer's stdout closed.
+    pub fn finish(self) -> u64 {
+        self.reader.join().unwrap();
+        self.last.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// Deterministic bytes for (seed, offset): tests regenerate them to verify.
 pub fn pattern(seed: u64, offset: u64, buf: &mut [u8]) {
     assert_eq!(offset % 8, 0);
