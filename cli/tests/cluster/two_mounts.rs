@@ -8,9 +8,11 @@ use std::{
     io::{Read, Write},
     os::unix::fs::FileExt,
     process::{Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
 };
 
-use crate::harness::{pattern, Cluster};
+use crate::harness::{pattern, Cluster, Mount};
 
 /// Opens `count` names in a directory with O_CREAT (and O_EXCL when
 /// asked); prints how many opens succeeded and the errors of the others.
@@ -122,9 +124,62 @@ fn two_mounts_create_see_and_write_one_file_together() {
             "mount b's half is damaged"
         );
     }
+    names_show_across_mounts(&ma, &mb);
+
     let mut f = fs::File::create(mb.path("done")).unwrap();
     f.write_all(b"ok").unwrap();
     drop(f);
     ma.unmount();
     mb.unmount();
+}
+
+/// A mount answers lookups from pages of names it fetched (the client's
+/// `name_cache.rs`): another mount's create shows at once, its unlink
+/// within the page's and the kernel's TTL, and this mount's own change of
+/// a file at once.
+fn names_show_across_mounts(ma: &Mount, mb: &Mount) {
+    fs::create_dir(ma.path("names")).unwrap();
+    let absent = |m: &Mount, name: &str| !m.path(&format!("names/{name}")).exists();
+
+    // b fetches a page saying x is absent; a creates x; b opens it at
+    // once (close-to-open), though the page still covers x.
+    assert!(absent(mb, "x"));
+    fs::write(ma.path("names/x"), b"made by a").unwrap();
+    assert_eq!(fs::read(mb.path("names/x")).unwrap(), b"made by a");
+
+    // a removes a name b's page holds: b sees it go, in well under 3 s.
+    fs::write(ma.path("names/y"), b"1").unwrap();
+    drop_kernel_names();
+    assert!(absent(mb, "a0"), "fetches a page holding x and y");
+    assert!(!absent(mb, "y"));
+    fs::remove_file(ma.path("names/y")).unwrap();
+    let t = Instant::now();
+    while !absent(mb, "y") {
+        assert!(t.elapsed() < Duration::from_secs(3), "b kept seeing y");
+        sleep(Duration::from_millis(20));
+    }
+
+    // This mount's own change of a file shows at once in a lookup, though
+    // a page fetched before it still covers the name (the kernel's
+    // entries dropped, so it looks up again).
+    fs::write(mb.path("names/w"), b"").unwrap();
+    drop_kernel_names();
+    assert!(absent(mb, "a0"), "fetches a page holding w");
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(mb.path("names/w"))
+        .unwrap();
+    f.write_all(b"grown").unwrap();
+    drop(f);
+    drop_kernel_names();
+    assert_eq!(fs::metadata(mb.path("names/w")).unwrap().len(), 5);
+    fs::remove_file(mb.path("names/w")).unwrap();
+    drop_kernel_names();
+    assert!(absent(mb, "w"));
+}
+
+/// Drops the kernel's cached names and inodes, so that the next stat of
+/// a name looks it up through the mount.
+fn drop_kernel_names() {
+    fs::write("/proc/sys/vm/drop_caches", b"2").unwrap();
 }

@@ -23,7 +23,7 @@ use tessera_proto::{
 };
 use tonic::Status;
 
-use crate::{error::malformed, ClientError, Result};
+use crate::{error::malformed, volume::NamePage, ClientError, Result};
 
 /// Names and attributes of the metadata service at one address.
 pub struct NamesClient {
@@ -128,6 +128,54 @@ impl NamesClient {
             name: name.to_vec().into(),
         };
         attr(self.call(paths::LOOKUP, &req)?)
+    }
+
+    /// The entries of `parent` from `name` on, with their attributes (see
+    /// `name_cache.rs`); `None` from a metadata service that has no such
+    /// call.
+    pub fn lookup_page(
+        &self,
+        vol: VolumeId,
+        parent: Ino,
+        name: &[u8],
+        limit: u32,
+    ) -> Result<Option<NamePage>> {
+        let req = pb::LookupPageRequest {
+            volume: vol,
+            parent,
+            name: name.to_vec().into(),
+            limit,
+        };
+        let r: pb::LookupPageResponse =
+            match self.call_with(paths::LOOKUP_PAGE, &req, Retry::Idempotent) {
+                Err(ClientError::Meta {
+                    code: tonic::Code::Unimplemented,
+                    ..
+                }) => return Ok(None),
+                r => r?,
+            };
+        let entries = r
+            .entries
+            .into_iter()
+            .map(|e| {
+                let a = e.attr.ok_or_else(|| {
+                    ClientError::Malformed(format!("lookup page: {:?} has no attributes", e.name))
+                })?;
+                Ok((e.name.to_vec(), attr(a)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ordered = entries.windows(2).all(|w| w[0].0 < w[1].0)
+            && entries.first().is_none_or(|e| e.0.as_slice() >= name);
+        if entries.len() > limit as usize || !ordered {
+            return Err(ClientError::Malformed(format!(
+                "lookup page in directory {parent}: {} entries for a limit of {limit}, or not in order from the name asked",
+                entries.len()
+            )));
+        }
+        Ok(Some(NamePage {
+            entries,
+            complete: r.complete,
+        }))
     }
 
     pub fn get_attr(&self, vol: VolumeId, ino: Ino) -> Result<Attr> {

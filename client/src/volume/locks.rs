@@ -165,6 +165,9 @@ impl Volume {
             return Ok(Locked::Granted);
         }
         self.renew_locks(lease_ms);
+        // What the lock orders may be a name (a journal file another mount
+        // created): names are looked up anew.
+        self.inner.name_cache.clear();
         if let Some(e) = self.existing_entry(ask.ino) {
             // What this mount knew is raised only once its cached view is
             // gone: a lock granted meanwhile drops it too.

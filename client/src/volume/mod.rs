@@ -11,11 +11,13 @@
 //! buffer and its cached slices.
 
 mod locks;
+mod name_cache;
 mod names;
 mod orphans;
 mod xattrs;
 
 pub use locks::{LockAsk, Locked, PageDropper};
+pub use name_cache::NamePage;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -95,6 +97,10 @@ pub(crate) struct Inner {
     pub files: Mutex<HashMap<Ino, Arc<FileEntry>>>,
     /// The metadata service keeps inline blocks (`INLINE_MAX`).
     pub inline_blocks: bool,
+    /// Pages of names looked up (`name_cache.rs`), while the metadata
+    /// service answers for pages.
+    pub name_cache: name_cache::NameCache,
+    pub paged_lookups: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -136,6 +142,8 @@ impl Volume {
                 inflight: Arc::new(Semaphore::new(options.max_inflight_blocks.max(1))),
                 files: Mutex::new(HashMap::new()),
                 inline_blocks: v.inline_blocks && options.inline_blocks,
+                name_cache: Default::default(),
+                paged_lookups: true.into(),
             }),
         })
     }
@@ -185,6 +193,7 @@ impl Volume {
     /// A file is opened: later reads see what other clients committed
     /// before (close-to-open consistency).
     pub fn open_file(&self, ino: Ino) {
+        self.inner.name_cache.changed(ino);
         let e = self.entry(ino);
         e.state.lock().expect("file state lock").opens += 1;
         self.invalidate(ino);
@@ -193,6 +202,9 @@ impl Volume {
     /// A file handle is closed (after `flush`). The last handle of a file
     /// that lost its last name meanwhile takes the file with it.
     pub async fn release_file(&self, ino: Ino) -> Result<()> {
+        // Its size and times as this mount's commits left them are newer
+        // than any page of names fetched while it was open.
+        self.inner.name_cache.changed(ino);
         let orphan_closed = {
             let mut files = self.inner.files.lock().expect("files lock");
             let Some(e) = files.get(&ino) else {

@@ -2,16 +2,71 @@
 //! thread (see `meta/names.rs`). Attributes of a file this mount writes
 //! show the size its uncommitted writes give it.
 
+use std::sync::atomic::Ordering;
+
 use tessera_common::{Attr, DirEntry, Ino, NewNode, SetAttr, StatFs};
+use tonic::Code;
 
-use crate::{meta::names::Made, Result};
+use crate::{meta::names::Made, ClientError, Result};
 
-use super::Volume;
+use super::{name_cache::Cached, Volume};
+
+/// ENOENT for a name a page says is absent.
+fn no_entry(parent: Ino, name: &[u8]) -> ClientError {
+    ClientError::Meta {
+        code: Code::NotFound,
+        errno: None,
+        message: format!(
+            "no entry {:?} in directory {parent}",
+            String::from_utf8_lossy(name)
+        ),
+    }
+}
 
 impl Volume {
+    /// A name in a directory: from a page of the directory's names when
+    /// one covers it (`name_cache.rs`), else one is fetched.
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        if self.inner.paged_lookups.load(Ordering::Relaxed) {
+            match self.inner.name_cache.get(parent, name) {
+                Cached::Found(a) if self.existing_entry(a.ino).is_none() => return Ok(a),
+                Cached::Miss => {
+                    if let Some(found) = self.lookup_paged(parent, name)? {
+                        return found.map(|a| self.with_pending(a));
+                    }
+                }
+                // A name a page says is absent is asked for all the same:
+                // another mount may have created it since, and an open of
+                // a file another mount created and closed must find it.
+                Cached::Found(_) | Cached::Stale | Cached::Absent => {}
+            }
+        }
         let a = self.inner.names.lookup(self.id(), parent, name)?;
         Ok(self.with_pending(a))
+    }
+
+    /// Fetches the page of `parent`'s names from `name` on; `None` from a
+    /// metadata service without pages.
+    fn lookup_paged(&self, parent: Ino, name: &[u8]) -> Result<Option<Result<Attr>>> {
+        let cache = &self.inner.name_cache;
+        let fetch = cache.begin(parent, name);
+        let page = match self
+            .inner
+            .names
+            .lookup_page(self.id(), parent, name, fetch.limit)?
+        {
+            Some(page) => page,
+            None => {
+                self.inner.paged_lookups.store(false, Ordering::Relaxed);
+                return Ok(None);
+            }
+        };
+        let found = match page.entries.first() {
+            Some((n, a)) if n.as_slice() == name => Ok(a.clone()),
+            _ => Err(no_entry(parent, name)),
+        };
+        cache.install(parent, name, fetch, page);
+        Ok(Some(found))
     }
 
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
@@ -29,7 +84,9 @@ impl Volume {
             session: self.inner.session,
             ..change.clone()
         };
-        let a = self.inner.names.set_attr(self.id(), ino, &change)?;
+        let a = self.inner.names.set_attr(self.id(), ino, &change);
+        self.inner.name_cache.changed(ino);
+        let a = a?;
         if change.size.is_some() {
             self.invalidate(ino);
         }
@@ -38,26 +95,38 @@ impl Volume {
 
     /// Creates a file, directory, symlink or special file.
     pub fn make_node(&self, parent: Ino, name: &[u8], new: &NewNode<'_>) -> Result<Made> {
-        self.inner.names.make_node(self.id(), parent, name, new)
+        let made = self.inner.names.make_node(self.id(), parent, name, new);
+        match &made {
+            Ok(m) => self.inner.name_cache.created(parent, name, &m.node),
+            Err(_) => self.inner.name_cache.forget_dir(parent),
+        }
+        made
     }
 
     pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
-        let a = self
-            .inner
-            .names
-            .link(self.id(), ino, new_parent, new_name)?;
-        Ok(self.with_pending(a))
+        let a = self.inner.names.link(self.id(), ino, new_parent, new_name);
+        let cache = &self.inner.name_cache;
+        cache.changed(ino);
+        match &a {
+            Ok(a) => cache.created(new_parent, new_name, a),
+            Err(_) => cache.forget_dir(new_parent),
+        }
+        Ok(self.with_pending(a?))
     }
 
     /// unlink, or rmdir with `dir`. A file this mount has open lives on
     /// for its handles (see `orphans.rs`).
     pub fn unlink(&self, parent: Ino, name: &[u8], dir: bool) -> Result<()> {
         let open = if dir { Vec::new() } else { self.open_inos() };
-        let done =
-            self.inner
-                .names
-                .unlink(self.id(), parent, name, dir, open, self.inner.session)?;
-        self.adopt_orphans(&done);
+        let done = self
+            .inner
+            .names
+            .unlink(self.id(), parent, name, dir, open, self.inner.session);
+        match &done {
+            Ok(_) => self.inner.name_cache.removed(parent, name),
+            Err(_) => self.inner.name_cache.forget_dir(parent),
+        }
+        self.adopt_orphans(&done?);
         Ok(())
     }
 
@@ -79,8 +148,12 @@ impl Volume {
             flags,
             self.open_inos(),
             self.inner.session,
-        )?;
-        self.adopt_orphans(&done);
+        );
+        // The moved inode, a replaced one and both directories change:
+        // both directories' pages go.
+        self.inner.name_cache.forget_dir(parent);
+        self.inner.name_cache.forget_dir(new_parent);
+        self.adopt_orphans(&done?);
         Ok(())
     }
 

@@ -12,9 +12,12 @@ impl Volume {
 
     /// setxattr(2), with its flags.
     pub fn set_xattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
-        self.inner
+        let r = self
+            .inner
             .names
-            .set_xattr(self.id(), ino, name, value, flags)
+            .set_xattr(self.id(), ino, name, value, flags);
+        self.inner.name_cache.changed(ino);
+        r
     }
 
     pub fn list_xattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
@@ -22,6 +25,8 @@ impl Volume {
     }
 
     pub fn remove_xattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
-        self.inner.names.remove_xattr(self.id(), ino, name)
+        let r = self.inner.names.remove_xattr(self.id(), ino, name);
+        self.inner.name_cache.changed(ino);
+        r
     }
 }

@@ -21,6 +21,18 @@ use crate::{
 /// Entries one readdir returns at most.
 const MAX_READ_DIR: usize = 10_000;
 
+/// Entries one lookup page returns at most.
+const MAX_LOOKUP_PAGE: usize = 1024;
+
+/// Entries of a directory from a name on, with their attributes (see
+/// [`FileTree::lookup_page`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamePage {
+    pub entries: Vec<(Vec<u8>, Attr)>,
+    /// No entry sorts after the last of `entries`.
+    pub complete: bool,
+}
+
 /// A new inode and the name it gets.
 #[derive(Clone, Copy, Debug)]
 pub struct MakeNode<'a> {
@@ -82,6 +94,38 @@ impl FileTree<'_> {
                 .dentry(parent, name)?
                 .ok_or_else(|| MetaError::not_found(entry_name(name, parent)))?;
             Ok(t.inode(d.ino)?.attr(d.ino))
+        })
+    }
+
+    /// A lookup that answers for the names after `name` too: the entries
+    /// of `parent` from `name` on (inclusive, in name order), at most
+    /// `limit` (and at most `MAX_LOOKUP_PAGE`), each with its attributes,
+    /// and whether they are all the directory has from `name` on. A name
+    /// in that range that is not among them does not exist.
+    pub fn lookup_page(
+        &self,
+        vol: VolumeId,
+        parent: Ino,
+        name: &[u8],
+        limit: usize,
+    ) -> Result<NamePage> {
+        check_name(name)?;
+        let limit = limit.clamp(1, MAX_LOOKUP_PAGE);
+        transact(self.meta.store(), |txn| {
+            let mut t = TreeTxn::new(txn, vol);
+            t.dir(parent)?;
+            let prefix = keys::under(keys::DENTRY, vol, parent);
+            let (_, end) = keys::prefix_range(&prefix);
+            let start = keys::dentry(vol, parent, name);
+            let rows = t.txn().scan(&start, &end, limit)?;
+            let complete = rows.len() < limit;
+            let mut entries = Vec::with_capacity(rows.len());
+            for (k, v) in rows {
+                let d: Dentry = decode(&k, &v)?;
+                let attr = t.inode(d.ino)?.attr(d.ino);
+                entries.push((keys::suffix(&k, &prefix).to_vec(), attr));
+            }
+            Ok(NamePage { entries, complete })
         })
     }
 

@@ -125,6 +125,7 @@ meta_service! {
     commit_writes: data::commit_writes, pb::CommitWritesRequest => pb::CommitWritesResponse, COMMIT_WRITES;
     sync: tree::sync, pb::SyncRequest => pb::Empty, SYNC;
     lookup: tree::lookup, pb::LookupRequest => pb::Attr, LOOKUP;
+    lookup_page: tree::lookup_page, pb::LookupPageRequest => pb::LookupPageResponse, LOOKUP_PAGE;
     get_attr: tree::get_attr, pb::GetAttrRequest => pb::Attr, GET_ATTR;
     set_attr: tree::set_attr, pb::SetAttrRequest => pb::Attr, SET_ATTR;
     make_node: tree::make_node, pb::MakeNodeRequest => pb::Attr, MAKE_NODE;

@@ -29,6 +29,23 @@ pub(super) fn lookup(m: &Meta, r: pb::LookupRequest) -> Result<pb::Attr> {
     Ok(attr(m.tree().lookup(r.volume, r.parent, &r.name)?))
 }
 
+pub(super) fn lookup_page(m: &Meta, r: pb::LookupPageRequest) -> Result<pb::LookupPageResponse> {
+    let page = m
+        .tree()
+        .lookup_page(r.volume, r.parent, &r.name, r.limit as usize)?;
+    Ok(pb::LookupPageResponse {
+        entries: page
+            .entries
+            .into_iter()
+            .map(|(name, a)| pb::NamedAttr {
+                name: name.into(),
+                attr: Some(attr(a)),
+            })
+            .collect(),
+        complete: page.complete,
+    })
+}
+
 pub(super) fn get_attr(m: &Meta, r: pb::GetAttrRequest) -> Result<pb::Attr> {
     Ok(attr(m.tree().get_attr(r.volume, r.ino)?))
 }

@@ -69,6 +69,7 @@ pub mod meta {
     pub const COMMIT_WRITES: &str = "/tessera.v1.Meta/CommitWrites";
     pub const SYNC: &str = "/tessera.v1.Meta/Sync";
     pub const LOOKUP: &str = "/tessera.v1.Meta/Lookup";
+    pub const LOOKUP_PAGE: &str = "/tessera.v1.Meta/LookupPage";
     pub const GET_ATTR: &str = "/tessera.v1.Meta/GetAttr";
     pub const SET_ATTR: &str = "/tessera.v1.Meta/SetAttr";
     pub const MAKE_NODE: &str = "/tessera.v1.Meta/MakeNode";

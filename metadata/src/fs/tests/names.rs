@@ -190,3 +190,55 @@ fn sync_names_the_volume_and_create_answers_with_the_parent() {
         assert_eq!(made.parent.mtime_ns, made.node.ctime_ns);
     });
 }
+
+#[test]
+fn a_lookup_page_holds_the_names_from_one_on_with_their_attributes() {
+    each_store(|s| {
+        let t = Fx::new(s, 1 << 30);
+        let tree = t.m.tree();
+        let d = t.dir(ROOT_INO, b"d");
+        let files: Vec<_> = (0..10)
+            .map(|i| t.file(d.ino, format!("f{i}").as_bytes()))
+            .collect();
+        // From a name that exists: it comes first, with what lookup says.
+        let p = tree.lookup_page(t.v, d.ino, b"f3", 4).unwrap();
+        let names: Vec<_> = p.entries.iter().map(|(n, _)| n.clone()).collect();
+        assert_eq!(names, [&b"f3"[..], b"f4", b"f5", b"f6"]);
+        assert_eq!(p.entries[0].1, files[3]);
+        assert_eq!(p.entries[1].1, tree.lookup(t.v, d.ino, b"f4").unwrap());
+        assert!(!p.complete);
+        // From a name that does not: the names after it, to the end.
+        let p = tree.lookup_page(t.v, d.ino, b"f55", 100).unwrap();
+        let names: Vec<_> = p.entries.iter().map(|(n, _)| n.clone()).collect();
+        assert_eq!(names, [&b"f6"[..], b"f7", b"f8", b"f9"]);
+        assert!(p.complete);
+        let p = tree.lookup_page(t.v, d.ino, b"g", 100).unwrap();
+        assert!(p.entries.is_empty() && p.complete);
+        // A limit of 0 means 1, and a page never holds more than its most.
+        assert_eq!(
+            tree.lookup_page(t.v, d.ino, b"f", 0).unwrap().entries.len(),
+            1
+        );
+        let p = tree
+            .lookup_page(t.v, d.ino, b"f", u32::MAX as usize)
+            .unwrap();
+        assert_eq!(p.entries.len(), 10);
+        assert!(p.complete);
+        // Not a directory, no such directory, a name no lookup takes.
+        assert!(matches!(
+            tree.lookup_page(t.v, files[0].ino, b"a", 4),
+            Err(MetaError::NotDir { .. })
+        ));
+        assert!(tree.lookup_page(t.v, 999_999, b"a", 4).is_err());
+        for bad in [&b""[..], b"..", b"a/b", b"a\0b"] {
+            assert!(matches!(
+                tree.lookup_page(t.v, d.ino, bad, 4),
+                Err(MetaError::Invalid(_))
+            ));
+        }
+        assert!(matches!(
+            tree.lookup_page(t.v, d.ino, &[b'x'; 300], 4),
+            Err(MetaError::NameTooLong(_))
+        ));
+    });
+}
