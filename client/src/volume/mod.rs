@@ -21,7 +21,10 @@ pub use name_cache::NamePage;
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{atomic::AtomicU64, Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -101,6 +104,39 @@ pub(crate) struct Inner {
     /// service answers for pages.
     pub name_cache: name_cache::NameCache,
     pub paged_lookups: std::sync::atomic::AtomicBool,
+    pub syncs: Syncs,
+}
+
+/// How far this mount's changes of names and attributes are known
+/// durable: they are acknowledged before the metadata service's fsync, and
+/// a durable call (a data commit, a sync) covers every one acknowledged
+/// before it began.
+#[derive(Default)]
+pub(crate) struct Syncs {
+    /// Changes made, counted as each returns (applied or not).
+    changes: AtomicU64,
+    /// How many of them a durable call covered.
+    durable: AtomicU64,
+}
+
+impl Syncs {
+    pub fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Before a durable call: the changes it covers if it succeeds.
+    pub fn begin(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    /// A durable call begun at `covered` succeeded.
+    pub fn durable(&self, covered: u64) {
+        self.durable.fetch_max(covered, Ordering::AcqRel);
+    }
+
+    pub fn all_durable(&self) -> bool {
+        self.durable.load(Ordering::Acquire) >= self.changes.load(Ordering::Acquire)
+    }
 }
 
 #[derive(Clone)]
@@ -144,6 +180,7 @@ impl Volume {
                 inline_blocks: v.inline_blocks && options.inline_blocks,
                 name_cache: Default::default(),
                 paged_lookups: true.into(),
+                syncs: Syncs::default(),
             }),
         })
     }
@@ -224,5 +261,30 @@ impl Volume {
             self.release_orphan(ino).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod syncs_tests {
+    use super::Syncs;
+
+    #[test]
+    fn a_durable_call_covers_the_changes_acknowledged_before_it_began() {
+        let s = Syncs::default();
+        assert!(s.all_durable(), "nothing changed yet");
+        s.changed();
+        assert!(!s.all_durable());
+        let commit = s.begin();
+        // A change that returns while the commit is in flight is not
+        // covered by it.
+        s.changed();
+        s.durable(commit);
+        assert!(!s.all_durable());
+        let sync = s.begin();
+        s.durable(sync);
+        assert!(s.all_durable());
+        // A slow call that began earlier does not lower what is known.
+        s.durable(commit);
+        assert!(s.all_durable());
     }
 }

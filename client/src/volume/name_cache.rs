@@ -75,6 +75,10 @@ pub enum Cached {
 pub struct Fetch {
     pub limit: u32,
     seq: u64,
+    /// A page is as old as its fetch: it answers for `PAGE_TTL` from the
+    /// moment it was asked for (a change marked after that is swept only
+    /// once older than `PAGE_TTL`).
+    began: Instant,
 }
 
 struct DirPage {
@@ -172,6 +176,7 @@ impl NameCache {
         Fetch {
             limit,
             seq: inner.seq + 1,
+            began: Instant::now(),
         }
     }
 
@@ -179,7 +184,11 @@ impl NameCache {
     /// the fetch began.
     pub fn install(&self, parent: Ino, name: &[u8], fetch: Fetch, page: NamePage) {
         let mut inner = self.lock();
-        if inner.changed_since(parent, fetch.seq) || fetch.seq <= inner.cleared {
+        let now = Instant::now();
+        if inner.changed_since(parent, fetch.seq)
+            || fetch.seq <= inner.cleared
+            || now.duration_since(fetch.began) >= PAGE_TTL
+        {
             return;
         }
         let to = if page.complete {
@@ -190,7 +199,6 @@ impl NameCache {
                 None => return,
             }
         };
-        let now = Instant::now();
         if inner.dirs.len() >= MAX_DIRS && !inner.dirs.contains_key(&parent) {
             inner.dirs.retain(|_, p| p.fresh(now));
             if inner.dirs.len() >= MAX_DIRS {
@@ -204,7 +212,7 @@ impl NameCache {
                 to,
                 entries: page.entries.into_iter().collect(),
                 seq: fetch.seq,
-                at: now,
+                at: fetch.began,
                 limit: fetch.limit,
             },
         );

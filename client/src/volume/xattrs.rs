@@ -16,6 +16,7 @@ impl Volume {
             .inner
             .names
             .set_xattr(self.id(), ino, name, value, flags);
+        self.inner.syncs.changed();
         self.inner.name_cache.changed(ino);
         r
     }
@@ -26,6 +27,7 @@ impl Volume {
 
     pub fn remove_xattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
         let r = self.inner.names.remove_xattr(self.id(), ino, name);
+        self.inner.syncs.changed();
         self.inner.name_cache.changed(ino);
         r
     }

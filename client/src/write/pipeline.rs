@@ -262,7 +262,11 @@ impl Volume {
             inline: inline.clone(),
             session: self.inner.session,
         };
+        let names_before = self.inner.syncs.begin();
         let done = self.inner.meta.commit(commit).await?;
+        // A data commit is durable, and with it every change of names
+        // acknowledged before it began.
+        self.inner.syncs.durable(names_before);
         if let Err(e) = self
             .inner
             .nodes

@@ -138,6 +138,19 @@ fn a_page_fetched_across_a_change_of_its_directory_or_a_lock_is_not_kept() {
 }
 
 #[test]
+fn a_page_is_as_old_as_its_fetch() {
+    let c = NameCache::default();
+    let mut f = c.begin(DIR, b"a");
+    f.began -= PAGE_TTL;
+    c.install(DIR, b"a", f, page(&[("a", 1)], true));
+    assert_eq!(
+        c.get(DIR, b"a"),
+        Cached::Miss,
+        "a fetch that took a page's lifetime"
+    );
+}
+
+#[test]
 fn pages_expire() {
     let c = NameCache::default();
     fetched(&c, "a", page(&[("a", 1)], true));
