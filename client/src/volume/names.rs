@@ -194,12 +194,14 @@ impl Volume {
 
     /// fsync: the file's buffered data is stored and committed, and its
     /// name and attributes are durable. The commit of the data is durable
-    /// and makes every change acknowledged before it durable too: only
-    /// without one since this mount's last change of names is there a
-    /// sync to ask for (one round trip less per fsync of a database).
+    /// and makes every change acknowledged before it durable too (this
+    /// mount's and others'): after one, only a change of names by this
+    /// mount since it began leaves a sync to ask for (one round trip less
+    /// per fsync of a database).
     pub fn fsync(&self, ino: Ino) -> Result<()> {
+        let committing = self.has_buffered(ino);
         self.block_on(self.flush(ino))?;
-        if self.inner.syncs.all_durable() {
+        if committing && self.inner.syncs.all_durable() {
             return Ok(());
         }
         self.sync()
