@@ -38,6 +38,12 @@ impl Filesystem for TesseraFs {
         // Locks go to the volume, so they hold across every mount.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_POSIX_LOCKS);
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_FLOCK_LOCKS);
+        // The mount drops set-ID bits on a write, a truncate and a chown
+        // itself (`set_ids.rs`). In return the kernel marks a file it found
+        // without them and without capabilities, and stops asking for its
+        // `security.capability` before every write until its attributes
+        // are next refreshed: one FUSE round trip less per write.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         Ok(())
     }
 
@@ -66,7 +72,7 @@ impl Filesystem for TesseraFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -83,6 +89,7 @@ impl Filesystem for TesseraFs {
         reply: ReplyAttr,
     ) {
         self.dir_attrs.forget(ino.0);
+        self.caps.forget(ino.0);
         let change = SetAttr {
             perm: mode.map(|m| m & 0o7777),
             uid,
@@ -92,7 +99,18 @@ impl Filesystem for TesseraFs {
             mtime_ns: mtime.map(ns_of),
             session: 0,
         };
-        match self.result("setattr", self.vol.setattr(ino.0, &change)) {
+        let mut r = self.result("setattr", self.vol.setattr(ino.0, &change));
+        if let Ok(a) = &r {
+            // A truncate by a caller without CAP_FSETID and a change of
+            // owner drop set-ID bits (the kernel leaves that to us).
+            let drops = (size.is_some() && req.uid() != 0)
+                || ((uid.is_some() || gid.is_some()) && a.kind != FileKind::Dir);
+            if drops && mode.is_none() {
+                r = self.drop_set_ids(a);
+            }
+        }
+        self.caps.forget(ino.0);
+        match r {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(e),
         }
@@ -214,7 +232,7 @@ impl Filesystem for TesseraFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.vol.open_file(ino.0);
-        self.caps.opened(ino.0, false);
+        self.caps.opened(ino.0, None);
         reply.opened(self.handles.open(), FopenFlags::empty());
     }
 
@@ -242,11 +260,16 @@ impl Filesystem for TesseraFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            if let Err(e) = self.drop_set_ids_for_write(ino.0) {
+                return reply.error(e);
+            }
+        }
         match self.data("write", self.vol.write(ino.0, offset, data)) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(e),
@@ -595,7 +618,7 @@ impl Filesystem for TesseraFs {
                 self.vol.open_file(a.ino);
                 // A new file has no xattrs: the question before its first
                 // write is answered here as well.
-                self.caps.opened(a.ino, created);
+                self.caps.opened(a.ino, created.then_some(a.perm));
                 reply.created(
                     &TTL,
                     &file_attr(&a),

@@ -2,7 +2,7 @@
 //! `tessera_client::Volume`. Each method parses its arguments, calls one
 //! client function, and maps the error to an errno. The kernel's questions
 //! the mount answers itself (directory attributes after a create, an open
-//! file's capabilities) are kept here, not in the client.
+//! file's capabilities and set-ID bits) are kept here, not in the client.
 //!
 //! Depends on tessera-client only (plus tessera-common for ids).
 
@@ -12,6 +12,7 @@ mod dir_attrs;
 mod dirs;
 mod fs;
 mod locks;
+mod set_ids;
 mod state;
 
 use std::{io, path::Path};

@@ -5,7 +5,10 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{Read, Seek, SeekFrom, Write},
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::{
+        fd::AsRawFd,
+        unix::fs::{MetadataExt, PermissionsExt},
+    },
     path::Path,
 };
 
@@ -247,7 +250,66 @@ fn behaviours(dir: &Path) -> Vec<(&'static str, String)> {
             String::from_utf8_lossy(&bytes[4096..4103])
         ),
     ));
+
+    // Set-ID bits: a write or a truncate by a user without CAP_FSETID
+    // drops them, and so does a change of owner; root's write keeps them.
+    let setid = p("setid");
+    let mode = || format!("{:o}", fs::metadata(&setid).unwrap().mode() & 0o7777);
+    let chmod = |m: u32| fs::set_permissions(&setid, fs::Permissions::from_mode(m)).unwrap();
+    fs::write(&setid, b"x").unwrap();
+    let mut seen = Vec::new();
+    for step in ["write", "truncate", "root write", "chown", "write again"] {
+        chmod(0o6777);
+        match step {
+            "root write" => {
+                let mut f = OpenOptions::new().append(true).open(&setid).unwrap();
+                f.write_all(b"r").unwrap();
+            }
+            "chown" => std::os::unix::fs::chown(&setid, Some(65534), None).unwrap(),
+            _ => as_nobody(&setid, step),
+        }
+        seen.push(format!("{step}: {}", mode()));
+    }
+    out.push(("set-ID bits", seen.join(", ")));
     out
+}
+
+/// Writes to or truncates `path` as user and group 65534 (nobody).
+fn as_nobody(path: &Path, what: &str) {
+    const SCRIPT: &str = r#"
+import os, sys
+os.setgid(65534); os.setuid(65534)
+p, what = sys.argv[1], sys.argv[2]
+if what == "truncate":
+    os.truncate(p, 1)
+else:
+    fd = os.open(p, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b"n")
+    os.close(fd)
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(path)
+        .arg(what)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what} of {} as nobody: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Lets other users through every directory above `path` (a test's
+/// temporary directories are the owner's only).
+fn let_others_through(path: &Path) {
+    for dir in path.ancestors() {
+        let m = fs::metadata(dir).unwrap().mode();
+        if m & 0o001 == 0 {
+            fs::set_permissions(dir, fs::Permissions::from_mode((m & 0o7777) | 0o011)).unwrap();
+        }
+    }
 }
 
 #[test]
@@ -256,6 +318,8 @@ fn the_posix_a_database_relies_on_matches_a_local_directory() {
     c.create_volume("db", "1GiB", "ec:4+2");
     let m = c.mount("db");
     let local = tempfile::tempdir_in("/var/tmp").unwrap();
+    let_others_through(local.path());
+    let_others_through(&m.path(""));
     let want = behaviours(local.path());
     let got = behaviours(&m.path(""));
     let mut differ = Vec::new();
