@@ -24,6 +24,7 @@ use crate::{
     caps::{Ask, CAPS},
     dir_attrs::TTL,
     locks::LockArgs,
+    set_ids::may_keep_set_ids,
     state::{node, TesseraFs},
 };
 
@@ -102,8 +103,9 @@ impl Filesystem for TesseraFs {
         let mut r = self.result("setattr", self.vol.setattr(ino.0, &change));
         if let Ok(a) = &r {
             // A truncate by a caller without CAP_FSETID and a change of
-            // owner drop set-ID bits (the kernel leaves that to us).
-            let drops = (size.is_some() && req.uid() != 0)
+            // owner drop set-ID bits (the kernel leaves that to us,
+            // `set_ids.rs`).
+            let drops = (size.is_some() && !may_keep_set_ids(req.pid(), req.uid()))
                 || ((uid.is_some() || gid.is_some()) && a.kind != FileKind::Dir);
             if drops && mode.is_none() {
                 r = self.drop_set_ids(a);
@@ -265,10 +267,9 @@ impl Filesystem for TesseraFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-            if let Err(e) = self.drop_set_ids_for_write(ino.0) {
-                return reply.error(e);
-            }
+        let kill_set_ids = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        if let Err(e) = self.drop_privileges_for_write(ino.0, kill_set_ids) {
+            return reply.error(e);
         }
         match self.data("write", self.vol.write(ino.0, offset, data)) {
             Ok(()) => reply.written(data.len() as u32),

@@ -146,7 +146,13 @@ impl TesseraFs {
                 size: Some(0),
                 ..Default::default()
             };
-            return self.result("create", self.vol.setattr(a.ino, &cut));
+            self.caps.forget(a.ino);
+            let a = self.result("create", self.vol.setattr(a.ino, &cut))?;
+            self.caps.forget(a.ino);
+            if !crate::set_ids::may_keep_set_ids(req.pid(), req.uid()) {
+                return self.drop_set_ids(&a);
+            }
+            return Ok(a);
         }
         Ok(a)
     }

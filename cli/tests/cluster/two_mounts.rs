@@ -125,6 +125,7 @@ fn two_mounts_create_see_and_write_one_file_together() {
         );
     }
     names_show_across_mounts(&ma, &mb);
+    capabilities_from_another_mount_go_with_a_write(&ma, &mb);
 
     let mut f = fs::File::create(mb.path("done")).unwrap();
     f.write_all(b"ok").unwrap();
@@ -182,4 +183,55 @@ fn names_show_across_mounts(ma: &Mount, mb: &Mount) {
 /// a name looks it up through the mount.
 fn drop_kernel_names() {
     fs::write("/proc/sys/vm/drop_caches", b"2").unwrap();
+}
+
+/// A file's capabilities go with a write (as on a local file system), also
+/// when another mount set them while this one had the file open and had
+/// written to it already (the kernel stopped asking; the mount asks again
+/// within its TTL).
+fn capabilities_from_another_mount_go_with_a_write(ma: &Mount, mb: &Mount) {
+    use std::{ffi::CString, os::unix::ffi::OsStrExt};
+    let name = CString::new("security.capability").unwrap();
+    let path = |m: &Mount| CString::new(m.path("capped").as_os_str().as_bytes()).unwrap();
+    let caps_len = |m: &Mount| {
+        let mut buf = [0u8; 64];
+        let n =
+            unsafe { libc::getxattr(path(m).as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 64) };
+        (n >= 0)
+            .then_some(n)
+            .ok_or(std::io::Error::last_os_error().raw_os_error())
+    };
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(ma.path("capped"))
+        .unwrap();
+    f.write_all(b"one").unwrap();
+    f.write_all(b"two").unwrap();
+    // struct vfs_cap_data, revision 2: CAP_NET_BIND_SERVICE permitted.
+    let mut caps = 0x0200_0000u32.to_le_bytes().to_vec();
+    for word in [1u32 << 10, 0, 0, 0] {
+        caps.extend_from_slice(&word.to_le_bytes());
+    }
+    let set = unsafe {
+        libc::setxattr(
+            path(mb).as_ptr(),
+            name.as_ptr(),
+            caps.as_ptr().cast(),
+            caps.len(),
+            0,
+        )
+    };
+    assert_eq!(set, 0, "setxattr: {}", std::io::Error::last_os_error());
+    assert_eq!(caps_len(mb), Ok(20));
+    sleep(Duration::from_millis(1100));
+    f.write_all(b"three").unwrap();
+    drop(f);
+    assert_eq!(
+        caps_len(mb),
+        Err(Some(libc::ENODATA)),
+        "a write on another mount left the capabilities in place"
+    );
+    assert_eq!(fs::read(mb.path("capped")).unwrap(), b"onetwothree");
 }
