@@ -2,6 +2,17 @@
 //! ended starts fetching the blocks of the next [`READ_AHEAD`] bytes in
 //! the background, so a sequential reader finds them cached (or in
 //! flight) instead of waiting for one block at a time.
+//!
+//! Only blocks the window reads most of are fetched whole. A file
+//! overwritten in small random writes is a patchwork of small pieces of
+//! many blocks: fetching each whole read 32 times the bytes wanted and
+//! evicted them from the small block cache before their reader came (a
+//! sequential read of a 1 GiB file after 3 minutes of 4 KiB random
+//! overwrites ran at 3.9 MiB/s). Those pieces are read when asked for,
+//! each its own range. And no more blocks are fetched ahead than half the
+//! cache holds, so a read-ahead does not evict what it fetched itself.
+
+use std::collections::HashMap;
 
 use tessera_common::is_inline;
 
@@ -16,15 +27,12 @@ const READ_AHEAD: u64 = 8 << 20;
 
 impl Volume {
     /// Starts fetching the blocks holding the [`READ_AHEAD`] bytes after
-    /// `from`.
+    /// `from` (see the module's comment for which).
     pub(super) fn read_ahead(&self, slices: &CachedSlices, from: u64) {
         let end = from.saturating_add(READ_AHEAD).min(slices.size);
-        for v in slices.visible(from, end) {
-            let b = BlockRef {
-                block: v.slice.block,
-                len: v.slice.block_len as usize,
-            };
-            if is_inline(b.block) || !self.inner.cache.start_loading(b.block) {
+        let cache = &self.inner.cache;
+        for b in blocks_to_fetch(slices, from, end, cache.capacity() / 2) {
+            if !cache.start_loading(b.block) {
                 continue;
             }
             let vol = self.clone();
@@ -36,3 +44,31 @@ impl Volume {
         }
     }
 }
+
+/// The blocks of which bytes `from..end` hold at least half, in the order
+/// the window reaches them; at most `most`.
+fn blocks_to_fetch(slices: &CachedSlices, from: u64, end: u64, most: usize) -> Vec<BlockRef> {
+    let mut order: Vec<BlockRef> = Vec::new();
+    let mut read: HashMap<u64, u64> = HashMap::new();
+    for v in slices.visible(from, end) {
+        if is_inline(v.slice.block) {
+            continue;
+        }
+        let bytes = read.entry(v.slice.block).or_insert_with(|| {
+            order.push(BlockRef {
+                block: v.slice.block,
+                len: v.slice.block_len as usize,
+            });
+            0
+        });
+        *bytes += v.len;
+    }
+    order
+        .into_iter()
+        .filter(|b| read[&b.block] * 2 >= b.len as u64)
+        .take(most)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -33,6 +33,11 @@ impl BlockCache {
         }
     }
 
+    /// Blocks it keeps.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Claims `block` for a read-ahead; false if it is cached or already
     /// being fetched.
     pub fn start_loading(&self, block: BlockId) -> bool {
