@@ -24,3 +24,31 @@ free_ports() {
   done
   echo "no free ports" >&2; return 1
 }
+
+# one_volume_cluster PROTECTION: a `tessera dev` cluster of 6 nodes in
+# WORK with a volume `bench`, removed on exit; mount_vol and unmount_vol
+# mount it at MNT; LOCAL is a directory on the local disk beside it.
+one_volume_cluster() {
+  PORT=$(free_ports 7)
+  export TESSERA_META="127.0.0.1:$PORT"
+  MNT="$WORK/mnt"; LOCAL="$WORK/local"; mkdir -p "$MNT" "$LOCAL"
+  "$BIN" dev --data "$WORK/cluster" --nodes 6 --port "$PORT" >"$WORK/dev.log" 2>&1 &
+  DEV=$!
+  MOUNT=""
+  trap cleanup EXIT
+  for _ in $(seq 150); do [ "$("$BIN" node ls 2>/dev/null | grep -c ' up ')" -ge 6 ] && break; sleep 0.2; done
+  "$BIN" volume create bench --size 100GiB --protection "$1" >/dev/null
+}
+cleanup() {
+  if [ -n "${MOUNT:-}" ]; then umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true; wait "$MOUNT" 2>/dev/null || true; fi
+  [ -n "${DEV:-}" ] && { kill "$DEV" 2>/dev/null || true; wait "$DEV" 2>/dev/null || true; }
+  rm -rf "$WORK"
+}
+mount_vol() {
+  "$BIN" mount bench "$MNT" >>"$WORK/mount.log" 2>&1 &
+  MOUNT=$!
+  for _ in $(seq 100); do grep -qs " $MNT fuse" /proc/mounts && return; sleep 0.1; done
+  echo "mount did not appear" >&2; exit 1
+}
+unmount_vol() { umount "$MNT"; wait "$MOUNT"; MOUNT=""; }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }

@@ -11,30 +11,7 @@ cd "$(dirname "$0")/.."
 FILES="${1:-10000}"
 PROT="${2:-ec:4+2}"
 source bench/lib.sh
-PORT=$(free_ports 7)
-export TESSERA_META="127.0.0.1:$PORT"
-MNT="$WORK/mnt"; LOCAL="$WORK/local"; mkdir -p "$MNT" "$LOCAL"
-
-"$BIN" dev --data "$WORK/cluster" --nodes 6 --port "$PORT" >"$WORK/dev.log" 2>&1 &
-DEV=$!
-MOUNT=""
-cleanup() {
-  if [ -n "$MOUNT" ]; then umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true; wait "$MOUNT" 2>/dev/null || true; fi
-  kill "$DEV" 2>/dev/null || true; wait "$DEV" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-for _ in $(seq 150); do [ "$("$BIN" node ls 2>/dev/null | grep -c ' up ')" -ge 6 ] && break; sleep 0.2; done
-"$BIN" volume create bench --size 100GiB --protection "$PROT" >/dev/null
-
-mount_vol() {
-  "$BIN" mount bench "$MNT" >>"$WORK/mount.log" 2>&1 &
-  MOUNT=$!
-  for _ in $(seq 100); do grep -qs " $MNT fuse" /proc/mounts && return; sleep 0.1; done
-  echo "mount did not appear" >&2; exit 1
-}
-unmount_vol() { umount "$MNT"; wait "$MOUNT"; MOUNT=""; }
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+one_volume_cluster "$PROT"
 
 phase() { # dir create|stat|unlink -> calls per second
   python3 - "$1" "$2" "$FILES" <<'PY'
