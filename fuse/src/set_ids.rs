@@ -18,6 +18,7 @@
 
 use fuser::Errno;
 use tessera_common::{Attr, Ino, SetAttr};
+use tracing::warn;
 
 use crate::{
     caps::{set_id_bits, Ask, CAPS},
@@ -39,6 +40,9 @@ impl TesseraFs {
         Ok(())
     }
 
+    /// A question that fails (the metadata service restarting) lets the
+    /// write go on, as the kernel's own check did; a drop that fails fails
+    /// the write.
     fn drop_caps_for_write(&self, ino: Ino) -> Result<(), Errno> {
         let ask = self.caps.ask(ino);
         if ask == Ask::KnownAbsent {
@@ -62,7 +66,7 @@ impl TesseraFs {
                 }
             }
             Err(e) => {
-                self.result("write", Err::<(), _>(e))?;
+                warn!(volume = self.vol.name(), ino, error = %e, "asking for a file's capabilities before a write failed");
             }
         }
         Ok(())
@@ -73,7 +77,13 @@ impl TesseraFs {
         if ask == Ask::KnownAbsent {
             return Ok(());
         }
-        let a = self.result("write", self.vol.getattr(ino))?;
+        let a = match self.vol.getattr(ino) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(volume = self.vol.name(), ino, error = %e, "asking for a file's mode before a write failed");
+                return Ok(());
+            }
+        };
         if set_id_bits(a.perm) != 0 {
             self.caps.forget(ino);
             self.drop_set_ids(&a)?;
@@ -100,9 +110,13 @@ impl TesseraFs {
     }
 }
 
-/// Whether process `pid` may keep set-ID bits when it writes or truncates
+/// Whether process `pid` may keep set-ID bits when it truncates
 /// (`CAP_FSETID` in its effective set); by its uid when its status cannot
-/// be read (it has exited).
+/// be read (it has exited). fuser does not pass the kernel's own answer
+/// (`FATTR_KILL_SUIDGID`) with a setattr as it does with a write. The
+/// status shows capabilities in the caller's user namespace: a root of
+/// another namespace keeps the bits here where a local file system drops
+/// them.
 pub(crate) fn may_keep_set_ids(pid: u32, uid: u32) -> bool {
     const CAP_FSETID: u32 = 4;
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
