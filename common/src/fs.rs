@@ -122,6 +122,16 @@ pub struct DirEntry {
     pub kind: FileKind,
 }
 
+/// Entries of a directory from a name on, in name order, each with its
+/// attributes: a lookup that answers for the names after it too (the
+/// metadata service's `LookupPage`, a mount's name cache).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamePage {
+    pub entries: Vec<(Vec<u8>, Attr)>,
+    /// No entry sorts after the last of `entries`.
+    pub complete: bool,
+}
+
 /// The fields a setattr changes; `None` leaves a field as it is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SetAttr {

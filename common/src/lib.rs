@@ -24,7 +24,7 @@ pub use cluster::{ClusterStatus, Membership, NodeInfo, PlacementTable};
 pub use codec::Codec;
 pub use data::{Commit, Committed, DegradedBlock, FileSlices, FileWrite, InlineBlock, Slice};
 pub use error::{Error, Result};
-pub use fs::{Attr, DirEntry, FileKind, NewNode, SetAttr, StatFs, MAX_FILE_SIZE};
+pub use fs::{Attr, DirEntry, FileKind, NamePage, NewNode, SetAttr, StatFs, MAX_FILE_SIZE};
 pub use ids::{is_inline, BlockId, Ino, NodeId, ShardKey, VolumeId, INLINE_BIT, ROOT_INO};
 pub use protection::Protection;
 pub use volume::{VolumeInfo, VolumeSpec};

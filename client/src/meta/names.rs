@@ -14,7 +14,7 @@ use prost::Message;
 use tessera_common::{
     fs::SetAttr,
     locks::{HeldLock, LockAnswer, LockKind, LockRange, LockRequest},
-    Attr, DirEntry, Ino, NewNode, StatFs, VolumeId,
+    Attr, DirEntry, Ino, NamePage, NewNode, StatFs, VolumeId,
 };
 use tessera_proto::{
     lean::meta as paths,
@@ -23,7 +23,7 @@ use tessera_proto::{
 };
 use tonic::Status;
 
-use crate::{error::malformed, volume::NamePage, ClientError, Result};
+use crate::{error::malformed, ClientError, Result};
 
 /// Names and attributes of the metadata service at one address.
 pub struct NamesClient {

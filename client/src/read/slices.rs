@@ -100,9 +100,32 @@ impl CachedSlices {
     }
 }
 
+/// The slices of a file of `size` bytes, as fetched (for tests).
+#[cfg(test)]
+pub(crate) fn fetched_for_tests(slices: Vec<Slice>, size: u64) -> CachedSlices {
+    use tessera_common::{Attr, FileKind};
+    CachedSlices::from(FileSlices {
+        attr: Attr {
+            ino: 2,
+            kind: FileKind::File,
+            perm: 0o644,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            size,
+            atime_ns: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+        },
+        slices,
+        inline: vec![],
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use tessera_common::{Attr, FileKind, INLINE_BIT};
+    use tessera_common::INLINE_BIT;
 
     use super::*;
 
@@ -117,23 +140,7 @@ mod tests {
     }
 
     fn fetched(slices: Vec<Slice>) -> CachedSlices {
-        CachedSlices::from(FileSlices {
-            attr: Attr {
-                ino: 2,
-                kind: FileKind::File,
-                perm: 0o644,
-                nlink: 1,
-                uid: 0,
-                gid: 0,
-                rdev: 0,
-                size: 10 * CHUNK_SIZE,
-                atime_ns: 0,
-                mtime_ns: 0,
-                ctime_ns: 0,
-            },
-            slices,
-            inline: vec![],
-        })
+        fetched_for_tests(slices, 10 * CHUNK_SIZE)
     }
 
     /// A commit touching one chunk leaves every other chunk's list where

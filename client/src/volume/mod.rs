@@ -17,7 +17,6 @@ mod orphans;
 mod xattrs;
 
 pub use locks::{LockAsk, Locked, PageDropper};
-pub use name_cache::NamePage;
 
 use std::{
     collections::{HashMap, HashSet},

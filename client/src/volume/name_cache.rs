@@ -36,7 +36,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tessera_common::{Attr, FileKind, Ino};
+use tessera_common::{Attr, FileKind, Ino, NamePage};
 
 /// How long a page answers for its names.
 pub const PAGE_TTL: Duration = Duration::from_millis(500);
@@ -48,14 +48,6 @@ pub const MAX_PAGE: u32 = 1024;
 const MAX_DIRS: usize = 64;
 /// Change marks kept before old ones are swept.
 const SWEEP_MARKS_AT: usize = 4096;
-
-/// Entries of a directory from a name on, with their attributes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NamePage {
-    pub entries: Vec<(Vec<u8>, Attr)>,
-    /// No entry sorts after the last of `entries`.
-    pub complete: bool,
-}
 
 /// What the cache says about a name.
 #[derive(Clone, Debug, PartialEq, Eq)]

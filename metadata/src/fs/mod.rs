@@ -33,7 +33,7 @@ use crate::{
 
 pub(crate) use locks::note_change;
 pub use locks::{LockOwner, LockTable, SessionRecord};
-pub use names::{Made, MakeNode, NamePage, Rename, Unlink};
+pub use names::{Made, MakeNode, Rename, Unlink};
 pub use orphans::{Holder, OrphanRecord, MAX_OPEN, MAX_RENEW};
 
 /// The file tree domain of a [`Meta`].

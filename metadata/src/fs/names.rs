@@ -2,7 +2,7 @@
 
 use tessera_common::{
     fs::{MAX_SYMLINK, RENAME_EXCHANGE, RENAME_NOREPLACE},
-    Attr, DirEntry, FileKind, Ino, NewNode, VolumeId, ROOT_INO,
+    Attr, DirEntry, FileKind, Ino, NamePage, NewNode, VolumeId, ROOT_INO,
 };
 
 use super::{
@@ -23,15 +23,6 @@ const MAX_READ_DIR: usize = 10_000;
 
 /// Entries one lookup page returns at most.
 const MAX_LOOKUP_PAGE: usize = 1024;
-
-/// Entries of a directory from a name on, with their attributes (see
-/// [`FileTree::lookup_page`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NamePage {
-    pub entries: Vec<(Vec<u8>, Attr)>,
-    /// No entry sorts after the last of `entries`.
-    pub complete: bool,
-}
 
 /// A new inode and the name it gets.
 #[derive(Clone, Copy, Debug)]

@@ -1,26 +1,7 @@
-use tessera_common::{Attr, FileKind, FileSlices, Slice, INLINE_BIT};
+use tessera_common::{Slice, INLINE_BIT};
 
 use super::*;
-
-fn file(slices: Vec<Slice>, size: u64) -> CachedSlices {
-    CachedSlices::from(FileSlices {
-        attr: Attr {
-            ino: 2,
-            kind: FileKind::File,
-            perm: 0o644,
-            nlink: 1,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            size,
-            atime_ns: 0,
-            mtime_ns: 0,
-            ctime_ns: 0,
-        },
-        slices,
-        inline: vec![],
-    })
-}
+use crate::read::slices::fetched_for_tests as file;
 
 fn blocks(b: &[BlockRef]) -> Vec<u64> {
     b.iter().map(|b| b.block).collect()
