@@ -21,7 +21,7 @@ use tracing::warn;
 
 use crate::{
     attr::{file_attr, file_type, kind_of_mode, ns_of, IO_SIZE},
-    caps::{Ask, CAPS},
+    caps::CAPS,
     dir_attrs::TTL,
     locks::LockArgs,
     set_ids::may_keep_set_ids,
@@ -535,22 +535,13 @@ impl Filesystem for TesseraFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let name = name.as_bytes();
-        let ask = if name == CAPS {
-            self.caps.ask(ino.0)
-        } else {
-            Ask::NotOpen
+        let got = match name == CAPS {
+            true => self.capabilities(ino.0),
+            false => self.vol.get_xattr(ino.0, name).map(Some),
         };
-        if ask == Ask::KnownAbsent {
-            return reply.error(Errno::from_i32(libc::ENODATA));
-        }
-        let got = self.vol.get_xattr(ino.0, name);
-        if let (Ask::Unknown(generation), Err(e)) = (&ask, &got) {
-            if e.errno() == libc::ENODATA {
-                self.caps.absent(ino.0, *generation);
-            }
-        }
         match self.result("getxattr", got) {
-            Ok(v) => Self::xattr_reply(reply, size, &v),
+            Ok(Some(v)) => Self::xattr_reply(reply, size, &v),
+            Ok(None) => reply.error(Errno::from_i32(libc::ENODATA)),
             Err(e) => reply.error(e),
         }
     }
@@ -571,10 +562,7 @@ impl Filesystem for TesseraFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.dir_attrs.forget(ino.0);
-        self.caps.forget(ino.0);
-        let removed = self.vol.remove_xattr(ino.0, name.as_bytes());
-        self.caps.forget(ino.0);
-        let r = self.result("removexattr", removed);
+        let r = self.result("removexattr", self.remove_xattr_of(ino.0, name.as_bytes()));
         self.empty(reply, r);
     }
 

@@ -17,6 +17,7 @@
 //! mount gives a file being written are dropped within the TTL, as before.
 
 use fuser::Errno;
+use tessera_client::ClientError;
 use tessera_common::{Attr, Ino, SetAttr};
 use tracing::warn;
 
@@ -44,32 +45,47 @@ impl TesseraFs {
     /// write go on, as the kernel's own check did; a drop that fails fails
     /// the write.
     fn drop_caps_for_write(&self, ino: Ino) -> Result<(), Errno> {
-        let ask = self.caps.ask(ino);
-        if ask == Ask::KnownAbsent {
-            return Ok(());
-        }
-        match self.vol.get_xattr(ino, CAPS) {
-            Ok(_) => {
-                self.caps.forget(ino);
-                let removed = self.vol.remove_xattr(ino, CAPS);
-                self.caps.forget(ino);
-                match removed {
-                    Err(e) if e.errno() != libc::ENODATA => {
-                        self.result("write", Err(e))?;
-                    }
-                    _ => {}
+        match self.capabilities(ino) {
+            Ok(None) => {}
+            Ok(Some(_)) => match self.remove_xattr_of(ino, CAPS) {
+                Err(e) if e.errno() != libc::ENODATA => {
+                    self.result("write", Err(e))?;
                 }
-            }
-            Err(e) if e.errno() == libc::ENODATA => {
-                if let Ask::Unknown(generation) = ask {
-                    self.caps.absent(ino, generation);
-                }
-            }
+                _ => {}
+            },
             Err(e) => {
                 warn!(volume = self.vol.name(), ino, error = %e, "asking for a file's capabilities before a write failed");
             }
         }
         Ok(())
+    }
+
+    /// The file's capabilities (`None`: it has none); an open file's
+    /// "none" is answered from `caps.rs` while it knows, and kept there.
+    pub(crate) fn capabilities(&self, ino: Ino) -> Result<Option<Vec<u8>>, ClientError> {
+        let ask = self.caps.ask(ino);
+        if ask == Ask::KnownAbsent {
+            return Ok(None);
+        }
+        match self.vol.get_xattr(ino, CAPS) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.errno() == libc::ENODATA => {
+                if let Ask::Unknown(generation) = ask {
+                    self.caps.absent(ino, generation);
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes xattr `name`; what `caps.rs` knows of the file is forgotten
+    /// before and after, so an answer that raced with it is not kept.
+    pub(crate) fn remove_xattr_of(&self, ino: Ino, name: &[u8]) -> Result<(), ClientError> {
+        self.caps.forget(ino);
+        let removed = self.vol.remove_xattr(ino, name);
+        self.caps.forget(ino);
+        removed
     }
 
     fn drop_set_ids_for_write(&self, ino: Ino) -> Result<(), Errno> {

@@ -5,8 +5,9 @@
 
 use std::{
     fs::{self, File},
-    io::Write,
+    io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -75,6 +76,20 @@ fn fsynced_files_survive_a_sigkilled_fuse_process() {
     m.unmount();
 }
 
+/// Writes a file in steps, one per line read from stdin, saying each.
+const OUTAGE_WRITER: &str = r#"
+import os, sys
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+for what, data in (("wrote before", b"before"), ("wrote during", b" and during")):
+    sys.stdin.readline()
+    os.write(fd, data)
+    print(what, flush=True)
+sys.stdin.readline()
+os.fsync(fd)
+os.close(fd)
+print("synced", flush=True)
+"#;
+
 /// Names and attributes are acknowledged before the metadata service's
 /// fsync (as a local file system does), but never before they are in its
 /// log: killing the process loses none of them.
@@ -97,10 +112,37 @@ fn changes_survive_a_sigkilled_metadata_service() {
     fs::rename(m.path("d/f199"), m.path("moved")).unwrap();
     fs::set_permissions(m.path("moved"), fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::symlink("d/f100", m.path("link")).unwrap();
+    // A writer that keeps a file open across the restart, in a process of
+    // its own (a process the harness forks from would close a copy of the
+    // descriptor at exec, and that close flushes the file).
+    let mut writer = Command::new("python3")
+        .args(["-c", OUTAGE_WRITER])
+        .arg(m.path("open"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_writer = writer.stdin.take().unwrap();
+    let mut from_writer = BufReader::new(writer.stdout.take().unwrap());
+    let mut step = |what: &str| {
+        to_writer.write_all(b"go\n").unwrap();
+        to_writer.flush().unwrap();
+        let mut line = String::new();
+        from_writer.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), what, "the writer's {what}");
+    };
+    step("wrote before");
 
     c.kill_meta();
+    // A write to an open file while the service is down is buffered: the
+    // mount's check for capabilities to drop, asked anew past its 1 s,
+    // fails, and the write goes on, as the kernel's own check let it.
+    std::thread::sleep(Duration::from_millis(1100));
+    step("wrote during");
     c.start_meta();
     c.wait_nodes_up(6);
+    step("synced");
+    assert!(writer.wait().unwrap().success());
     // The mount was connected to the killed service: every FUSE thread
     // reconnects on its next call, without failing it. (Past the kernel's
     // 1 s cache of names, so the lookups reach the mount.)
@@ -133,6 +175,7 @@ fn changes_survive_a_sigkilled_metadata_service() {
         PathBuf::from("d/f100")
     );
     assert_eq!(fs::read(m.path("small")).unwrap(), b"kept");
+    assert_eq!(fs::read(m.path("open")).unwrap(), b"before and during");
 
     // A mount's idle connections do not hold up the service's shutdown.
     let took = c.stop_meta();

@@ -403,3 +403,6 @@ impl NamesClient {
             .map(drop)
     }
 }
+
+#[cfg(test)]
+mod tests;
