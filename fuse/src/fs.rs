@@ -233,9 +233,10 @@ impl Filesystem for TesseraFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.vol.open_file(ino.0);
+        let fh = self.handles.open();
+        self.vol.open_file(ino.0, fh.0);
         self.caps.opened(ino.0, None);
-        reply.opened(self.handles.open(), FopenFlags::empty());
+        reply.opened(fh, FopenFlags::empty());
     }
 
     fn read(
@@ -259,7 +260,7 @@ impl Filesystem for TesseraFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         data: &[u8],
         write_flags: WriteFlags,
@@ -271,7 +272,7 @@ impl Filesystem for TesseraFs {
         if let Err(e) = self.drop_privileges_for_write(ino.0, kill_set_ids) {
             return reply.error(e);
         }
-        match self.data("write", self.vol.write(ino.0, offset, data)) {
+        match self.data("write", self.vol.write(ino.0, fh.0, offset, data)) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(e),
         }
@@ -287,7 +288,7 @@ impl Filesystem for TesseraFs {
     ) {
         // A close: the closing process's record locks on the file go
         // (the kernel leaves that to the file system), after its writes.
-        let r = self.data("flush", self.vol.flush(ino.0));
+        let r = self.data("flush", self.vol.flush(ino.0, Some(fh.0)));
         self.handles.flushed(fh.0, lock_owner.0);
         self.vol.release_locks(ino.0, lock_owner.0);
         self.empty(reply, r);
@@ -311,8 +312,8 @@ impl Filesystem for TesseraFs {
             self.vol.release_locks(ino.0, owner);
         }
         let r = self.data("release", async {
-            let flushed = self.vol.flush(ino.0).await;
-            let released = self.vol.release_file(ino.0).await;
+            let flushed = self.vol.flush(ino.0, Some(fh.0)).await;
+            let released = self.vol.release_file(ino.0, fh.0).await;
             flushed.and(released)
         });
         self.empty(reply, r);
@@ -322,11 +323,11 @@ impl Filesystem for TesseraFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.result("fsync", self.vol.fsync(ino.0));
+        let r = self.result("fsync", self.vol.fsync(ino.0, fh.0));
         self.empty(reply, r);
     }
 
@@ -604,17 +605,12 @@ impl Filesystem for TesseraFs {
         }
         match r {
             Ok(a) => {
-                self.vol.open_file(a.ino);
+                let fh = self.handles.open();
+                self.vol.open_file(a.ino, fh.0);
                 // A new file has no xattrs: the question before its first
                 // write is answered here as well.
                 self.caps.opened(a.ino, created.then_some(a.perm));
-                reply.created(
-                    &TTL,
-                    &file_attr(&a),
-                    Generation(0),
-                    self.handles.open(),
-                    FopenFlags::empty(),
-                );
+                reply.created(&TTL, &file_attr(&a), Generation(0), fh, FopenFlags::empty());
             }
             Err(e) => reply.error(e),
         }

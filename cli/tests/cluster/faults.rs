@@ -77,16 +77,34 @@ fn fsynced_files_survive_a_sigkilled_fuse_process() {
 }
 
 /// Writes a file in steps, one per line read from stdin, saying each.
+/// While the metadata service is down, it also writes 9 MiB of a second
+/// file and overwrites 1 MiB of it; a child that inherited the
+/// descriptors exits (its close flushes the files, and fails), then the
+/// writer's own fsyncs are tried.
 const OUTAGE_WRITER: &str = r#"
-import os, sys
+import errno, os, subprocess, sys
 fd = os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+big = os.open(sys.argv[2], os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
 for what, data in (("wrote before", b"before"), ("wrote during", b" and during")):
     sys.stdin.readline()
     os.write(fd, data)
     print(what, flush=True)
+os.pwrite(big, b"B" * (9 << 20), 0)
+os.pwrite(big, b"C" * (1 << 20), 2 << 20)
 sys.stdin.readline()
-os.fsync(fd)
-os.close(fd)
+subprocess.run(["true"], pass_fds=(fd, big), check=True)
+said = []
+for f in (fd, big):
+    try:
+        os.fsync(f)
+        said.append("ok")
+    except OSError as e:
+        said.append(errno.errorcode[e.errno])
+print("fsync during: " + " ".join(said), flush=True)
+sys.stdin.readline()
+for f in (fd, big):
+    os.fsync(f)
+    os.close(f)
 print("synced", flush=True)
 "#;
 
@@ -118,6 +136,7 @@ fn changes_survive_a_sigkilled_metadata_service() {
     let mut writer = Command::new("python3")
         .args(["-c", OUTAGE_WRITER])
         .arg(m.path("open"))
+        .arg(m.path("big"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -139,6 +158,9 @@ fn changes_survive_a_sigkilled_metadata_service() {
     // fails, and the write goes on, as the kernel's own check let it.
     std::thread::sleep(Duration::from_millis(1100));
     step("wrote during");
+    // The child's close cannot store the bytes: they stay buffered, and
+    // the fsync that cannot make them durable says so.
+    step("fsync during: EIO EIO");
     c.start_meta();
     c.wait_nodes_up(6);
     step("synced");
@@ -176,6 +198,12 @@ fn changes_survive_a_sigkilled_metadata_service() {
     );
     assert_eq!(fs::read(m.path("small")).unwrap(), b"kept");
     assert_eq!(fs::read(m.path("open")).unwrap(), b"before and during");
+    let mut big = vec![b'B'; 9 << 20];
+    big[2 << 20..3 << 20].fill(b'C');
+    assert!(
+        fs::read(m.path("big")).unwrap() == big,
+        "9 MiB written during the outage, stored after it"
+    );
 
     // A mount's idle connections do not hold up the service's shutdown.
     let took = c.stop_meta();

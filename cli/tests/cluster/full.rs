@@ -84,3 +84,64 @@ fn a_full_node_refuses_shards_cleanly_and_catches_up_when_space_is_freed() {
     check_big(&m.path("file"), 21, 256 * MIB).expect("every byte, with node 1's shards needed");
     m.unmount();
 }
+
+/// A volume at its quota fails the writes past it with ENOSPC, on every
+/// handle of the file (one process's close does not hide it from
+/// another's fsync); removing files makes room again.
+#[test]
+fn a_full_volume_says_enospc_to_every_handle_and_recovers() {
+    use std::{fs::OpenOptions, io::Write, os::fd::IntoRawFd};
+
+    let c = Cluster::start(6);
+    c.create_volume("quota", "16MiB", "ec:4+2");
+    let m = c.mount("quota");
+    let mut a = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(m.path("big"))
+        .unwrap();
+    let b = fs::File::open(m.path("big")).unwrap();
+    let chunk = vec![7u8; MIB as usize];
+    let mut told_a = false;
+    for i in 0..24 {
+        if let Err(e) = a.write_all(&chunk) {
+            info!("--- write {i} MiB in: {e}");
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+            told_a = true;
+            break;
+        }
+    }
+    // Another handle's close flushes the file: it hears of the failure.
+    let closed = unsafe { libc::close(b.into_raw_fd()) };
+    let err = std::io::Error::last_os_error();
+    assert_eq!(closed, -1, "closing the second handle of a file over quota");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    // And the writer's fsync too, unless one of its writes already did.
+    match a.sync_all() {
+        Ok(()) => assert!(told_a, "fsync of a file written past the quota succeeded"),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}"),
+    }
+    // Told once: a second fsync has nothing new to report.
+    a.sync_all().unwrap();
+    drop(a);
+    let size = fs::metadata(m.path("big")).unwrap().len();
+    assert!(
+        size <= 16 * MIB,
+        "{size} bytes committed on a 16 MiB volume"
+    );
+
+    // Removing the file gives its bytes back: new writes fit again.
+    fs::remove_file(m.path("big")).unwrap();
+    let mut f = fs::File::create(m.path("after")).unwrap();
+    f.write_all(&vec![9u8; 8 * MIB as usize]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    m.unmount();
+    let m = c.mount("quota");
+    assert_eq!(
+        fs::read(m.path("after")).unwrap(),
+        vec![9u8; 8 * MIB as usize]
+    );
+    m.unmount();
+}

@@ -43,8 +43,8 @@ fn small_files_flushed_together_share_blocks_and_read_back() {
             .make_node(ROOT_INO, name.as_bytes(), &file)
             .unwrap()
             .node;
-        vol.open_file(a.ino);
-        vol.block_on(vol.write(a.ino, 0, &content(i))).unwrap();
+        vol.open_file(a.ino, i);
+        vol.block_on(vol.write(a.ino, i, 0, &content(i))).unwrap();
     }
     // Another client, which does not have it open, removes one.
     open()

@@ -131,8 +131,10 @@ impl Volume {
     ///
     /// As NFS does, locks order what mounts see of the file: every lock
     /// call first stores what this mount has buffered for the file (a
-    /// write that fails stays to be reported by the next fsync or close;
-    /// a release is sent whatever happened), and a lock granted on a file
+    /// write that fails stays to be reported by the next fsync or close),
+    /// and fails with EIO while bytes of it wait to be stored again (a
+    /// service unreachable): a release must not let another mount write
+    /// the range before they land over it. A lock granted on a file
     /// another mount changed since this one last knew it drops this
     /// mount's cached slices and the kernel's cached pages of it before it
     /// returns, so whoever takes the lock next, on any mount, reads what
@@ -145,6 +147,9 @@ impl Volume {
         };
         if let Err(e) = stored {
             warn!(volume = self.name(), ino = ask.ino, error = %e, "storing a file's writes before a lock call failed");
+            if self.has_buffered(ask.ino) {
+                return Err(e);
+            }
         }
         if ask.kind.is_some() {
             self.pay_owed_release(ask.ino, ask.owner)?;

@@ -226,18 +226,29 @@ impl Volume {
         a
     }
 
-    /// A file is opened: later reads see what other clients committed
-    /// before (close-to-open consistency).
-    pub fn open_file(&self, ino: Ino) {
+    /// A file is opened as handle `fh`: later reads see what other
+    /// clients committed before (close-to-open consistency).
+    pub fn open_file(&self, ino: Ino, fh: u64) {
         self.inner.name_cache.changed(ino);
         let e = self.entry(ino);
-        e.state.lock().expect("file state lock").opens += 1;
+        e.state.lock().expect("file state lock").handles.opened(fh);
         self.invalidate(ino);
     }
 
-    /// A file handle is closed (after `flush`). The last handle of a file
-    /// that lost its last name meanwhile takes the file with it.
-    pub async fn release_file(&self, ino: Ino) -> Result<()> {
+    /// Forgets a file nothing is buffered for, open or to report.
+    pub(crate) fn forget_if_idle(&self, ino: Ino) {
+        let mut files = self.inner.files.lock().expect("files lock");
+        if files
+            .get(&ino)
+            .is_some_and(|e| e.state.lock().expect("file state lock").idle())
+        {
+            files.remove(&ino);
+        }
+    }
+
+    /// File handle `fh` is closed (after `flush`). The last handle of a
+    /// file that lost its last name meanwhile takes the file with it.
+    pub async fn release_file(&self, ino: Ino, fh: u64) -> Result<()> {
         // Its size and times as this mount's commits left them are newer
         // than any page of names fetched while it was open.
         self.inner.name_cache.changed(ino);
@@ -248,8 +259,8 @@ impl Volume {
             };
             let (idle, orphan_closed) = {
                 let mut st = e.state.lock().expect("file state lock");
-                st.opens = st.opens.saturating_sub(1);
-                (st.idle(), st.orphan && st.opens == 0)
+                st.handles.closed(fh);
+                (st.idle(), st.orphan && st.handles.opens() == 0)
             };
             if idle {
                 files.remove(&ino);

@@ -85,7 +85,7 @@ impl Volume {
     /// buffered for the file (or it would reappear on top of the cut).
     pub fn setattr(&self, ino: Ino, change: &SetAttr) -> Result<Attr> {
         if change.size.is_some() {
-            self.block_on(self.flush(ino))?;
+            self.block_on(self.flush(ino, None))?;
         }
         let change = SetAttr {
             session: self.inner.session,
@@ -198,9 +198,9 @@ impl Volume {
     /// mount's and others'): after one, only a change of names by this
     /// mount since it began leaves a sync to ask for (one round trip less
     /// per fsync of a database).
-    pub fn fsync(&self, ino: Ino) -> Result<()> {
+    pub fn fsync(&self, ino: Ino, fh: u64) -> Result<()> {
         let committing = self.has_buffered(ino);
-        self.block_on(self.flush(ino))?;
+        self.block_on(self.flush(ino, Some(fh)))?;
         if committing && self.inner.syncs.all_durable() {
             return Ok(());
         }

@@ -25,7 +25,7 @@ impl Volume {
             .lock()
             .expect("files lock")
             .iter()
-            .filter(|(_, e)| e.state.lock().expect("file state lock").opens > 0)
+            .filter(|(_, e)| e.state.lock().expect("file state lock").handles.opens() > 0)
             .map(|(ino, _)| *ino)
             .collect()
     }
@@ -40,7 +40,7 @@ impl Volume {
             let still_open = self.existing_entry(ino).is_some_and(|e| {
                 let mut st = e.state.lock().expect("file state lock");
                 st.orphan = true;
-                st.opens > 0
+                st.handles.opens() > 0
             });
             if !still_open {
                 // Closed between the unlink and its answer.

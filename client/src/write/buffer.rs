@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tessera_common::{Ino, MAX_BLOCK};
 use tokio::sync::watch;
 
+use super::handles::Handles;
 use crate::{ClientError, Result};
 
 /// Bytes written at `offset`, not yet committed.
@@ -37,13 +38,16 @@ impl AsRef<[u8]> for SharedBytes {
 /// A block's worth of extents on its way to the storage nodes.
 pub(crate) struct Pending {
     pub extents: Vec<Extent>,
+    /// Cut from bytes put back: older than the ones still put back.
+    retry: bool,
     done: watch::Sender<Option<Result<()>>>,
 }
 
 impl Pending {
-    pub fn new(extents: Vec<Extent>) -> Arc<Self> {
+    fn new(extents: Vec<Extent>, retry: bool) -> Arc<Self> {
         Arc::new(Pending {
             extents,
+            retry,
             done: watch::channel(None).0,
         })
     }
@@ -77,23 +81,30 @@ impl Pending {
 pub(crate) struct FileState {
     pub dirty: Vec<Extent>,
     pub dirty_bytes: usize,
+    /// How many of the leading extents of `dirty` came back from blocks
+    /// that could not be stored or committed (a service unreachable): they
+    /// are older than anything written since, and older than every block
+    /// in flight, so they are cut again only when no block is in flight.
+    requeued: usize,
     /// Blocks stored or being stored but not yet committed, oldest first.
     pub inflight: Vec<Arc<Pending>>,
-    /// A failure not yet reported to the application.
-    pub error: Option<ClientError>,
-    /// Open file handles of this inode in this mount.
-    pub opens: u32,
+    /// Open handles, and the failed writes they report.
+    pub handles: Handles,
     /// The file lost its last name while open here: closing its last
     /// handle releases it (see `volume/orphans.rs`).
     pub orphan: bool,
+    /// A task retries the requeued bytes in the background.
+    pub retrying: bool,
 }
 
 impl FileState {
     /// Buffers a write. Returns true when a full block is ready to cut.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> bool {
-        if let Some(last) = self.dirty.last_mut() {
-            // Extend or overwrite the newest extent in place when the write
-            // touches it: no newer extent can sit on top of it.
+        // Extend or overwrite the newest extent in place when the write
+        // touches it: no newer extent can sit on top of it. Not one put
+        // back: a block still in flight may come back on top of it.
+        let fresh = self.dirty.len() > self.requeued;
+        if let Some(last) = self.dirty.last_mut().filter(|_| fresh) {
             if offset >= last.offset && offset <= last.end() {
                 let buf = Arc::make_mut(&mut last.data);
                 let at = (offset - last.offset) as usize;
@@ -118,11 +129,15 @@ impl FileState {
         self.dirty_bytes >= MAX_BLOCK
     }
 
-    /// Cuts up to one block (4 MiB) of the oldest dirty extents.
-    pub fn cut(&mut self) -> Option<Vec<Extent>> {
-        if self.dirty.is_empty() {
+    /// Cuts up to one block (4 MiB) of the oldest dirty extents, and puts
+    /// it in flight. Not while extents put back wait behind a block in
+    /// flight: they must commit before it if it is newer, and after it if
+    /// it is older (cut from them).
+    pub fn cut(&mut self) -> Option<Arc<Pending>> {
+        if self.dirty.is_empty() || (self.requeued > 0 && !self.inflight.is_empty()) {
             return None;
         }
+        let retry = self.requeued > 0;
         let mut taken = Vec::new();
         let mut room = MAX_BLOCK;
         while room > 0 && !self.dirty.is_empty() {
@@ -131,6 +146,7 @@ impl FileState {
                 let e = self.dirty.remove(0);
                 room -= e.data.len();
                 taken.push(e);
+                self.requeued = self.requeued.saturating_sub(1);
             } else {
                 let head = Extent {
                     offset: e.offset,
@@ -143,7 +159,28 @@ impl FileState {
             }
         }
         self.dirty_bytes -= MAX_BLOCK - room;
-        Some(taken)
+        let pending = Pending::new(taken, retry);
+        self.inflight.push(pending.clone());
+        Some(pending)
+    }
+
+    /// Puts back the extents of a block that could not be stored or
+    /// committed, in the order blocks were cut (they settle in that
+    /// order): a block cut from bytes put back goes before those still
+    /// put back, any other after them; all before what was written since.
+    pub fn requeue(&mut self, block: &Pending) {
+        self.inflight
+            .retain(|p| !std::ptr::eq(Arc::as_ptr(p), block));
+        let at = if block.retry { 0 } else { self.requeued };
+        self.dirty.splice(at..at, block.extents.iter().cloned());
+        self.requeued += block.extents.len();
+        self.dirty_bytes += block.len();
+    }
+
+    /// Bytes wait here because their block could not be stored or
+    /// committed.
+    pub fn stalled(&self) -> bool {
+        self.requeued > 0
     }
 
     /// The uncommitted bytes within `[start, end)`, oldest first, as
@@ -157,19 +194,30 @@ impl FileState {
             (lo < hi).then(|| ((lo - x.offset) as usize, (hi - x.offset) as usize, lo))
         };
         let mut out = Vec::new();
-        for x in self.inflight.iter().flat_map(|p| &p.extents) {
-            if let Some((a, b, at)) = clip(x) {
-                out.push((
-                    at,
-                    Bytes::from_owner(SharedBytes(x.data.clone())).slice(a..b),
-                ));
+        let inflight = |retry: bool, out: &mut Vec<(u64, Bytes)>| {
+            let blocks = self.inflight.iter().filter(|p| p.retry == retry);
+            for x in blocks.flat_map(|p| &p.extents) {
+                if let Some((a, b, at)) = clip(x) {
+                    out.push((
+                        at,
+                        Bytes::from_owner(SharedBytes(x.data.clone())).slice(a..b),
+                    ));
+                }
             }
-        }
-        for x in &self.dirty {
-            if let Some((a, b, at)) = clip(x) {
-                out.push((at, Bytes::copy_from_slice(&x.data[a..b])));
+        };
+        let dirty = |xs: &[Extent], out: &mut Vec<(u64, Bytes)>| {
+            for x in xs {
+                if let Some((a, b, at)) = clip(x) {
+                    out.push((at, Bytes::copy_from_slice(&x.data[a..b])));
+                }
             }
-        }
+        };
+        // Oldest first: blocks cut from bytes put back, the bytes still
+        // put back, the other blocks in flight, what was written since.
+        inflight(true, &mut out);
+        dirty(&self.dirty[..self.requeued], &mut out);
+        inflight(false, &mut out);
+        dirty(&self.dirty[self.requeued..], &mut out);
         out
     }
 
@@ -196,17 +244,14 @@ impl FileState {
     }
 
     pub fn idle(&self) -> bool {
-        self.dirty.is_empty() && self.inflight.is_empty() && self.opens == 0 && self.error.is_none()
+        self.dirty.is_empty() && self.inflight.is_empty() && self.handles.quiet()
     }
 
-    pub fn take_error(&mut self, ino: Ino) -> Result<()> {
-        match self.error.take() {
-            None => Ok(()),
-            Some(e) => Err(ClientError::EarlierWrite {
-                ino,
-                errno: e.errno(),
-                why: e.to_string(),
-            }),
+    /// Why bytes are still held here after a flush stored what it could.
+    pub fn held_back(&self, ino: Ino) -> Result<()> {
+        match self.stalled() {
+            true => Err(self.handles.why_held(ino)),
+            false => Ok(()),
         }
     }
 }
@@ -226,7 +271,7 @@ mod tests {
         assert!(ready);
         assert_eq!(f.dirty.len(), 1);
         let block = f.cut().unwrap();
-        assert_eq!(block.iter().map(|e| e.data.len()).sum::<usize>(), MAX_BLOCK);
+        assert_eq!(block.len(), MAX_BLOCK);
         assert_eq!(f.dirty_bytes, 1 << 20);
         assert_eq!(f.dirty[0].offset, MAX_BLOCK as u64);
     }
@@ -275,5 +320,63 @@ mod tests {
         );
         assert_eq!(Arc::strong_count(&f.dirty[0].data), 1);
         assert_eq!(seen, vec![(4096, Bytes::from(vec![1u8; 4096]))]);
+    }
+
+    fn bytes_of(f: &FileState, len: usize) -> Vec<u8> {
+        let mut file = vec![0u8; len];
+        for (at, data) in f.overlay(0, len as u64) {
+            file[at as usize..at as usize + data.len()].copy_from_slice(&data);
+        }
+        file
+    }
+
+    /// Blocks that failed come back in the order they were cut, under
+    /// everything written since, and are not cut again while a newer
+    /// block is in flight.
+    #[test]
+    fn requeued_blocks_keep_their_order_under_newer_writes() {
+        let mut f = FileState::default();
+        f.write(0, b"1111");
+        let first = f.cut().unwrap();
+        f.write(2, b"22");
+        let second = f.cut().unwrap();
+        f.write(3, b"3");
+        // Both fail, oldest first, as they settle.
+        f.requeue(&first);
+        assert!(f.stalled());
+        assert!(f.cut().is_none(), "cut over a newer block in flight");
+        // A write meanwhile goes on top of all of them, even where it
+        // touches the bytes put back.
+        f.write(0, b"4");
+        assert_eq!(bytes_of(&f, 4), b"4123", "reads while one is put back");
+        f.requeue(&second);
+        assert_eq!(bytes_of(&f, 4), b"4123");
+        assert_eq!(f.dirty_bytes, 8);
+        // With nothing in flight they go again, in one block, in order.
+        let again = f.cut().unwrap();
+        assert!(!f.stalled());
+        let order: Vec<&[u8]> = again.extents.iter().map(|x| x.data.as_slice()).collect();
+        assert_eq!(order, [&b"1111"[..], b"22", b"3", b"4"]);
+    }
+
+    /// A block cut from bytes put back is older than those still put
+    /// back: if it fails again, it goes back in front of them.
+    #[test]
+    fn a_retried_block_that_fails_again_stays_oldest() {
+        let mut f = FileState::default();
+        f.write(0, &vec![b'x'; MAX_BLOCK]);
+        let x = f.cut().unwrap();
+        f.write(0, b"y");
+        let y = f.cut().unwrap();
+        f.requeue(&x);
+        f.requeue(&y);
+        // The retry takes x alone (a whole block); y waits behind it.
+        let retry = f.cut().unwrap();
+        assert_eq!(retry.len(), MAX_BLOCK);
+        assert!(f.stalled());
+        assert!(f.cut().is_none());
+        assert_eq!(bytes_of(&f, 2), b"yx", "reads while the retry is in flight");
+        f.requeue(&retry);
+        assert_eq!(bytes_of(&f, 2), b"yx", "x came back over y");
     }
 }

@@ -57,7 +57,7 @@ impl Volume {
             };
             let results = self.store_and_commit(&batch).await;
             for (part, result) in batch.iter().zip(results) {
-                self.settle(part, result);
+                self.settle(part, result).await;
             }
         }
     }

@@ -16,12 +16,12 @@ use tracing::warn;
 
 use super::{
     buffer::{FileState, Pending, SharedBytes},
-    log_failure,
+    log_failure, may_retry,
 };
 use crate::{
     stripe::put_block,
     volume::{now_ns, FileEntry, Volume},
-    Result,
+    ClientError, Result,
 };
 
 /// One file's extents in a block.
@@ -45,10 +45,8 @@ struct StoredBlock {
 
 /// Cuts up to one block of `st`'s dirty extents into a part in flight.
 pub(super) fn cut_part(st: &mut FileState, ino: Ino, entry: &Arc<FileEntry>) -> Option<Part> {
-    let extents = st.cut()?;
-    let pending = Pending::new(extents);
     let prev = st.inflight.last().cloned();
-    st.inflight.push(pending.clone());
+    let pending = st.cut()?;
     Some(Part {
         ino,
         entry: entry.clone(),
@@ -113,16 +111,35 @@ fn layout(parts: &[&Part], block: u64) -> (Vec<Vec<Slice>>, Bytes) {
 }
 
 impl Volume {
-    /// Reports a part's outcome to its file and to whoever waits for it.
-    pub(super) fn settle(&self, part: &Part, result: Result<()>) {
+    /// Reports a part's outcome to its file and to whoever waits for it,
+    /// after the file's earlier part (parts settle in the order they were
+    /// cut, so bytes put back stay in that order). A part that may be
+    /// tried again puts its bytes back in the file's buffer.
+    pub(super) async fn settle(&self, part: &Part, result: Result<()>) {
+        if let (Err(_), Some(prev)) = (&result, &part.prev) {
+            let _ = prev.wait(part.ino).await;
+        }
         let mut st = part.entry.state.lock().expect("file state lock");
-        st.inflight.retain(|p| !Arc::ptr_eq(p, &part.pending));
-        if let Err(err) = &result {
-            log_failure(self, part.ino, err);
-            st.error.get_or_insert_with(|| err.clone());
+        let mut retry = false;
+        match &result {
+            Ok(()) => st.inflight.retain(|p| !Arc::ptr_eq(p, &part.pending)),
+            Err(err) if may_retry(err) => {
+                log_failure(self, part.ino, err, true);
+                st.handles.held(err);
+                st.requeue(&part.pending);
+                retry = !std::mem::replace(&mut st.retrying, true);
+            }
+            Err(err) => {
+                log_failure(self, part.ino, err, false);
+                st.handles.failed(err);
+                st.inflight.retain(|p| !Arc::ptr_eq(p, &part.pending));
+            }
         }
         drop(st);
         part.pending.finish(result);
+        if retry {
+            self.retry_later(part.ino);
+        }
     }
 
     /// Stores `parts` as one block, then commits each file's slices; one
@@ -132,11 +149,15 @@ impl Volume {
             Ok(s) => s,
             Err(e) => return vec![Err(e); parts.len()],
         };
-        // Commit in cut order; an earlier failure is reported on its own.
-        for p in parts {
+        // Commit in cut order. A part whose file's earlier block failed
+        // does not commit over it: it fails the same way.
+        let mut blocked: Vec<Option<ClientError>> = vec![None; parts.len()];
+        for (i, p) in parts.iter().enumerate() {
             if let Some(prev) = &p.prev {
                 if !parts.iter().any(|q| Arc::ptr_eq(&q.pending, prev)) {
-                    let _ = prev.wait(p.ino).await;
+                    if let Err(e) = prev.wait(p.ino).await {
+                        blocked[i] = Some(e);
+                    }
                 }
             }
         }
@@ -147,6 +168,19 @@ impl Volume {
                 Some((_, at)) => at.push(i),
                 None => files.push((p.ino, vec![i])),
             }
+        }
+        let mut results = vec![Ok(()); parts.len()];
+        files.retain(|(_, at)| {
+            let Some(e) = at.iter().find_map(|&i| blocked[i].clone()) else {
+                return true;
+            };
+            for &i in at {
+                results[i] = Err(e.clone());
+            }
+            false
+        });
+        if files.is_empty() {
+            return results;
         }
         let writes: Vec<(&Part, Vec<Slice>)> = files
             .iter()
@@ -172,7 +206,6 @@ impl Volume {
             }
             Err(e) => vec![Err(e); writes.len()],
         };
-        let mut results = vec![Ok(()); parts.len()];
         for ((_, at), r) in files.iter().zip(per_file) {
             for &i in at {
                 results[i] = r.clone();
