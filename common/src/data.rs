@@ -133,11 +133,16 @@ impl DegradedBlock {
 }
 
 /// Slices written to one file in one flush, to commit together.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FileWrite {
     pub ino: Ino,
     pub slices: Vec<Slice>,
     pub mtime_ns: i64,
+    /// Empty for a write. For a merge (fragments rewritten as fresh
+    /// slices, the same bytes): what shows in the slices' span as the
+    /// merger read it, each run as a slice of its own; the merge commits
+    /// only if exactly that still shows, and changes no time.
+    pub replaces: Vec<Slice>,
 }
 
 /// What one commit brings: files' new slices, once their shards are

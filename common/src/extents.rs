@@ -135,6 +135,16 @@ impl Visible {
     pub fn block_offset(&self) -> usize {
         self.slice.block_offset as usize + (self.offset - self.slice.offset) as usize
     }
+
+    /// The run as a slice of its own.
+    pub fn as_slice(&self) -> Slice {
+        Slice {
+            offset: self.offset,
+            len: self.len as u32,
+            block_offset: self.block_offset() as u32,
+            ..self.slice
+        }
+    }
 }
 
 /// An extent map in memory.

@@ -33,4 +33,6 @@ pub struct VolumeInfo {
     pub inodes: u64,
     /// The metadata service keeps inline blocks for this volume.
     pub inline_blocks: bool,
+    /// The metadata service applies merges (`FileWrite::replaces`).
+    pub merges: bool,
 }

@@ -187,5 +187,6 @@ pub fn write(ino: Ino, slices: Vec<Slice>) -> FileWrite {
         ino,
         slices,
         mtime_ns: 1,
+        replaces: vec![],
     }
 }

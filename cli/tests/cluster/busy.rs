@@ -55,6 +55,7 @@ fn heartbeats_and_small_calls_are_answered_while_large_files_are_unlinked() {
                     ino,
                     slices,
                     mtime_ns: 1,
+                    ..Default::default()
                 }],
                 ..Default::default()
             };

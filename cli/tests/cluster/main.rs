@@ -14,6 +14,7 @@ mod inline;
 mod input;
 mod locks;
 mod membership;
+mod merge;
 mod posix;
 mod postgres;
 mod repair;

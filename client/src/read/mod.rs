@@ -16,7 +16,7 @@ use futures::future::join_all;
 use tessera_common::{is_inline, Ino};
 use tracing::warn;
 
-pub(crate) use slices::CachedSlices;
+pub(crate) use slices::{CachedSlices, Visible};
 
 use crate::{
     stripe::{read_range, BlockRef, WHOLE_BLOCK_AT},
@@ -47,27 +47,7 @@ impl Volume {
                 warn!(volume = self.name(), error = %e, "refreshing the placement table failed");
             }
         }
-        let reads = runs.iter().map(|v| {
-            let b = BlockRef {
-                block: v.slice.block,
-                len: v.slice.block_len as usize,
-            };
-            let (at, len) = (v.block_offset(), v.len as usize);
-            let slices = &slices;
-            async move {
-                if is_inline(b.block) {
-                    return match slices.inline(b.block) {
-                        Some(data) if at + len <= data.len() => Ok(data.slice(at..at + len)),
-                        _ => Err(ClientError::Malformed(format!(
-                            "inode {ino}: inline block {:#x} missing or short",
-                            b.block
-                        ))),
-                    };
-                }
-                let i = &self.inner;
-                read_range(&i.nodes, &i.codec, &i.cache, b, at, len).await
-            }
-        });
+        let reads = runs.iter().map(|v| self.read_run(ino, &slices, v));
         let sequential = e.read_end.swap(end, Ordering::Relaxed) == offset
             && u64::from(size) >= WHOLE_BLOCK_AT as u64;
         if sequential {
@@ -95,6 +75,31 @@ impl Volume {
             buf[from..from + n].copy_from_slice(&data[..n]);
         }
         Ok(Bytes::from(buf))
+    }
+
+    /// The committed bytes of one visible run of `ino`.
+    pub(crate) async fn read_run(
+        &self,
+        ino: Ino,
+        slices: &CachedSlices,
+        v: &Visible,
+    ) -> Result<Bytes> {
+        let b = BlockRef {
+            block: v.slice.block,
+            len: v.slice.block_len as usize,
+        };
+        let (at, len) = (v.block_offset(), v.len as usize);
+        if is_inline(b.block) {
+            return match slices.inline(b.block) {
+                Some(data) if at + len <= data.len() => Ok(data.slice(at..at + len)),
+                _ => Err(ClientError::Malformed(format!(
+                    "inode {ino}: inline block {:#x} missing or short",
+                    b.block
+                ))),
+            };
+        }
+        let i = &self.inner;
+        read_range(&i.nodes, &i.codec, &i.cache, b, at, len).await
     }
 
     /// Where the next data (`data`: SEEK_DATA) or hole (SEEK_HOLE) of

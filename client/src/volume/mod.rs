@@ -35,7 +35,7 @@ use crate::{
     meta::{MetaClient, NamesClient},
     nodes::Nodes,
     read::{cache::BlockCache, CachedSlices},
-    write::{buffer::FileState, packer::Packer},
+    write::{buffer::FileState, merge::Merges, packer::Packer},
     Result,
 };
 
@@ -80,6 +80,8 @@ pub(crate) struct Inner {
     pub meta: MetaClient,
     pub names: NamesClient,
     pub packer: Packer,
+    /// Files whose fragments to merge once quiet (`write/merge.rs`).
+    pub merges: Merges,
     /// The runtime the volume was opened on, for the data path and its
     /// background tasks.
     pub rt: tokio::runtime::Handle,
@@ -99,6 +101,8 @@ pub(crate) struct Inner {
     pub files: Mutex<HashMap<Ino, Arc<FileEntry>>>,
     /// The metadata service keeps inline blocks (`INLINE_MAX`).
     pub inline_blocks: bool,
+    /// The metadata service applies merges (`write/merge.rs`).
+    pub merges_applied: bool,
     /// Pages of names looked up (`name_cache.rs`), while the metadata
     /// service answers for pages.
     pub name_cache: name_cache::NameCache,
@@ -160,6 +164,7 @@ impl Volume {
         Ok(Volume {
             inner: Arc::new(Inner {
                 packer: Packer::default(),
+                merges: Merges::default(),
                 rt: tokio::runtime::Handle::current(),
                 session: orphans::new_session(),
                 orphans: Mutex::default(),
@@ -177,6 +182,7 @@ impl Volume {
                 inflight: Arc::new(Semaphore::new(options.max_inflight_blocks.max(1))),
                 files: Mutex::new(HashMap::new()),
                 inline_blocks: v.inline_blocks && options.inline_blocks,
+                merges_applied: v.merges,
                 name_cache: Default::default(),
                 paged_lookups: true.into(),
                 syncs: Syncs::default(),

@@ -22,6 +22,7 @@
 
 pub(crate) mod buffer;
 mod handles;
+pub(crate) mod merge;
 pub(crate) mod packer;
 mod pipeline;
 

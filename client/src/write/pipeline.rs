@@ -283,6 +283,7 @@ impl Volume {
                     ino: p.ino,
                     slices: slices.clone(),
                     mtime_ns,
+                    replaces: vec![],
                 })
                 .collect(),
             degraded: stored
@@ -307,6 +308,9 @@ impl Volume {
             .await
         {
             warn!(volume = self.name(), error = %e, "refreshing the placement table failed");
+        }
+        for (p, _) in writes {
+            self.merge_later(p.ino);
         }
         // Keep the cached slice lists current rather than refetching them.
         for (i, (p, slices)) in writes.iter().enumerate() {

@@ -112,6 +112,19 @@ impl FileData<'_> {
         for f in &c.files {
             let mut inode = t.file(f.ino)?;
             release::pending_trim(t.txn(), c.vol, f.ino)?;
+            if !f.replaces.is_empty() {
+                // A merge: the same bytes in fresh slices, if nothing
+                // changed since they were read; no time changes.
+                // (The inode is written, unchanged, so that a commit or
+                // truncation racing with this one conflicts with it.)
+                // Other mounts' cached views point at blocks this frees.
+                unchanged(t.txn(), c.vol, f)?;
+                append_slices(t.txn(), c.vol, f, &mut refs)?;
+                crate::fs::note_change(t.txn(), c.vol, f.ino, c.session)?;
+                attrs.push(inode.attr(f.ino));
+                t.set(f.ino, inode);
+                continue;
+            }
             append_slices(t.txn(), c.vol, f, &mut refs)?;
             let end = f.slices.iter().map(Slice::end).max().unwrap_or(0);
             if end > inode.size {
@@ -160,6 +173,34 @@ fn queue_moves(txn: &mut dyn Txn, p: Protection, c: &Commit) -> Result<u64> {
         }
     }
     Ok(epoch)
+}
+
+/// A merge's slices cover exactly the runs it replaces (no hole filled,
+/// no byte added), and those runs are what shows there now.
+fn unchanged(txn: &mut dyn Txn, vol: VolumeId, f: &FileWrite) -> Result<()> {
+    let (start, end) = span(&f.slices);
+    if slices::covered(&f.slices) != slices::covered(&f.replaces)
+        || span(&f.replaces) != (start, end)
+    {
+        return Err(MetaError::Invalid(format!(
+            "a merge of inode {} covers other bytes than it replaces",
+            f.ino
+        )));
+    }
+    if slices::showing(txn, vol, f.ino, start, end)? != f.replaces {
+        return Err(MetaError::Busy(format!(
+            "inode {} changed in [{start}, {end}) since its fragments were read",
+            f.ino
+        )));
+    }
+    Ok(())
+}
+
+/// The first and last byte (exclusive) of some slices.
+fn span(slices: &[Slice]) -> (u64, u64) {
+    let start = slices.iter().map(|s| s.offset).min().unwrap_or(0);
+    let end = slices.iter().map(Slice::end).max().unwrap_or(0);
+    (start, end)
 }
 
 /// An inline block must be pointed into by the commit, with its length.

@@ -14,7 +14,7 @@
 //! reused.
 
 use tessera_common::{
-    extents::{self, ExtentMap, Extents, Refs},
+    extents::{self, ExtentMap, Extents, Refs, Visible},
     Ino, Slice, VolumeId,
 };
 
@@ -74,16 +74,7 @@ pub(crate) fn lay(
     slices: &[Slice],
     refs: &mut Refs,
 ) -> Result<()> {
-    let mut spans: Vec<(u64, u64)> = slices.iter().map(|s| (s.offset, s.end())).collect();
-    spans.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
-    for (a, b) in spans {
-        match merged.last_mut() {
-            Some(last) if a <= last.1 => last.1 = last.1.max(b),
-            _ => merged.push((a, b)),
-        }
-    }
-    let ranges: Vec<(Vec<u8>, Vec<u8>)> = merged
+    let ranges: Vec<(Vec<u8>, Vec<u8>)> = covered(slices)
         .iter()
         .map(|&(a, b)| (keys::extent(vol, ino, a), keys::extent(vol, ino, b)))
         .collect();
@@ -105,6 +96,42 @@ pub(crate) fn lay(
         }
     }
     Ok(())
+}
+
+/// The runs of bytes some slices cover, in order, adjacent ones joined.
+pub(crate) fn covered(slices: &[Slice]) -> Vec<(u64, u64)> {
+    let mut spans: Vec<(u64, u64)> = slices.iter().map(|s| (s.offset, s.end())).collect();
+    spans.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
+    for (a, b) in spans {
+        match out.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// What shows of `ino` in `[start, end)`, each run as a slice of its own
+/// (clipped to the run): what a merge of that span must find unchanged.
+pub(crate) fn showing(
+    txn: &mut dyn Txn,
+    vol: VolumeId,
+    ino: Ino,
+    start: u64,
+    end: u64,
+) -> Result<Vec<Slice>> {
+    let floor = keys::under(keys::SLICE, vol, ino);
+    let range = (keys::extent(vol, ino, start), keys::extent(vol, ino, end));
+    let mut map = ExtentMap::default();
+    for (k, v) in txn.scan_around(&floor, &[range])? {
+        let Ok(()) = map.put(decode(&k, &v)?);
+    }
+    Ok(map
+        .visible(start, end)
+        .iter()
+        .map(Visible::as_slice)
+        .collect())
 }
 
 /// Cuts the extents of `ino` at `size`: the one reaching past it is

@@ -389,3 +389,83 @@ fn an_inline_block_refused_for_quota_leaves_nothing_behind() {
         assert_eq!(t.attr(f.ino).unwrap().size, (1 << 20) - 8);
     });
 }
+
+/// A merge lays fresh slices with the same bytes over a fragmented span
+/// only if what shows there is what the merger read; it frees the blocks
+/// it leaves without a reference, fills no hole and changes no time.
+#[test]
+fn a_merge_replaces_fragments_only_if_they_did_not_change() {
+    use tessera_common::FileWrite;
+
+    each_store(|s| {
+        let t = Fx::new(s, 1 << 30);
+        let f = t.file(ROOT_INO, b"f");
+        // Four fragments from four blocks, with a hole at [300, 400).
+        for (i, at) in [0u64, 100, 200, 400].into_iter().enumerate() {
+            t.commit(f.ino, vec![slice(at, 100, 10 + i as u64)])
+                .unwrap();
+        }
+        let before = t.attr(f.ino).unwrap();
+        let read = t.slices(f.ino);
+        assert_eq!(read.len(), 4);
+        let merged = |block: u64| FileWrite {
+            ino: f.ino,
+            slices: vec![
+                Slice {
+                    offset: 0,
+                    len: 300,
+                    block,
+                    block_offset: 0,
+                    block_len: 400,
+                },
+                Slice {
+                    offset: 400,
+                    len: 100,
+                    block,
+                    block_offset: 300,
+                    block_len: 400,
+                },
+            ],
+            replaces: read.clone(),
+            mtime_ns: i64::MAX,
+        };
+        // Filling the hole is refused.
+        let mut filler = merged(20);
+        filler.slices[0].len = 400;
+        filler.slices[1].offset = 400;
+        assert!(matches!(
+            t.commit_all(&[filler], &[], &[]),
+            Err(MetaError::Invalid(_))
+        ));
+        // A write since the read: the merge is refused and changes nothing.
+        t.commit(f.ino, vec![slice(150, 10, 30)]).unwrap();
+        let now = t.slices(f.ino);
+        assert!(matches!(
+            t.commit_all(&[merged(21)], &[], &[]),
+            Err(MetaError::Busy(_))
+        ));
+        assert_eq!(t.slices(f.ino), now);
+        // Read again, merged: two extents of one block, old blocks freed.
+        let read = t.slices(f.ino);
+        let mut m = merged(22);
+        m.replaces = read;
+        t.commit_all(&[m], &[], &[]).unwrap();
+        let after = t.slices(f.ino);
+        assert_eq!(
+            after
+                .iter()
+                .map(|x| (x.offset, x.len, x.block))
+                .collect::<Vec<_>>(),
+            vec![(0, 300, 22), (400, 100, 22)]
+        );
+        let mut freed = t.gc();
+        freed.sort();
+        assert_eq!(freed, vec![10, 11, 12, 13, 30]);
+        let a = t.attr(f.ino).unwrap();
+        assert_eq!(
+            (a.size, a.mtime_ns, a.ctime_ns),
+            (before.size, before.mtime_ns, before.ctime_ns)
+        );
+        assert_eq!(t.m.volumes().stat_fs(t.v).unwrap().used, 500);
+    });
+}

@@ -163,6 +163,7 @@ impl Volumes<'_> {
             used_bytes: used.bytes,
             inodes: used.inodes,
             inline_blocks: true,
+            merges: true,
         })
     }
 

@@ -91,6 +91,7 @@ impl From<FileWrite> for pb::FileWrite {
             ino: f.ino,
             slices: f.slices.into_iter().map(Into::into).collect(),
             mtime_ns: f.mtime_ns,
+            replaces: f.replaces.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -103,6 +104,7 @@ impl TryFrom<pb::FileWrite> for FileWrite {
             ino: f.ino,
             slices: all(f.slices)?,
             mtime_ns: f.mtime_ns,
+            replaces: all(f.replaces)?,
         })
     }
 }
@@ -215,6 +217,7 @@ mod tests {
             ino: 2,
             slices: vec![s, pb::Slice { block: 0, ..s }],
             mtime_ns: 0,
+            replaces: vec![],
         };
         assert!(FileWrite::try_from(f).is_err());
     }

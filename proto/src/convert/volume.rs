@@ -18,6 +18,7 @@ impl From<VolumeInfo> for pb::Volume {
             labels: v.labels.into_iter().collect(),
             min_durable: v.min_durable as u32,
             inline_blocks: v.inline_blocks,
+            merges: v.merges,
         }
     }
 }
@@ -41,6 +42,7 @@ impl TryFrom<pb::Volume> for VolumeInfo {
             used_bytes: v.used_bytes,
             inodes: v.inodes,
             inline_blocks: v.inline_blocks,
+            merges: v.merges,
         })
     }
 }

@@ -195,6 +195,7 @@ fn commit_as(t: &Fx, ino: u64, session: u64, block: u64) {
                 ino,
                 slices: vec![slice(0, 4096, block)],
                 mtime_ns: 1,
+                ..Default::default()
             }],
             session,
             ..Default::default()

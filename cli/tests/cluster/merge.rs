@@ -1,0 +1,68 @@
+//! A file overwritten in small pieces (a database's pages) has its
+//! fragments merged once it is quiet: it reads back the same, and the
+//! blocks its overwritten bytes lived in are freed.
+
+use std::{fs, os::unix::fs::FileExt};
+
+use tracing::info;
+
+use crate::harness::Cluster;
+
+const MIB: u64 = 1 << 20;
+const PAGE: u64 = 4096;
+
+#[test]
+fn fragments_of_a_quiet_file_are_merged_and_their_blocks_freed() {
+    let c = Cluster::start(6);
+    c.create_volume("merge", "1GiB", "ec:4+2");
+    let m = c.mount("merge");
+    let base = c.used_bytes();
+    let size = 8 * MIB;
+    let mut want = vec![1u8; size as usize];
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(m.path("db"))
+        .unwrap();
+    f.write_all_at(&want, 0).unwrap();
+    f.sync_data().unwrap();
+    // 2,048 random pages rewritten, an fsync every 32 (a block each).
+    let mut x: u64 = 7;
+    for i in 0..2048u64 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let at = (x >> 33) % (size / PAGE) * PAGE;
+        let page = vec![(i % 251) as u8 + 2; PAGE as usize];
+        f.write_all_at(&page, at).unwrap();
+        want[at as usize..(at + PAGE) as usize].copy_from_slice(&page);
+        if i % 32 == 31 {
+            f.sync_data().unwrap();
+        }
+    }
+    let fragmented = c.used_bytes() - base;
+    info!("--- shards after the overwrites: {} MiB", fragmented / MIB);
+    assert!(fragmented > 18 * MIB, "{fragmented} bytes of shards");
+    // Quiet now: merged into fresh blocks, the old ones freed. 8 MiB is
+    // 12 MiB of ec:4+2 shards.
+    c.wait_for("the fragments to be merged and freed", 60, |c| {
+        c.used_bytes() - base <= 13 * MIB
+    });
+    info!(
+        "--- shards after the merge: {} MiB",
+        (c.used_bytes() - base) / MIB
+    );
+    let mut got = vec![0u8; size as usize];
+    f.read_exact_at(&mut got, 0).unwrap();
+    assert!(got == want, "the merged file reads back different");
+    drop(f);
+    m.unmount();
+    let m = c.mount("merge");
+    assert!(
+        fs::read(m.path("db")).unwrap() == want,
+        "the merged file reads back different through a new mount"
+    );
+    m.unmount();
+}
