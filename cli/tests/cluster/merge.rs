@@ -42,6 +42,13 @@ fn fragments_of_a_quiet_file_are_merged_and_their_blocks_freed() {
             f.sync_data().unwrap();
         }
     }
+    // Another mount opens it and reads it now: its cached slices point at
+    // the fragments' blocks, which the merge frees.
+    let other = c.mount_at("merge", "mnt-merge-other");
+    let reader = fs::File::open(other.path("db")).unwrap();
+    let mut got = vec![0u8; size as usize];
+    reader.read_exact_at(&mut got, 0).unwrap();
+    assert!(got == want, "the other mount reads back different");
     let fragmented = c.used_bytes() - base;
     info!("--- shards after the overwrites: {} MiB", fragmented / MIB);
     assert!(fragmented > 18 * MIB, "{fragmented} bytes of shards");
@@ -54,9 +61,19 @@ fn fragments_of_a_quiet_file_are_merged_and_their_blocks_freed() {
         "--- shards after the merge: {} MiB",
         (c.used_bytes() - base) / MIB
     );
-    let mut got = vec![0u8; size as usize];
     f.read_exact_at(&mut got, 0).unwrap();
     assert!(got == want, "the merged file reads back different");
+    // The other mount's reads reach it past the kernel's page cache: they
+    // find the blocks gone, fetch the slices again and read the same.
+    fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    got.fill(0);
+    reader.read_exact_at(&mut got, 0).unwrap();
+    assert!(
+        got == want,
+        "a mount that read before the merge reads back different"
+    );
+    drop(reader);
+    other.unmount();
     drop(f);
     m.unmount();
     let m = c.mount("merge");

@@ -26,7 +26,22 @@ use crate::{
 
 impl Volume {
     /// Reads up to `size` bytes at `offset`; short at the end of the file.
+    /// A read that fails with this mount's cached slices is tried once more
+    /// with slices fetched anew: another mount may have merged or cut the
+    /// file since, and freed the blocks they point into.
     pub async fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Bytes> {
+        match self.read_once(ino, offset, size).await {
+            Ok(data) => Ok(data),
+            Err(e) if e.is_unreachable() => Err(e),
+            Err(e) => {
+                tracing::debug!(volume = self.name(), ino, error = %e, "read failed; fetching the slices again");
+                self.invalidate(ino);
+                self.read_once(ino, offset, size).await
+            }
+        }
+    }
+
+    async fn read_once(&self, ino: Ino, offset: u64, size: u32) -> Result<Bytes> {
         let e = self.entry(ino);
         let asked_end = offset.saturating_add(u64::from(size));
         // Uncommitted bytes first, then the committed slices: a block that

@@ -379,4 +379,20 @@ mod tests {
         f.requeue(&retry);
         assert_eq!(bytes_of(&f, 2), b"yx", "x came back over y");
     }
+
+    /// A write over bytes put back, while a newer block is in flight, is
+    /// not merged into them: that block may come back over them, and the
+    /// write must stay on top.
+    #[test]
+    fn a_write_over_bytes_put_back_stays_newest() {
+        let mut f = FileState::default();
+        f.write(0, b"aaaa");
+        let a = f.cut().unwrap();
+        f.write(1, b"b");
+        let b = f.cut().unwrap();
+        f.requeue(&a);
+        f.write(1, b"X");
+        f.requeue(&b);
+        assert_eq!(bytes_of(&f, 4), b"aXaa");
+    }
 }
