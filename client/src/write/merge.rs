@@ -122,7 +122,9 @@ impl Volume {
             if self.has_buffered(ino) || self.written_since(ino) {
                 break;
             }
-            self.merge_window(ino, &e, &slices, &runs).await?;
+            if !self.merge_window(ino, &e, &slices, &runs).await? {
+                break;
+            }
             merged += 1;
         }
         Ok(merged)
@@ -133,14 +135,15 @@ impl Volume {
         written.contains_key(&ino)
     }
 
-    /// Rewrites the runs of one window as one block, committed as a merge.
+    /// Rewrites the runs of one window as one block, committed as a merge;
+    /// false if the file was written meanwhile (nothing stored).
     async fn merge_window(
         &self,
         ino: Ino,
         e: &FileEntry,
         slices: &CachedSlices,
         runs: &[Visible],
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let generation = e.slices.lock().expect("slices lock").0;
         let mut datas: Vec<Bytes> = Vec::with_capacity(runs.len());
         for group in runs.chunks(READS_AT_ONCE) {
@@ -165,7 +168,7 @@ impl Volume {
         }
         let i = &self.inner;
         if self.has_buffered(ino) || self.written_since(ino) {
-            return Ok(());
+            return Ok(false);
         }
         let put = put_block(&i.nodes, &i.codec, block, data.into(), i.min_durable).await?;
         let commit = Commit {
@@ -209,7 +212,7 @@ impl Volume {
                 warn!(volume = self.name(), ino, error = %err, "a merge's commit got no answer");
             }
         }
-        done.map(|_| ())
+        done.map(|_| true)
     }
 }
 

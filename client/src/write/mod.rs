@@ -157,10 +157,9 @@ impl Volume {
                 let Some(e) = vol.existing_entry(ino) else {
                     return;
                 };
-                let r = vol.store_buffered(ino).await;
-                if matches!(r, Err(ClientError::ShuttingDown { .. })) {
-                    return;
-                }
+                // Its failure is the file's to report; whether bytes still
+                // wait is what counts here.
+                let _ = vol.store_buffered(ino).await;
                 let mut st = e.state.lock().expect("file state lock");
                 if !st.stalled() {
                     st.retrying = false;
