@@ -109,6 +109,59 @@ impl NodeLink {
         })
     }
 
+    /// Several ranges (`(key, offset, len)`, each `len` > 0) in one call,
+    /// in the order asked. A node older than GetShards answers
+    /// `Unimplemented`.
+    pub async fn get_shards(&self, reads: &[(ShardKey, u32, u32)]) -> Result<Vec<Fetched>, Status> {
+        let req = pb::GetShardsRequest {
+            reads: reads
+                .iter()
+                .map(|&(key, offset, len)| pb::GetShardRequest {
+                    key: Some(key.into()),
+                    offset,
+                    len,
+                })
+                .collect(),
+        };
+        let answer = if self.grpc_only() {
+            self.grpc.clone().get_shards(req).await?.into_inner()
+        } else {
+            match self
+                .call(node::GET_SHARDS, &req.encode_to_vec(), &Bytes::new())
+                .await
+            {
+                Ok(answer) => pb::GetShardsResponse::decode(answer?).map_err(|e| {
+                    Status::internal(format!(
+                        "storage node at {}: malformed GetShards answer: {e}",
+                        self.lean.addr()
+                    ))
+                })?,
+                Err(why) => {
+                    let answer = self.grpc.clone().get_shards(req).await;
+                    self.grpc_answered(answer.is_ok(), &why);
+                    answer?.into_inner()
+                }
+            }
+        };
+        if answer.shards.len() != reads.len() {
+            return Err(Status::internal(format!(
+                "storage node at {}: {} ranges answered, {} asked",
+                self.lean.addr(),
+                answer.shards.len(),
+                reads.len()
+            )));
+        }
+        Ok(answer
+            .shards
+            .into_iter()
+            .map(|r| Fetched {
+                data: r.data,
+                shard_crc: r.shard_crc,
+                shard_len: r.shard_len,
+            })
+            .collect())
+    }
+
     async fn get(&self, req: pb::GetShardRequest) -> Result<pb::GetShardResponse, Status> {
         if self.grpc_only() {
             return Ok(self.grpc.clone().get_shard(req).await?.into_inner());

@@ -2,6 +2,8 @@
 //! read a byte range back from the data shards, falling back to parity when
 //! a node is missing, slow, or returns a shard that fails its CRC.
 
+mod batch;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,6 +15,8 @@ use crate::{node_link::Fetched, nodes::Nodes, read::cache::BlockCache, ClientErr
 
 const PUT_TIMEOUT: Duration = Duration::from_secs(20);
 const GET_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) use batch::read_ranges;
 
 /// Reads at least this large fetch and cache the whole block: a sequential
 /// reader then costs K parallel shard reads per block instead of one round

@@ -36,6 +36,8 @@ pub enum Error {
     },
     #[error("{key}: {len} bytes is more than the {max} bytes a shard may hold")]
     ShardTooLarge { key: ShardKey, len: usize, max: u32 },
+    #[error("GetShards: {why}")]
+    BadBatch { why: String },
     #[error(transparent)]
     InvalidRequest(#[from] tessera_common::Error),
     #[error("{}: disk full", path.display())]
@@ -90,6 +92,7 @@ impl From<Error> for tonic::Status {
             Error::CrcMismatch { .. }
             | Error::RangeOutOfBounds { .. }
             | Error::ShardTooLarge { .. }
+            | Error::BadBatch { .. }
             | Error::InvalidRequest(_) => Code::InvalidArgument,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::DiskFull { .. } => Code::ResourceExhausted,

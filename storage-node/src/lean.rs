@@ -30,6 +30,7 @@ impl BlockingHandler for NodeHandler {
                 let data = std::mem::take(&mut a.data);
                 Reply::message_with_bytes(&a, GET_DATA_TAG, data)
             }),
+            GET_SHARDS => serve(node, message, NodeCalls::get_shards, reply),
             DELETE_SHARDS => serve(node, message, NodeCalls::delete_shards, reply),
             LIST_SHARDS => serve(node, message, NodeCalls::list_shards, reply),
             STAT => serve(node, message, NodeCalls::stat, reply),

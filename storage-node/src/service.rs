@@ -9,7 +9,10 @@ use std::sync::{
 };
 
 use tessera_common::ShardKey;
-use tessera_proto::pb::{self, node_server::Node};
+use tessera_proto::{
+    pb::{self, node_server::Node},
+    transport::settings::{GET_SHARDS_MAX_BYTES, GET_SHARDS_MAX_READS},
+};
 use tonic::{Request, Response, Status};
 use tracing::{debug_span, warn};
 
@@ -122,6 +125,34 @@ impl NodeCalls {
         })
     }
 
+    /// Several ranges, each with a length, answered in request order; the
+    /// call fails as a whole (naming the shard) if one of them does.
+    pub fn get_shards(&self, r: pb::GetShardsRequest) -> Result<pb::GetShardsResponse> {
+        let bad = |why: String| Err(Error::BadBatch { why });
+        if r.reads.len() > GET_SHARDS_MAX_READS {
+            return bad(format!(
+                "{} ranges asked, at most {GET_SHARDS_MAX_READS}",
+                r.reads.len()
+            ));
+        }
+        if r.reads.iter().any(|g| g.len == 0) {
+            return bad("a range without a length".into());
+        }
+        let bytes: u64 = r.reads.iter().map(|g| u64::from(g.len)).sum();
+        if bytes > GET_SHARDS_MAX_BYTES {
+            return bad(format!(
+                "{bytes} bytes asked, at most {GET_SHARDS_MAX_BYTES}"
+            ));
+        }
+        let _span = debug_span!("get_shards", ranges = r.reads.len(), bytes).entered();
+        let shards = r
+            .reads
+            .into_iter()
+            .map(|g| self.get_shard(g))
+            .collect::<Result<_>>()?;
+        Ok(pb::GetShardsResponse { shards })
+    }
+
     pub fn delete_shards(&self, r: pb::DeleteShardsRequest) -> Result<pb::DeleteShardsResponse> {
         let keys = r
             .keys
@@ -185,6 +216,14 @@ impl Node for NodeService {
     ) -> Result<Response<pb::GetShardResponse>, Status> {
         let r = req.into_inner();
         self.blocking(move |c| c.get_shard(r)).await
+    }
+
+    async fn get_shards(
+        &self,
+        req: Request<pb::GetShardsRequest>,
+    ) -> Result<Response<pb::GetShardsResponse>, Status> {
+        let r = req.into_inner();
+        self.blocking(move |c| c.get_shards(r)).await
     }
 
     async fn delete_shards(

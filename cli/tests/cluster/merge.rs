@@ -13,7 +13,7 @@ const PAGE: u64 = 4096;
 
 #[test]
 fn fragments_of_a_quiet_file_are_merged_and_their_blocks_freed() {
-    let c = Cluster::start(6);
+    let mut c = Cluster::start(6);
     c.create_volume("merge", "1GiB", "ec:4+2");
     let m = c.mount("merge");
     let base = c.used_bytes();
@@ -28,20 +28,7 @@ fn fragments_of_a_quiet_file_are_merged_and_their_blocks_freed() {
         .unwrap();
     f.write_all_at(&want, 0).unwrap();
     f.sync_data().unwrap();
-    // 2,048 random pages rewritten, an fsync every 32 (a block each).
-    let mut x: u64 = 7;
-    for i in 0..2048u64 {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let at = (x >> 33) % (size / PAGE) * PAGE;
-        let page = vec![(i % 251) as u8 + 2; PAGE as usize];
-        f.write_all_at(&page, at).unwrap();
-        want[at as usize..(at + PAGE) as usize].copy_from_slice(&page);
-        if i % 32 == 31 {
-            f.sync_data().unwrap();
-        }
-    }
+    overwrite_pages(&f, &mut want, 7);
     // Another mount opens it and reads it now: its cached slices point at
     // the fragments' blocks, which the merge frees.
     let other = c.mount_at("merge", "mnt-merge-other");
@@ -74,6 +61,21 @@ fn fragments_of_a_quiet_file_are_merged_and_their_blocks_freed() {
     );
     drop(reader);
     other.unmount();
+
+    // With a storage node gone, a merge reads what that node held from
+    // parity (its batched reads skip the node) and the file reads the same.
+    c.kill_node(0);
+    overwrite_pages(&f, &mut want, 11);
+    let fragmented = c.used_bytes();
+    c.wait_for("a merge with a storage node down", 60, |c| {
+        c.used_bytes() + 8 * MIB <= fragmented
+    });
+    fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    f.read_exact_at(&mut got, 0).unwrap();
+    assert!(
+        got == want,
+        "merged with a node down, the file reads back different"
+    );
     drop(f);
     m.unmount();
     let m = c.mount("merge");
@@ -82,4 +84,23 @@ fn fragments_of_a_quiet_file_are_merged_and_their_blocks_freed() {
         "the merged file reads back different through a new mount"
     );
     m.unmount();
+}
+
+/// 2,048 random pages of `f` rewritten (seeded by `seed`), an fsync every
+/// 32 (a block each); `want` follows.
+fn overwrite_pages(f: &fs::File, want: &mut [u8], seed: u64) {
+    let pages = want.len() as u64 / PAGE;
+    let mut x = seed;
+    for i in 0..2048u64 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let at = (x >> 33) % pages * PAGE;
+        let page = vec![((i + seed) % 251) as u8 + 2; PAGE as usize];
+        f.write_all_at(&page, at).unwrap();
+        want[at as usize..(at + PAGE) as usize].copy_from_slice(&page);
+        if i % 32 == 31 {
+            f.sync_data().unwrap();
+        }
+    }
 }

@@ -47,6 +47,13 @@ impl Node for FakeNode {
         }))
     }
 
+    async fn get_shards(
+        &self,
+        _: Request<pb::GetShardsRequest>,
+    ) -> Result<Response<pb::GetShardsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn delete_shards(
         &self,
         _: Request<pb::DeleteShardsRequest>,

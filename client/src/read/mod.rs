@@ -19,7 +19,7 @@ use tracing::warn;
 pub(crate) use slices::{CachedSlices, Visible};
 
 use crate::{
-    stripe::{read_range, BlockRef, WHOLE_BLOCK_AT},
+    stripe::{read_range, read_ranges, BlockRef, WHOLE_BLOCK_AT},
     volume::{FileEntry, Volume},
     ClientError, Result,
 };
@@ -115,6 +115,38 @@ impl Volume {
         }
         let i = &self.inner;
         read_range(&i.nodes, &i.codec, &i.cache, b, at, len).await
+    }
+
+    /// The committed bytes of many runs of `ino` (a merge's window), their
+    /// shard ranges fetched a node at a time.
+    pub(crate) async fn read_runs(&self, ino: Ino, runs: &[Visible]) -> Result<Vec<Bytes>> {
+        let (inline, stored): (Vec<usize>, Vec<usize>) =
+            (0..runs.len()).partition(|&r| is_inline(runs[r].slice.block));
+        let wanted: Vec<(BlockRef, usize, usize)> = stored
+            .iter()
+            .map(|&r| {
+                let v = &runs[r];
+                let b = BlockRef {
+                    block: v.slice.block,
+                    len: v.slice.block_len as usize,
+                };
+                (b, v.block_offset(), v.len as usize)
+            })
+            .collect();
+        let i = &self.inner;
+        let read = read_ranges(&i.nodes, &i.codec, &i.cache, &wanted).await?;
+        let mut out = vec![Bytes::new(); runs.len()];
+        for (r, data) in stored.into_iter().zip(read) {
+            out[r] = data;
+        }
+        if !inline.is_empty() {
+            // Inline blocks never change: any view that has them will do.
+            let slices = self.slices(ino, &self.entry(ino)).await?;
+            for r in inline {
+                out[r] = self.read_run(ino, &slices, &runs[r]).await?;
+            }
+        }
+        Ok(out)
     }
 
     /// Where the next data (`data`: SEEK_DATA) or hole (SEEK_HOLE) of

@@ -15,17 +15,20 @@
 
 use std::{
     collections::HashMap,
-    sync::{atomic::Ordering, Arc},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use futures::future::try_join_all;
+use futures::{stream, StreamExt};
 use tessera_common::{is_inline, Commit, DegradedBlock, FileWrite, Ino, Slice, MAX_BLOCK};
 use tracing::{debug, warn};
 
 use crate::{
-    read::{CachedSlices, Visible},
+    read::Visible,
     stripe::put_block,
     volume::{FileEntry, Volume},
     Result,
@@ -40,9 +43,8 @@ pub(crate) const WINDOW: u64 = MAX_BLOCK as u64;
 /// in turn (256 KiB each on average, or less); holes do not count.
 pub(crate) const MIN_RUNS: usize = 16;
 const _: () = assert!(tessera_common::CHUNK_SIZE.is_multiple_of(WINDOW));
-/// Runs of a window read at once: a merge must not crowd out the
-/// foreground's reads, nor open a connection per run.
-const READS_AT_ONCE: usize = 16;
+/// Windows merged at once: their reads, stores and commits overlap.
+const WINDOWS_AT_ONCE: usize = 3;
 
 /// Files this mount committed to, and when it last did.
 #[derive(Default)]
@@ -102,32 +104,49 @@ impl Volume {
         }
     }
 
-    /// Merges the fragmented windows of `ino`; returns how many. Stops at
-    /// a write of this mount or a merge refused.
+    /// Merges the fragmented windows of `ino`, `WINDOWS_AT_ONCE` at a
+    /// time (one read from the nodes while another is stored and a third
+    /// committed); returns how many. Starts no window after a write of
+    /// this mount or a merge refused.
     pub(crate) async fn merge_file(&self, ino: Ino) -> Result<usize> {
         let e = self
             .existing_entry(ino)
             .unwrap_or_else(|| Arc::new(FileEntry::default()));
-        let slices = self.slices(ino, &e).await?;
-        let mut merged = 0;
-        let mut at = 0;
-        while at < slices.size {
-            let end = (at + WINDOW).min(slices.size);
-            let runs = slices.visible(at, end);
-            at = end;
-            // Inline blocks stay inline: the merge is for what the nodes hold.
-            if fragments(&runs) < MIN_RUNS || runs.iter().any(|v| is_inline(v.slice.block)) {
-                continue;
+        let windows: Vec<Vec<Visible>> = {
+            let slices = self.slices(ino, &e).await?;
+            (0..slices.size.div_ceil(WINDOW))
+                .map(|w| slices.visible(w * WINDOW, ((w + 1) * WINDOW).min(slices.size)))
+                // Inline blocks stay inline: the merge is for what the nodes hold.
+                .filter(|runs| {
+                    fragments(runs) >= MIN_RUNS && !runs.iter().any(|v| is_inline(v.slice.block))
+                })
+                .collect()
+        };
+        let stop = AtomicBool::new(false);
+        let (stop, e, windows) = (&stop, &e, &windows);
+        let mut merging = stream::iter(0..windows.len())
+            .map(|w| async move {
+                if stop.load(Ordering::Acquire) || self.has_buffered(ino) || self.written_since(ino)
+                {
+                    return Ok(false);
+                }
+                let merged = self.merge_window(ino, e, &windows[w]).await;
+                if !matches!(merged, Ok(true)) {
+                    stop.store(true, Ordering::Release);
+                }
+                merged
+            })
+            .buffered(WINDOWS_AT_ONCE);
+        let (mut merged, mut failed) = (0, None);
+        // Windows under way finish (their commits settle the cached view).
+        while let Some(r) = merging.next().await {
+            match r {
+                Ok(true) => merged += 1,
+                Ok(false) => {}
+                Err(e) => failed = failed.or(Some(e)),
             }
-            if self.has_buffered(ino) || self.written_since(ino) {
-                break;
-            }
-            if !self.merge_window(ino, &e, &slices, &runs).await? {
-                break;
-            }
-            merged += 1;
         }
-        Ok(merged)
+        failed.map_or(Ok(merged), Err)
     }
 
     fn written_since(&self, ino: Ino) -> bool {
@@ -137,18 +156,11 @@ impl Volume {
 
     /// Rewrites the runs of one window as one block, committed as a merge;
     /// false if the file was written meanwhile (nothing stored).
-    async fn merge_window(
-        &self,
-        ino: Ino,
-        e: &FileEntry,
-        slices: &CachedSlices,
-        runs: &[Visible],
-    ) -> Result<bool> {
+    async fn merge_window(&self, ino: Ino, e: &FileEntry, runs: &[Visible]) -> Result<bool> {
         let generation = e.slices.lock().expect("slices lock").0;
-        let mut datas: Vec<Bytes> = Vec::with_capacity(runs.len());
-        for group in runs.chunks(READS_AT_ONCE) {
-            datas.extend(try_join_all(group.iter().map(|v| self.read_run(ino, slices, v))).await?);
-        }
+        let started = Instant::now();
+        let datas = self.read_runs(ino, runs).await?;
+        let read = started.elapsed();
         let block = self.inner.block_ids.next().await?;
         let len: usize = datas.iter().map(Bytes::len).sum();
         let mut data = Vec::with_capacity(len);
@@ -171,6 +183,7 @@ impl Volume {
             return Ok(false);
         }
         let put = put_block(&i.nodes, &i.codec, block, data.into(), i.min_durable).await?;
+        let stored = started.elapsed();
         let commit = Commit {
             vol: self.id(),
             files: vec![FileWrite {
@@ -192,19 +205,32 @@ impl Volume {
             ..Default::default()
         };
         let done = i.meta.commit(commit).await;
+        debug!(
+            volume = self.name(),
+            ino,
+            at = runs[0].offset,
+            runs = runs.len(),
+            read_ms = read.as_millis() as u64,
+            store_ms = (stored - read).as_millis() as u64,
+            commit_ms = (started.elapsed() - stored).as_millis() as u64,
+            "merged a window"
+        );
         let mut cached = e.slices.lock().expect("slices lock");
         let unchanged = cached.0 == generation;
-        cached.0 += 1;
         match (&done, cached.1.as_mut()) {
             // Nothing of this mount committed since the read: the merged
-            // slices go on the cached view (a merge changes no size).
+            // slices go on the cached view (a merge changes no size, nor
+            // what a view fetched meanwhile shows).
             (Ok(_), Some(s)) if unchanged => {
                 let size = s.size;
                 Arc::make_mut(s).apply(&fresh, &[], size)
             }
             // Applied or not (an answer lost), the cached view may point
             // at blocks the merge frees: fetched again at the next read.
-            _ => cached.1 = None,
+            _ => {
+                cached.0 += 1;
+                cached.1 = None;
+            }
         }
         drop(cached);
         if let Err(err) = &done {

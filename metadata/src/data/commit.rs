@@ -38,6 +38,14 @@ impl FileData<'_> {
                 other => other?,
             };
             reserved.commit();
+            for f in c.files.iter().filter(|f| !f.replaces.is_empty()) {
+                // A merge deleted an extent key per run it replaced.
+                let store = self.meta.store();
+                store.deleted_many(
+                    &keys::extent(c.vol, f.ino, 0),
+                    &keys::extent(c.vol, f.ino, u64::MAX),
+                );
+            }
             let moved = c.placement_epoch != 0 && c.placement_epoch < epoch;
             if !c.degraded.is_empty() || moved {
                 self.meta.repair_queued.notify_one();

@@ -48,6 +48,12 @@ pub trait MetaStore: Send + Sync + 'static {
     fn sync(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// Says that `[start, end)` just lost many keys (a merge of a file's
+    /// fragments): a backend whose reads slow down over deleted keys (an
+    /// LSM tree's tombstones) may compact the range in the background.
+    /// Returns at once.
+    fn deleted_many(&self, _start: &[u8], _end: &[u8]) {}
 }
 
 pub trait Txn {

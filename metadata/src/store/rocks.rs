@@ -8,6 +8,8 @@
 //! later durable commit or `sync` covers it too, since the WAL is one
 //! ordered log.
 
+mod tidy;
+
 use std::{
     path::Path,
     sync::{
@@ -32,6 +34,7 @@ pub struct RocksStore {
     db: Arc<OptimisticTransactionDB>,
     syncer: Arc<Syncer>,
     thread: Option<JoinHandle<()>>,
+    tidier: tidy::Tidier,
 }
 
 /// What the syncer thread waits on, and how far the WAL is known durable.
@@ -135,10 +138,13 @@ impl RocksStore {
                 move || syncer.run(&db)
             })
             .map_err(|e| StoreError::Backend(format!("starting the WAL syncer: {e}")))?;
+        let tidier = tidy::Tidier::start(db.clone())
+            .map_err(|e| StoreError::Backend(format!("starting the compaction thread: {e}")))?;
         Ok(RocksStore {
             db,
             syncer,
             thread: Some(thread),
+            tidier,
         })
     }
 
@@ -146,6 +152,22 @@ impl RocksStore {
     #[cfg(test)]
     pub(crate) fn sync_fsyncs(&self) -> u64 {
         self.syncer.sync_fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// Ranges compacted after a hint.
+    #[cfg(test)]
+    pub(crate) fn ranges_tidied(&self) -> u64 {
+        self.tidier.done.load(Ordering::Relaxed)
+    }
+
+    /// Entries (values and tombstones) in the memtable being written.
+    #[cfg(test)]
+    pub(crate) fn memtable_entries(&self) -> u64 {
+        self.db
+            .property_int_value("rocksdb.num-entries-active-mem-table")
+            .ok()
+            .flatten()
+            .unwrap_or(u64::MAX)
     }
 
     /// WAL syncs the background thread has done.
@@ -227,6 +249,10 @@ impl MetaStore for RocksStore {
         self.syncer
             .covering(|| self.db.flush_wal(true))
             .map_err(backend)
+    }
+
+    fn deleted_many(&self, start: &[u8], end: &[u8]) {
+        self.tidier.hint(start, end);
     }
 }
 

@@ -41,6 +41,7 @@ use crate::transport::settings::MAX_MESSAGE;
 pub mod node {
     pub const PUT_SHARD: &str = "/tessera.v1.Node/PutShard";
     pub const GET_SHARD: &str = "/tessera.v1.Node/GetShard";
+    pub const GET_SHARDS: &str = "/tessera.v1.Node/GetShards";
     pub const DELETE_SHARDS: &str = "/tessera.v1.Node/DeleteShards";
     pub const LIST_SHARDS: &str = "/tessera.v1.Node/ListShards";
     pub const STAT: &str = "/tessera.v1.Node/Stat";

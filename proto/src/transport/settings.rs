@@ -54,3 +54,9 @@ pub const LEAN_THREAD_IDLE: Duration = Duration::from_secs(30);
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 pub const KEEPALIVE_PROBE_EVERY: Duration = Duration::from_secs(10);
 pub const KEEPALIVE_PROBES: u32 = 3;
+
+/// Most ranges one GetShards call may read, and most bytes it may return:
+/// a merge's window of small runs per node, with an answer well under
+/// [`MAX_MESSAGE`].
+pub const GET_SHARDS_MAX_READS: usize = 1024;
+pub const GET_SHARDS_MAX_BYTES: u64 = 4 << 20;

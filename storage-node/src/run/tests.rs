@@ -208,6 +208,18 @@ async fn lean_call(
     message: &[u8],
     payload: bytes::Bytes,
 ) -> Result<bytes::Bytes, Code> {
+    lean_call_status(s, path, message, payload)
+        .await
+        .map_err(|(code, _)| code)
+}
+
+/// A lean call; a failure as its code and status message.
+async fn lean_call_status(
+    s: &mut tokio::net::TcpStream,
+    path: &str,
+    message: &[u8],
+    payload: bytes::Bytes,
+) -> Result<bytes::Bytes, (Code, String)> {
     let mut head = Vec::new();
     lean::request_head(path, message.len() + payload.len(), &mut head).unwrap();
     head.extend_from_slice(message);
@@ -221,7 +233,7 @@ async fn lean_call(
     let a = lean::decode_response(&frame).unwrap();
     match a.code {
         0 => Ok(frame.slice(frame.len() - a.message.len()..)),
-        c => Err(Code::from(c as i32)),
+        c => Err((Code::from(c as i32), a.status.to_string())),
     }
 }
 
@@ -403,4 +415,85 @@ async fn serves_the_same_calls_over_lean_rpc_and_refuses_hostile_bytes() {
     drop(grpc);
     node.stop().await;
     drop(s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_many_ranges_in_one_call_and_refuses_batches_past_its_limits() {
+    use lean::node::*;
+    use prost::Message;
+    use tessera_proto::transport::settings::{GET_SHARDS_MAX_BYTES, GET_SHARDS_MAX_READS};
+
+    let node = start_node();
+    let mut s = lean_connect(node.addr).await;
+    let shard = |n: u8| -> Vec<u8> { (0..200_000u32).map(|i| (i % 241) as u8 ^ n).collect() };
+    for block in 1..=3u64 {
+        let data = shard(block as u8);
+        let (m, p) = put_parts(pkey(block, 0), &data, crc32(&data));
+        lean_call(&mut s, PUT_SHARD, &m, p).await.unwrap();
+    }
+    let read = |block: u64, offset: u32, len: u32| pb::GetShardRequest {
+        key: pkey(block, 0),
+        offset,
+        len,
+    };
+    let call = |reads: Vec<pb::GetShardRequest>| pb::GetShardsRequest { reads }.encode_to_vec();
+
+    // Ranges of several shards, across piece boundaries, in the order asked.
+    let asked = [
+        (3, 65_530, 20),
+        (1, 0, 4096),
+        (2, 199_000, 1000),
+        (1, 4096, 4096),
+    ];
+    let got = lean_call(
+        &mut s,
+        GET_SHARDS,
+        &call(asked.iter().map(|&(b, o, l)| read(b, o, l)).collect()),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let got = pb::GetShardsResponse::decode(got).unwrap().shards;
+    assert_eq!(got.len(), asked.len());
+    for (&(b, o, l), g) in asked.iter().zip(&got) {
+        let want = &shard(b as u8)[o as usize..(o + l) as usize];
+        assert!(g.data == want, "block {b} at {o}: wrong bytes");
+        assert_eq!(g.shard_len, 200_000);
+    }
+
+    // A batch that fails, fails whole, and names what failed.
+    let bad = [
+        (vec![read(1, 0, 10), read(9, 0, 10)], "9"),
+        (vec![read(1, 0, 10), read(2, 199_999, 2)], "beyond"),
+        (vec![read(1, 0, 0)], "without a length"),
+        (
+            (0..=GET_SHARDS_MAX_READS).map(|_| read(1, 0, 1)).collect(),
+            "ranges asked",
+        ),
+        (
+            (0..=GET_SHARDS_MAX_BYTES / 200_000)
+                .map(|_| read(1, 0, 200_000))
+                .collect(),
+            "bytes asked",
+        ),
+    ];
+    for (reads, why) in bad {
+        let (code, status) = lean_call_status(&mut s, GET_SHARDS, &call(reads), Default::default())
+            .await
+            .unwrap_err();
+        assert!(status.contains(why), "{why}: {code:?} {status}");
+    }
+    assert_eq!(
+        lean_call(&mut s, GET_SHARDS, b"\xff\xff\xff", Default::default()).await,
+        Err(Code::InvalidArgument)
+    );
+    // The connection goes on after every refusal.
+    lean_call(
+        &mut s,
+        GET_SHARDS,
+        &call(vec![read(2, 0, 1)]),
+        Default::default(),
+    )
+    .await
+    .unwrap();
 }
