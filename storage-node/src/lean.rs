@@ -13,6 +13,7 @@ use tonic::Status;
 
 use tessera_proto::{
     lean::node::*,
+    transport::settings::GET_SHARDS_MAX_MESSAGE,
     transport::{BlockingHandler, Reply},
 };
 
@@ -30,6 +31,14 @@ impl BlockingHandler for NodeHandler {
                 let data = std::mem::take(&mut a.data);
                 Reply::message_with_bytes(&a, GET_DATA_TAG, data)
             }),
+            // Refused before decoding: a message of empty entries would
+            // decode to millions of them.
+            GET_SHARDS if message.len() > GET_SHARDS_MAX_MESSAGE => {
+                Reply::status(&Status::invalid_argument(format!(
+                    "GetShards: a {} byte request, at most {GET_SHARDS_MAX_MESSAGE}",
+                    message.len()
+                )))
+            }
             GET_SHARDS => serve(node, message, NodeCalls::get_shards, reply),
             DELETE_SHARDS => serve(node, message, NodeCalls::delete_shards, reply),
             LIST_SHARDS => serve(node, message, NodeCalls::list_shards, reply),

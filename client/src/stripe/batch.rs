@@ -6,7 +6,7 @@
 //! down, a corrupt shard, a node older than GetShards) is read on its own
 //! by [`read_range`], which falls back to parity.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use bytes::Bytes;
 use futures::future::{join_all, try_join_all};
@@ -15,11 +15,13 @@ use tessera_proto::transport::settings::{GET_SHARDS_MAX_BYTES, GET_SHARDS_MAX_RE
 use tonic::Code;
 use tracing::debug;
 
-use super::{read_range, BlockRef, GET_TIMEOUT};
+use super::{read_range, BlockRef};
 use crate::{node_link::Fetched, nodes::Nodes, read::cache::BlockCache, ClientError, Result};
 
 /// Ranges read on their own at once, when their batch failed.
 const ALONE_AT_ONCE: usize = 16;
+/// Longest a batch may take (`GET_TIMEOUT` is for one range).
+const BATCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One shard range of one wanted range.
 struct Part {
@@ -46,7 +48,13 @@ pub(crate) async fn read_ranges(
         let healthy = ranges
             .iter()
             .all(|r| !nodes.is_suspect(targets[r.index as usize]));
-        if !healthy || cache.get(b.block).is_some() || ranges.iter().any(|r| r.len == 0) {
+        let whole = ranges.iter().map(|r| r.len as usize).sum::<usize>() == len;
+        if !healthy
+            || !whole
+            || ranges.is_empty()
+            || cache.get(b.block).is_some()
+            || ranges.iter().any(|r| r.len == 0)
+        {
             alone.push(want);
             continue;
         }
@@ -116,10 +124,17 @@ pub(crate) async fn read_ranges(
             out[w] = Some(data);
         }
     }
-    Ok(out
-        .into_iter()
-        .map(|d| d.expect("every range read, batched or alone"))
-        .collect())
+    out.into_iter()
+        .zip(wanted)
+        .map(|(d, &(b, at, len))| match d {
+            Some(d) if d.len() == len => Ok(d),
+            d => Err(ClientError::Malformed(format!(
+                "block {:#x}: {} bytes read at {at}, {len} asked",
+                b.block,
+                d.map_or(0, |d| d.len())
+            ))),
+        })
+        .collect()
 }
 
 /// `parts` cut into calls within GetShards' limits.
@@ -152,7 +167,9 @@ async fn get_shards(nodes: &Nodes, node: NodeId, parts: &[Part]) -> Result<Vec<F
         .conn(node)
         .ok_or_else(|| shard_err("node unknown".into()))?;
     let reads: Vec<(ShardKey, u32, u32)> = parts.iter().map(|p| (p.key, p.offset, p.len)).collect();
-    let fetched = match tokio::time::timeout(GET_TIMEOUT, conn.get_shards(&reads)).await {
+    // A node reads a batch's ranges one after another: a slow answer is
+    // not a dead node (a call that fails to connect says that).
+    let fetched = match tokio::time::timeout(BATCH_TIMEOUT, conn.get_shards(&reads)).await {
         Ok(Ok(f)) => f,
         Ok(Err(s)) => {
             if s.code() == Code::Unavailable {
@@ -160,10 +177,7 @@ async fn get_shards(nodes: &Nodes, node: NodeId, parts: &[Part]) -> Result<Vec<F
             }
             return Err(shard_err(format!("{:?}: {}", s.code(), s.message())));
         }
-        Err(_) => {
-            nodes.suspect(node);
-            return Err(shard_err("batched read timed out".into()));
-        }
+        Err(_) => return Err(shard_err("batched read timed out".into())),
     };
     if let Some((p, f)) = parts
         .iter()

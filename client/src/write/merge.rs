@@ -97,6 +97,9 @@ impl Volume {
                     Ok(0) => {}
                     Ok(n) => debug!(volume = self.name(), ino, windows = n, "merged fragments"),
                     Err(e) => {
+                        // Its view may point at blocks freed since (a view
+                        // fetched before a merge, installed after it).
+                        self.invalidate(ino);
                         debug!(volume = self.name(), ino, error = %e, "merging fragments stopped")
                     }
                 }

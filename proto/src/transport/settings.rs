@@ -60,3 +60,6 @@ pub const KEEPALIVE_PROBES: u32 = 3;
 /// [`MAX_MESSAGE`].
 pub const GET_SHARDS_MAX_READS: usize = 1024;
 pub const GET_SHARDS_MAX_BYTES: u64 = 4 << 20;
+/// Largest GetShards request a node decodes: its most ranges, each at
+/// most 36 bytes encoded (a key of two varints, an offset, a length).
+pub const GET_SHARDS_MAX_MESSAGE: usize = GET_SHARDS_MAX_READS * 64;

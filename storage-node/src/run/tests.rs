@@ -487,6 +487,13 @@ async fn reads_many_ranges_in_one_call_and_refuses_batches_past_its_limits() {
         lean_call(&mut s, GET_SHARDS, b"\xff\xff\xff", Default::default()).await,
         Err(Code::InvalidArgument)
     );
+    // Empty entries, two bytes each, are refused before they are decoded.
+    let empties = [0x0a, 0x00].repeat(40_000);
+    let (code, status) = lean_call_status(&mut s, GET_SHARDS, &empties, Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::InvalidArgument, "{status}");
+    assert!(status.contains("byte request"), "{status}");
     // The connection goes on after every refusal.
     lean_call(
         &mut s,
