@@ -273,3 +273,62 @@ fn locks_exclude_across_mounts_and_go_with_their_holder() {
     drop((b, b2, b3, fb, a, ob));
     mb.unmount();
 }
+
+/// A close whose written bytes could not be stored (too few storage nodes
+/// up) keeps the closing process's locks until they land: the next holder,
+/// on another mount, reads them, and they never land over its writes.
+#[test]
+fn a_close_whose_bytes_wait_keeps_its_locks_until_they_land() {
+    let mut c = Cluster::start(6);
+    c.create_volume("lw", "1GiB", "ec:4+2");
+    let ma = c.mount_at("lw", "host-a");
+    let mb = c.mount_at("lw", "host-b");
+    let mut a = Locker::open(&ma.path("f"));
+    // Over 4 KiB, so that the bytes go to the storage nodes (not inline).
+    let pad = "x".repeat(8192);
+    assert_eq!(a.ask("lock W 0 0"), "ok");
+    assert_eq!(a.ask(&format!("write 0 before{pad}")), "ok");
+    assert_eq!(a.ask("sync"), "ok");
+    // Three of six nodes gone: an ec:4+2 block cannot be made durable.
+    for i in 0..3 {
+        c.kill_node(i);
+    }
+    assert_eq!(a.ask(&format!("write 0 latest{pad}")), "ok");
+    assert_eq!(a.ask("sync"), "EIO", "the bytes could not be stored");
+    a.exit();
+    let mut b = Locker::open(&mb.path("f"));
+    assert_eq!(
+        b.ask("lock W 0 0"),
+        "EAGAIN",
+        "a's bytes wait: its lock must stay"
+    );
+    for i in 0..3 {
+        c.start_node(i);
+    }
+    c.wait_nodes_up(6);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match b.ask("lock W 0 0").as_str() {
+            "ok" => break,
+            "EAGAIN" if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            other => panic!("b's lock after the nodes came back: {other}"),
+        }
+    }
+    assert_eq!(
+        b.ask("read 0 6"),
+        "latest",
+        "the next holder reads a's bytes"
+    );
+    assert_eq!(b.ask("write 0 b-wins"), "ok");
+    assert_eq!(b.ask("sync"), "ok");
+    // Nothing of a's lands later over b's bytes.
+    std::thread::sleep(Duration::from_secs(3));
+    let fresh = c.mount_at("lw", "host-c");
+    let got = std::fs::read(fresh.path("f")).unwrap();
+    assert_eq!(got.len(), 6 + pad.len());
+    assert_eq!(&got[..6], b"b-wins", "a's bytes landed over b's");
+    b.exit();
+    fresh.unmount();
+    ma.unmount();
+    mb.unmount();
+}

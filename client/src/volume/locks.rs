@@ -27,7 +27,7 @@ use tessera_common::{
     locks::{HeldLock, LockAnswer, LockKind, LockRequest},
     Ino,
 };
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::Volume;
 use crate::{ClientError, Result};
@@ -189,20 +189,35 @@ impl Volume {
 
     /// `owner` closed `ino` (or exited): every lock it holds on the file
     /// goes, as POSIX says. A release the service does not answer is owed:
-    /// sent again in the background, and before the owner's next lock.
+    /// sent again in the background, and before the owner's next lock. So
+    /// is one while bytes of the file wait to be stored again: it goes
+    /// once they land, so that whoever locks the range next reads them,
+    /// and they cannot land over that holder's writes.
     pub fn release_locks(&self, ino: Ino, owner: u64) {
         let Some(generation) = self.held().get(&(ino, owner)).copied() else {
             return;
         };
+        if self.bytes_wait(ino) {
+            info!(
+                volume = self.name(),
+                ino, "a closed file's locks stay until its written bytes are stored"
+            );
+            return self.owe_release(ino, owner, generation);
+        }
         match self.send_release(ino, owner) {
             Ok(()) => self.released(ino, owner, generation),
             Err(e) => {
                 warn!(volume = self.name(), ino, error = %e, "releasing a closed file's locks failed; trying again");
-                if self.owed().insert((ino, owner)) {
-                    let vol = self.clone();
-                    std::thread::spawn(move || vol.pay_in_background(ino, owner, generation));
-                }
+                self.owe_release(ino, owner, generation);
             }
+        }
+    }
+
+    /// Has the release of `owner`'s locks on `ino` sent in the background.
+    fn owe_release(&self, ino: Ino, owner: u64, generation: u64) {
+        if self.owed().insert((ino, owner)) {
+            let vol = self.clone();
+            std::thread::spawn(move || vol.pay_in_background(ino, owner, generation));
         }
     }
 
@@ -227,7 +242,7 @@ impl Volume {
             if !owed.contains(&(ino, owner)) {
                 return; // paid before a new lock
             }
-            if self.send_release(ino, owner).is_ok() {
+            if !self.bytes_wait(ino) && self.send_release(ino, owner).is_ok() {
                 owed.remove(&(ino, owner));
                 drop(owed);
                 self.released(ino, owner, generation);

@@ -89,6 +89,17 @@ impl Volume {
         reported.and(stored)
     }
 
+    /// Whether bytes of `ino` wait to be stored again (a store or commit
+    /// failed for want of a node or the service): until they land, no
+    /// lock of the file may go, or another mount could write the range
+    /// first and have these land over it.
+    pub(crate) fn bytes_wait(&self, ino: Ino) -> bool {
+        self.existing_entry(ino).is_some_and(|e| {
+            let st = e.state.lock().expect("file state lock");
+            st.stalled() || st.retrying
+        })
+    }
+
     /// Whether this mount has writes of `ino` not committed yet.
     pub(crate) fn has_buffered(&self, ino: Ino) -> bool {
         self.existing_entry(ino).is_some_and(|e| {
