@@ -306,17 +306,15 @@ impl Filesystem for TesseraFs {
     ) {
         self.caps.released(ino.0);
         // The last close of an open file: its flock and its open file
-        // description locks go.
+        // description locks go, after what it wrote since its last flush
+        // (a shared mapping's pages) is stored, or owed until it is.
+        let flushed = self.data("release", self.vol.flush(ino.0, Some(fh.0)));
         let owners = self.handles.released(fh.0);
         for owner in lock_owner.map(|o| o.0).into_iter().chain(owners) {
             self.vol.release_locks(ino.0, owner);
         }
-        let r = self.data("release", async {
-            let flushed = self.vol.flush(ino.0, Some(fh.0)).await;
-            let released = self.vol.release_file(ino.0, fh.0).await;
-            flushed.and(released)
-        });
-        self.empty(reply, r);
+        let released = self.data("release", self.vol.release_file(ino.0, fh.0));
+        self.empty(reply, flushed.and(released));
     }
 
     fn fsync(

@@ -183,6 +183,12 @@ impl FileState {
         self.requeued > 0
     }
 
+    /// Bytes put back are not stored yet: they wait here, or are on their
+    /// way again in a block cut from them.
+    pub fn put_back_pending(&self) -> bool {
+        self.stalled() || self.inflight.iter().any(|p| p.retry)
+    }
+
     /// The uncommitted bytes within `[start, end)`, oldest first, as
     /// (offset, bytes): what reads lay over the committed bytes. Extents in
     /// flight are immutable and shared; dirty ones are copied, only the
@@ -341,6 +347,7 @@ mod tests {
         f.write(2, b"22");
         let second = f.cut().unwrap();
         f.write(3, b"3");
+        assert!(!f.put_back_pending(), "blocks in flight, none put back");
         // Both fail, oldest first, as they settle.
         f.requeue(&first);
         assert!(f.stalled());
@@ -355,6 +362,7 @@ mod tests {
         // With nothing in flight they go again, in one block, in order.
         let again = f.cut().unwrap();
         assert!(!f.stalled());
+        assert!(f.put_back_pending(), "their block is on its way again");
         let order: Vec<&[u8]> = again.extents.iter().map(|x| x.data.as_slice()).collect();
         assert_eq!(order, [&b"1111"[..], b"22", b"3", b"4"]);
     }
