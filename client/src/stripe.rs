@@ -30,6 +30,16 @@ pub(crate) struct BlockRef {
     pub len: usize,
 }
 
+impl BlockRef {
+    /// The block `s` points into.
+    pub fn of(s: &tessera_common::Slice) -> BlockRef {
+        BlockRef {
+            block: s.block,
+            len: s.block_len as usize,
+        }
+    }
+}
+
 /// A block stored: the placement epoch its shards were placed with, and
 /// the indices of the shards that are not durable (queued for repair with
 /// the commit).

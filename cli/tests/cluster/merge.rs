@@ -1,12 +1,13 @@
 //! A file overwritten in small pieces (a database's pages) has its
-//! fragments merged once it is quiet: it reads back the same, and the
-//! blocks its overwritten bytes lived in are freed.
+//! fragments merged once it is quiet: it reads back the same (also with
+//! rotten shards on two nodes, and with a node down), and the blocks its
+//! overwritten bytes lived in are freed.
 
 use std::{fs, os::unix::fs::FileExt};
 
 use tracing::info;
 
-use crate::harness::Cluster;
+use crate::{faults::segment_files, harness::Cluster};
 
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = 4096;
@@ -28,6 +29,18 @@ fn fragments_of_a_quiet_file_are_merged_and_their_blocks_freed() {
         .unwrap();
     f.write_all_at(&want, 0).unwrap();
     f.sync_data().unwrap();
+    // Rot under the file's first shards on two nodes, in every 64 KiB
+    // piece: the merge's batched reads from them fail (the node finds the
+    // CRC wrong), and their runs are read one by one, from parity.
+    for n in 1..3 {
+        for seg in segment_files(&c.nodes[n].dir) {
+            let mut bytes = fs::read(&seg).unwrap();
+            for at in (4096..bytes.len()).step_by(64 << 10) {
+                bytes[at] ^= 0x5a;
+            }
+            fs::write(&seg, &bytes).unwrap();
+        }
+    }
     overwrite_pages(&f, &mut want, 7);
     // Another mount opens it and reads it now: its cached slices point at
     // the fragments' blocks, which the merge frees.
@@ -50,6 +63,10 @@ fn fragments_of_a_quiet_file_are_merged_and_their_blocks_freed() {
     );
     f.read_exact_at(&mut got, 0).unwrap();
     assert!(got == want, "the merged file reads back different");
+    for node in ["node-2", "node-3"] {
+        let log = fs::read_to_string(c.log(node)).unwrap().to_lowercase();
+        assert!(log.contains("corrupt"), "{node} did not see its rot");
+    }
     // The other mount's reads reach it past the kernel's page cache: they
     // find the blocks gone, fetch the slices again and read the same.
     fs::write("/proc/sys/vm/drop_caches", "3").unwrap();

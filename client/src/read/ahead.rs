@@ -61,10 +61,7 @@ fn blocks_to_fetch(slices: &CachedSlices, from: u64, end: u64, most: usize) -> V
             continue;
         }
         let (bytes, longest) = read.entry(v.slice.block).or_insert_with(|| {
-            order.push(BlockRef {
-                block: v.slice.block,
-                len: v.slice.block_len as usize,
-            });
+            order.push(BlockRef::of(&v.slice));
             (0, 0)
         });
         *bytes += v.len;

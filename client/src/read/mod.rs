@@ -99,10 +99,7 @@ impl Volume {
         slices: &CachedSlices,
         v: &Visible,
     ) -> Result<Bytes> {
-        let b = BlockRef {
-            block: v.slice.block,
-            len: v.slice.block_len as usize,
-        };
+        let b = BlockRef::of(&v.slice);
         let (at, len) = (v.block_offset(), v.len as usize);
         if is_inline(b.block) {
             return match slices.inline(b.block) {
@@ -117,36 +114,22 @@ impl Volume {
         read_range(&i.nodes, &i.codec, &i.cache, b, at, len).await
     }
 
-    /// The committed bytes of many runs of `ino` (a merge's window), their
-    /// shard ranges fetched a node at a time.
+    /// The committed bytes of many runs of `ino` held by the storage
+    /// nodes (a merge's window), their shard ranges fetched a node at a
+    /// time.
     pub(crate) async fn read_runs(&self, ino: Ino, runs: &[Visible]) -> Result<Vec<Bytes>> {
-        let (inline, stored): (Vec<usize>, Vec<usize>) =
-            (0..runs.len()).partition(|&r| is_inline(runs[r].slice.block));
-        let wanted: Vec<(BlockRef, usize, usize)> = stored
+        if let Some(v) = runs.iter().find(|v| is_inline(v.slice.block)) {
+            return Err(ClientError::Invalid(format!(
+                "inode {ino}: inline block {:#x} is not read in a batch",
+                v.slice.block
+            )));
+        }
+        let wanted: Vec<(BlockRef, usize, usize)> = runs
             .iter()
-            .map(|&r| {
-                let v = &runs[r];
-                let b = BlockRef {
-                    block: v.slice.block,
-                    len: v.slice.block_len as usize,
-                };
-                (b, v.block_offset(), v.len as usize)
-            })
+            .map(|v| (BlockRef::of(&v.slice), v.block_offset(), v.len as usize))
             .collect();
         let i = &self.inner;
-        let read = read_ranges(&i.nodes, &i.codec, &i.cache, &wanted).await?;
-        let mut out = vec![Bytes::new(); runs.len()];
-        for (r, data) in stored.into_iter().zip(read) {
-            out[r] = data;
-        }
-        if !inline.is_empty() {
-            // Inline blocks never change: any view that has them will do.
-            let slices = self.slices(ino, &self.entry(ino)).await?;
-            for r in inline {
-                out[r] = self.read_run(ino, &slices, &runs[r]).await?;
-            }
-        }
-        Ok(out)
+        read_ranges(&i.nodes, &i.codec, &i.cache, &wanted).await
     }
 
     /// Where the next data (`data`: SEEK_DATA) or hole (SEEK_HOLE) of

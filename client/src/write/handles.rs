@@ -66,6 +66,9 @@ impl Handles {
     /// The failure handle `fh` has not reported yet, if any (none for a
     /// flush of the mount's own, `fh` None).
     pub fn take(&mut self, ino: Ino, fh: Option<u64>) -> Result<()> {
+        if self.latest.is_none() {
+            return Ok(()); // every write: no lookup unless one failed
+        }
         let Some(seen) = fh.and_then(|fh| self.handles.get_mut(&fh)) else {
             return Ok(());
         };

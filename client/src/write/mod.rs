@@ -96,7 +96,7 @@ impl Volume {
     pub(crate) fn bytes_wait(&self, ino: Ino) -> bool {
         self.existing_entry(ino).is_some_and(|e| {
             let st = e.state.lock().expect("file state lock");
-            st.put_back_pending() || st.retrying
+            st.put_back_pending()
         })
     }
 
