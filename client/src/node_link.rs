@@ -1,8 +1,10 @@
 //! A mount's link to one storage node. Shards are put and fetched over
 //! lean RPC (`transport::lean_client`), each call on a pooled connection
 //! of its own, with the shard's bytes written from the caller's buffer
-//! and read into the one the caller keeps. A node that does not speak
-//! lean RPC (an older version) is called over gRPC.
+//! and read into the one the caller keeps. A small read can also be made
+//! on the calling thread (a FUSE worker's), which then reads the answer
+//! itself, with no runtime in between. A node that does not speak lean RPC
+//! (an older version) is called over gRPC.
 
 use std::{
     sync::Mutex,
@@ -17,14 +19,14 @@ use tessera_proto::{
     pb::{self, node_client::NodeClient},
     transport::{
         grpc,
-        lean_client::{Answer, CallError, LeanClient, Retry},
+        lean_client::{Answer, BlockingLeanClient, CallError, LeanClient, Retry},
         settings::MAX_MESSAGE,
     },
 };
 use tonic::{transport::Channel, Status};
 use tracing::info;
 
-use crate::Result;
+use crate::{stripe::GET_TIMEOUT, Result};
 
 /// How long a node that refused lean RPC is called over gRPC before lean
 /// RPC is tried again (it may have been upgraded).
@@ -38,8 +40,20 @@ pub(crate) struct Fetched {
     pub shard_len: u32,
 }
 
+impl From<pb::GetShardResponse> for Fetched {
+    fn from(r: pb::GetShardResponse) -> Self {
+        Fetched {
+            data: r.data,
+            shard_crc: r.shard_crc,
+            shard_len: r.shard_len,
+        }
+    }
+}
+
 pub(crate) struct NodeLink {
     lean: LeanClient,
+    /// The same node for callers on threads of their own.
+    lean_now: BlockingLeanClient,
     grpc: NodeClient<Channel>,
     /// Set when the node refused lean RPC: calls go over gRPC until then.
     grpc_until: Mutex<Option<Instant>>,
@@ -53,6 +67,7 @@ impl NodeLink {
             .max_encoding_message_size(MAX_MESSAGE);
         Ok(NodeLink {
             lean: LeanClient::new(addr),
+            lean_now: BlockingLeanClient::with_timeout(addr, GET_TIMEOUT),
             grpc,
             grpc_until: Mutex::new(None),
         })
@@ -102,11 +117,7 @@ impl NodeLink {
             offset,
             len,
         };
-        self.get(req).await.map(|r| Fetched {
-            data: r.data,
-            shard_crc: r.shard_crc,
-            shard_len: r.shard_len,
-        })
+        self.get(req).await.map(Fetched::from)
     }
 
     /// Several ranges (`(key, offset, len)`, each `len` > 0) in one call,
@@ -130,12 +141,8 @@ impl NodeLink {
                 .call(node::GET_SHARDS, &req.encode_to_vec(), &Bytes::new())
                 .await
             {
-                Ok(answer) => pb::GetShardsResponse::decode(answer?).map_err(|e| {
-                    Status::internal(format!(
-                        "storage node at {}: malformed GetShards answer: {e}",
-                        self.lean.addr()
-                    ))
-                })?,
+                Ok(answer) => pb::GetShardsResponse::decode(answer?)
+                    .map_err(|e| self.malformed("GetShards", e))?,
                 Err(why) => {
                     let answer = self.grpc.clone().get_shards(req).await;
                     self.grpc_answered(answer.is_ok(), &why);
@@ -151,15 +158,42 @@ impl NodeLink {
                 reads.len()
             )));
         }
-        Ok(answer
-            .shards
-            .into_iter()
-            .map(|r| Fetched {
-                data: r.data,
-                shard_crc: r.shard_crc,
-                shard_len: r.shard_len,
-            })
-            .collect())
+        Ok(answer.shards.into_iter().map(Fetched::from).collect())
+    }
+
+    /// [`NodeLink::get_shard`] on this thread, which waits for the answer
+    /// (at most the link's read timeout between bytes). None when the node
+    /// is called over gRPC, or did not speak lean RPC just now: the caller
+    /// asks again with `get_shard`, which finds out which it speaks.
+    pub fn get_shard_now(
+        &self,
+        key: ShardKey,
+        offset: u32,
+        len: u32,
+    ) -> Option<Result<Fetched, Status>> {
+        if self.grpc_only() {
+            return None;
+        }
+        let req = pb::GetShardRequest {
+            key: Some(key.into()),
+            offset,
+            len,
+        };
+        let answer =
+            match self
+                .lean_now
+                .call(node::GET_SHARD, &req.encode_to_vec(), Retry::Idempotent)
+            {
+                Ok(answer) => answer,
+                Err(CallError::NotLean(_)) => return None,
+                Err(CallError::Io(e)) => return Some(Err(self.unavailable(e))),
+            };
+        Some(match answer {
+            Ok(a) => pb::GetShardResponse::decode(a)
+                .map(Fetched::from)
+                .map_err(|e| self.malformed("GetShard", e)),
+            Err(s) => Err(s),
+        })
     }
 
     async fn get(&self, req: pb::GetShardRequest) -> Result<pb::GetShardResponse, Status> {
@@ -170,18 +204,26 @@ impl NodeLink {
             .call(node::GET_SHARD, &req.encode_to_vec(), &Bytes::new())
             .await
         {
-            Ok(answer) => pb::GetShardResponse::decode(answer?).map_err(|e| {
-                Status::internal(format!(
-                    "storage node at {}: malformed GetShard answer: {e}",
-                    self.lean.addr()
-                ))
-            }),
+            Ok(answer) => {
+                pb::GetShardResponse::decode(answer?).map_err(|e| self.malformed("GetShard", e))
+            }
             Err(why) => {
                 let answer = self.grpc.clone().get_shard(req).await;
                 self.grpc_answered(answer.is_ok(), &why);
                 Ok(answer?.into_inner())
             }
         }
+    }
+
+    fn malformed(&self, method: &str, e: prost::DecodeError) -> Status {
+        Status::internal(format!(
+            "storage node at {}: malformed {method} answer: {e}",
+            self.lean.addr()
+        ))
+    }
+
+    fn unavailable(&self, e: std::io::Error) -> Status {
+        Status::unavailable(format!("storage node at {}: {e}", self.lean.addr()))
     }
 
     fn grpc_only(&self) -> bool {
@@ -219,10 +261,7 @@ impl NodeLink {
         {
             Ok(answer) => Ok(answer),
             Err(CallError::NotLean(why)) => Err(why),
-            Err(CallError::Io(e)) => Ok(Err(Status::unavailable(format!(
-                "storage node at {}: {e}",
-                self.lean.addr()
-            )))),
+            Err(CallError::Io(e)) => Ok(Err(self.unavailable(e))),
         }
     }
 }

@@ -105,6 +105,13 @@ impl Nodes {
         Ok(())
     }
 
+    /// Whether the table is recent: [`Nodes::refresh_if_stale`] with no
+    /// newer epoch known would not fetch it.
+    pub fn is_fresh(&self) -> bool {
+        let t = self.table.read().expect("placement lock");
+        t.fetched.elapsed() <= REFRESH_EVERY
+    }
+
     pub fn conn(&self, node: NodeId) -> Option<NodeConn> {
         self.table
             .read()

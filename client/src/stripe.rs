@@ -14,7 +14,8 @@ use tracing::{debug, warn};
 use crate::{node_link::Fetched, nodes::Nodes, read::cache::BlockCache, ClientError, Result};
 
 const PUT_TIMEOUT: Duration = Duration::from_secs(20);
-const GET_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a shard read waits for its node (between bytes, on a thread).
+pub(crate) const GET_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) use batch::read_ranges;
 
@@ -224,6 +225,50 @@ pub(crate) async fn read_range(
     let out = full.slice(offset..offset + len);
     cache.put(b.block, full);
     Ok(out)
+}
+
+/// [`read_range`] on this thread, for a range read from one data shard
+/// on a node not suspect (a database's page): the bytes from the block
+/// cache, or from one `GetShard` whose answer this thread reads itself,
+/// with no runtime in between. None when the range needs more (a whole
+/// block, two shards) or the read failed: the caller then reads with
+/// [`read_range`], which finds the node suspect after a failure and goes
+/// to parity instead of waiting on it again (and reports a corrupt shard
+/// when the node finds it so).
+pub(crate) fn read_range_now(
+    nodes: &Nodes,
+    codec: &Codec,
+    cache: &BlockCache,
+    b: BlockRef,
+    offset: usize,
+    len: usize,
+) -> Option<Bytes> {
+    if let Some(full) = cache.get(b.block) {
+        return Some(full.slice(offset..offset + len));
+    }
+    if len == 0 || len >= WHOLE_BLOCK_AT {
+        return None;
+    }
+    let ranges = codec.data_ranges(b.len, offset, len);
+    let [r] = ranges.as_slice() else {
+        return None;
+    };
+    let node = nodes.shard_nodes(b.block)[r.index as usize];
+    if nodes.is_suspect(node) {
+        return None;
+    }
+    let key = ShardKey {
+        block: b.block,
+        index: r.index,
+    };
+    let why = match nodes.conn(node)?.get_shard_now(key, r.offset, r.len)? {
+        Ok(f) if f.data.len() == r.len as usize => return Some(f.data),
+        Ok(f) => format!("returned {} bytes, asked {}", f.data.len(), r.len),
+        Err(s) => format!("{:?}: {}", s.code(), s.message()),
+    };
+    warn!(%key, node, why, "shard read failed; reading from parity");
+    nodes.suspect(node);
+    None
 }
 
 /// Reads every reachable shard whole, keeps those whose CRC matches, and

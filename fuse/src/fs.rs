@@ -250,7 +250,7 @@ impl Filesystem for TesseraFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.data("read", self.vol.read(ino.0, offset, size)) {
+        match self.result("read", self.vol.read_on_thread(ino.0, offset, size)) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(e),
         }

@@ -19,7 +19,7 @@ use tracing::warn;
 pub(crate) use slices::{CachedSlices, Visible};
 
 use crate::{
-    stripe::{read_range, read_ranges, BlockRef, WHOLE_BLOCK_AT},
+    stripe::{read_range, read_range_now, read_ranges, BlockRef, WHOLE_BLOCK_AT},
     volume::{FileEntry, Volume},
     ClientError, Result,
 };
@@ -39,6 +39,60 @@ impl Volume {
                 self.read_once(ino, offset, size).await
             }
         }
+    }
+
+    /// [`Volume::read`] for a caller that waits on a thread of its own (a
+    /// FUSE worker): a small read of one committed run, with the file's
+    /// slices cached and the placement table fresh, is made on this thread
+    /// (one `GetShard` whose answer the thread reads itself, with no hop
+    /// through the runtime and back); anything else, and any failure, goes
+    /// through `read`.
+    pub fn read_on_thread(&self, ino: Ino, offset: u64, size: u32) -> Result<Bytes> {
+        if let Some(data) = self.read_small_now(ino, offset, size) {
+            return Ok(data);
+        }
+        self.block_on(self.read(ino, offset, size))
+    }
+
+    fn read_small_now(&self, ino: Ino, offset: u64, size: u32) -> Option<Bytes> {
+        if size == 0 || size as usize >= WHOLE_BLOCK_AT {
+            return None;
+        }
+        let end = offset.checked_add(u64::from(size))?;
+        let e = self.existing_entry(ino)?;
+        // As `read_once`: uncommitted bytes first, then the committed slices.
+        let buffered = e
+            .state
+            .lock()
+            .expect("file state lock")
+            .overlay(offset, end);
+        if !buffered.is_empty() {
+            return None;
+        }
+        let slices = e.slices.lock().expect("slices lock").1.clone()?;
+        if end > slices.size || !self.inner.nodes.is_fresh() {
+            return None;
+        }
+        let runs = slices.visible(offset, end);
+        // One run over the whole range: no hole, no second block.
+        let [v] = runs.as_slice() else {
+            return None;
+        };
+        if v.offset != offset || v.len != u64::from(size) || is_inline(v.slice.block) {
+            return None;
+        }
+        let i = &self.inner;
+        let b = BlockRef::of(&v.slice);
+        let data = read_range_now(
+            &i.nodes,
+            &i.codec,
+            &i.cache,
+            b,
+            v.block_offset(),
+            v.len as usize,
+        )?;
+        e.read_end.store(end, Ordering::Relaxed);
+        Some(data)
     }
 
     async fn read_once(&self, ino: Ino, offset: u64, size: u32) -> Result<Bytes> {

@@ -14,6 +14,7 @@ use std::{
     net::ToSocketAddrs,
     os::fd::{AsRawFd, RawFd},
     sync::Mutex,
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -241,14 +242,23 @@ impl LeanClient {
 pub struct BlockingLeanClient {
     addr: String,
     idle: Idle<BufReader<std::net::TcpStream>>,
+    /// Longest a send or a wait for answer bytes may block.
+    timeout: Duration,
 }
 
 impl BlockingLeanClient {
     /// A client of the peer at `addr` (`host:port`); it connects on first use.
     pub fn new(addr: &str) -> Self {
+        Self::with_timeout(addr, LEAN_CALL_TIMEOUT)
+    }
+
+    /// A client whose calls give up when the peer sends nothing (or takes
+    /// nothing) for `timeout`.
+    pub fn with_timeout(addr: &str, timeout: Duration) -> Self {
         BlockingLeanClient {
             addr: addr.to_string(),
             idle: Idle::new(),
+            timeout,
         }
     }
 
@@ -304,8 +314,8 @@ impl BlockingLeanClient {
             match std::net::TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
                 Ok(s) => {
                     s.set_nodelay(true)?;
-                    s.set_read_timeout(Some(LEAN_CALL_TIMEOUT))?;
-                    s.set_write_timeout(Some(LEAN_CALL_TIMEOUT))?;
+                    s.set_read_timeout(Some(self.timeout))?;
+                    s.set_write_timeout(Some(self.timeout))?;
                     return Ok(s);
                 }
                 Err(e) => last = e,
@@ -341,6 +351,8 @@ mod tests {
         NoHello,
         /// Answers one call, then hangs up on the next one.
         AnswerThenCut,
+        /// Reads the call and never answers (hangs up after 5 s).
+        Silent,
     }
 
     /// Serves one connection per entry of `script`; each hang-up is
@@ -380,6 +392,10 @@ mod tests {
                         libc::ENOENT as u32,
                         "no such name",
                     ))),
+                    Then::Silent => {
+                        thread::sleep(Duration::from_secs(5));
+                        Ok(())
+                    }
                     Then::CutOff | Then::NoHello => Ok(()),
                 }
                 .unwrap();
@@ -417,6 +433,21 @@ mod tests {
         assert_eq!(e.code(), Code::NotFound);
         assert_eq!(e.message(), "no such name");
         assert_eq!(errno::of(&e), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn a_blocking_call_to_a_peer_that_never_answers_gives_up() {
+        let (addr, _closed) = fake_service(vec![Then::Silent]);
+        let c = BlockingLeanClient::with_timeout(&addr, Duration::from_millis(200));
+        let asked = std::time::Instant::now();
+        let e = c.call("/x/A", b"", Retry::Idempotent);
+        assert!(matches!(e, Err(CallError::Io(_))), "{e:?}");
+        // Given up long before the peer hangs up.
+        assert!(
+            asked.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            asked.elapsed()
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use tracing::warn;
 use super::ShardStore;
 use crate::{
     error::{Error, Result},
-    format::{decode_head, Head, Header, Kind, FIXED_LEN, PIECE},
+    format::{decode_head, Head, Header, Kind, PIECE},
     index::Entry,
 };
 
@@ -82,10 +82,10 @@ impl ShardStore {
                     _ => self.segment_io(e, err),
                 })
         };
-        let mut fixed = [0u8; FIXED_LEN];
-        read_at(e.pos.offset, &mut fixed)?;
-        let h = Header::decode_fixed(&fixed).map_err(|b| corrupt(b.0.into()))?;
-        let mut head = vec![0u8; h.head_len()];
+        // The index entry says how long the head is: one read, and a head
+        // that says otherwise does not match the entry.
+        let head_len = expected(key, e).head_len();
+        let mut head = vec![0u8; head_len];
         read_at(e.pos.offset, &mut head)?;
         let head = check_head(key, e, &head)?;
         if offset == end {
@@ -99,10 +99,7 @@ impl ShardStore {
             .saturating_mul(PIECE)
             .min(e.len as usize);
         let mut buf = vec![0u8; span_end - span_start];
-        read_at(
-            e.pos.offset + h.head_len() as u64 + span_start as u64,
-            &mut buf,
-        )?;
+        read_at(e.pos.offset + head_len as u64 + span_start as u64, &mut buf)?;
         if let Err(piece) = head.verify_pieces(first, &buf) {
             return Err(corrupt(format!("CRC mismatch in 64 KiB piece {piece}")));
         }

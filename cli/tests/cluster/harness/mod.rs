@@ -457,7 +457,7 @@ pub struct Mount {
     pub dir: PathBuf,
     volume: String,
     child: Option<Child>,
-    log: PathBuf,
+    pub log: PathBuf,
 }
 
 impl Mount {
