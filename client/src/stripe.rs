@@ -14,8 +14,12 @@ use tracing::{debug, warn};
 use crate::{node_link::Fetched, nodes::Nodes, read::cache::BlockCache, ClientError, Result};
 
 const PUT_TIMEOUT: Duration = Duration::from_secs(20);
-/// Longest a shard read waits for its node (between bytes, on a thread).
-pub(crate) const GET_TIMEOUT: Duration = Duration::from_secs(10);
+const GET_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a read on the caller's thread waits for its node's bytes (a
+/// connect: 2 s) before the read goes to parity: well under
+/// `GET_TIMEOUT`, so a hung node holds a FUSE thread little longer than an
+/// async read would.
+pub(crate) const READ_NOW_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub(crate) use batch::read_ranges;
 

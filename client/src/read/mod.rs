@@ -42,8 +42,8 @@ impl Volume {
     }
 
     /// [`Volume::read`] for a caller that waits on a thread of its own (a
-    /// FUSE worker): a small read of one committed run, with the file's
-    /// slices cached and the placement table fresh, is made on this thread
+    /// FUSE worker): a small read of one committed run, with the placement
+    /// table fresh, is made on this thread
     /// (one `GetShard` whose answer the thread reads itself, with no hop
     /// through the runtime and back); anything else, and any failure, goes
     /// through `read`.
@@ -69,7 +69,8 @@ impl Volume {
         if !buffered.is_empty() {
             return None;
         }
-        let slices = e.slices.lock().expect("slices lock").1.clone()?;
+        // A file's first read fetches its slices (as `read_once` would).
+        let slices = self.block_on(self.slices(ino, &e)).ok()?;
         if end > slices.size || !self.inner.nodes.is_fresh() {
             return None;
         }

@@ -88,11 +88,24 @@ fn answer(frame: Bytes) -> io::Result<Answer> {
 }
 
 /// The peer's hello, read on a new connection: anything else means it
-/// does not speak lean RPC.
+/// does not speak lean RPC. A peer that sends nothing in time is not
+/// answering at all, which says nothing about what it speaks.
 fn check_hello(got: io::Result<[u8; lean::HELLO_LEN]>) -> Result<(), CallError> {
     // A gRPC-only peer hangs up on bytes that are not HTTP/2.
-    let hello = got.map_err(|e| CallError::NotLean(format!("no lean hello: {e}")))?;
+    let hello = got.map_err(|e| match timed_out(&e) {
+        true => CallError::Io(e),
+        false => CallError::NotLean(format!("no lean hello: {e}")),
+    })?;
     lean::check_hello(&hello).map_err(|e| CallError::NotLean(e.to_string()))
+}
+
+/// Whether `e` is a socket's timeout running out (a blocking read or
+/// write reports it as `WouldBlock`).
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
 }
 
 fn ended() -> io::Error {
@@ -266,12 +279,13 @@ impl BlockingLeanClient {
         &self.addr
     }
 
-    /// [`LeanClient::call`], on this thread.
+    /// [`LeanClient::call`], on this thread. A call that timed out is not
+    /// tried again: the peer is slow or gone, not the pooled connection.
     pub fn call(&self, path: &str, message: &[u8], retry: Retry) -> Result<Answer, CallError> {
         let pooled = self.idle.take();
         let again = pooled.is_some() && retry == Retry::Idempotent;
         match self.call_on(pooled, path, message) {
-            Err(CallError::Io(e)) if again => {
+            Err(CallError::Io(e)) if again && !timed_out(&e) => {
                 tracing::debug!(peer = %self.addr, error = %e, "pooled connection broke; retrying");
                 self.call_on(None, path, message)
             }
@@ -351,8 +365,11 @@ mod tests {
         NoHello,
         /// Answers one call, then hangs up on the next one.
         AnswerThenCut,
-        /// Reads the call and never answers (hangs up after 5 s).
-        Silent,
+        /// Answers one call, reads the next and never answers it (hangs
+        /// up after 5 s).
+        AnswerThenSilent,
+        /// Reads the hello and sends nothing back (hangs up after 5 s).
+        SilentHello,
     }
 
     /// Serves one connection per entry of `script`; each hang-up is
@@ -366,7 +383,10 @@ mod tests {
                 let (mut s, _) = listener.accept().unwrap();
                 let mut hello = [0u8; lean::HELLO_LEN];
                 s.read_exact(&mut hello).unwrap();
-                if matches!(then, Then::NoHello) {
+                if matches!(then, Then::SilentHello) {
+                    thread::sleep(Duration::from_secs(5));
+                }
+                if matches!(then, Then::NoHello | Then::SilentHello) {
                     drop(s);
                     tx.send(()).unwrap();
                     continue;
@@ -392,11 +412,14 @@ mod tests {
                         libc::ENOENT as u32,
                         "no such name",
                     ))),
-                    Then::Silent => {
+                    Then::AnswerThenSilent => {
+                        s.write_all(&lean::encode_response(&answer(0, 0, "")))
+                            .unwrap();
+                        read_frame_blocking(&mut s).unwrap();
                         thread::sleep(Duration::from_secs(5));
                         Ok(())
                     }
-                    Then::CutOff | Then::NoHello => Ok(()),
+                    Then::CutOff | Then::NoHello | Then::SilentHello => Ok(()),
                 }
                 .unwrap();
                 drop(s);
@@ -436,18 +459,31 @@ mod tests {
     }
 
     #[test]
-    fn a_blocking_call_to_a_peer_that_never_answers_gives_up() {
-        let (addr, _closed) = fake_service(vec![Then::Silent]);
+    fn a_blocking_call_to_a_peer_that_stops_answering_gives_up_once() {
+        // One call answered (its connection is pooled), then a peer that
+        // reads the next call and never answers, then one that would.
+        let (addr, _closed) = fake_service(vec![Then::AnswerThenSilent, Then::Answer]);
         let c = BlockingLeanClient::with_timeout(&addr, Duration::from_millis(200));
+        let a = c.call("/x/A", b"", Retry::Idempotent).unwrap().unwrap();
+        assert_eq!(&a[..], b"/x/A");
         let asked = std::time::Instant::now();
-        let e = c.call("/x/A", b"", Retry::Idempotent);
+        let e = c.call("/x/B", b"", Retry::Idempotent);
+        // A timeout is the peer's, not the pooled connection's: the call
+        // is not sent again on a new connection (which would be answered).
         assert!(matches!(e, Err(CallError::Io(_))), "{e:?}");
-        // Given up long before the peer hangs up.
         assert!(
             asked.elapsed() < Duration::from_secs(4),
             "{:?}",
             asked.elapsed()
         );
+    }
+
+    #[test]
+    fn a_peer_silent_at_the_hello_is_not_taken_for_one_without_lean_rpc() {
+        let (addr, _closed) = fake_service(vec![Then::SilentHello]);
+        let c = BlockingLeanClient::with_timeout(&addr, Duration::from_millis(200));
+        let e = c.call("/x/A", b"", Retry::Idempotent);
+        assert!(matches!(e, Err(CallError::Io(_))), "{e:?}");
     }
 
     #[test]
