@@ -42,19 +42,20 @@ impl Volume {
     }
 
     /// [`Volume::read`] for a caller that waits on a thread of its own (a
-    /// FUSE worker): a small read of one committed run, with the placement
-    /// table fresh, is made on this thread
-    /// (one `GetShard` whose answer the thread reads itself, with no hop
-    /// through the runtime and back); anything else, and any failure, goes
-    /// through `read`.
+    /// FUSE worker): a small read of one committed run is made on this
+    /// thread (one `GetShard` whose answer the thread reads itself, with no
+    /// hop through the runtime and back); anything else, and a read that
+    /// fails there, goes through `read`.
     pub fn read_on_thread(&self, ino: Ino, offset: u64, size: u32) -> Result<Bytes> {
-        if let Some(data) = self.read_small_now(ino, offset, size) {
-            return Ok(data);
+        match self.read_small_now(ino, offset, size) {
+            Some(done) => done,
+            None => self.block_on(self.read(ino, offset, size)),
         }
-        self.block_on(self.read(ino, offset, size))
     }
 
-    fn read_small_now(&self, ino: Ino, offset: u64, size: u32) -> Option<Bytes> {
+    /// The bytes of a small read made on this thread, or None when it must
+    /// go through `read`.
+    fn read_small_now(&self, ino: Ino, offset: u64, size: u32) -> Option<Result<Bytes>> {
         if size == 0 || size as usize >= WHOLE_BLOCK_AT {
             return None;
         }
@@ -69,10 +70,20 @@ impl Volume {
         if !buffered.is_empty() {
             return None;
         }
-        // A file's first read fetches its slices (as `read_once` would).
-        let slices = self.block_on(self.slices(ino, &e)).ok()?;
-        if end > slices.size || !self.inner.nodes.is_fresh() {
+        let cached = e.slices.lock().expect("slices lock").1.clone();
+        let slices = match cached {
+            Some(s) => s,
+            // A file's first read fetches its slices, as `read_once` would.
+            None => match self.block_on(self.slices(ino, &e)) {
+                Ok(s) => s,
+                Err(err) => return Some(Err(err)),
+            },
+        };
+        if end > slices.size {
             return None;
+        }
+        if !self.inner.nodes.is_fresh() {
+            self.block_on(self.refresh_placement());
         }
         let runs = slices.visible(offset, end);
         // One run over the whole range: no hole, no second block.
@@ -93,7 +104,15 @@ impl Volume {
             v.len as usize,
         )?;
         e.read_end.store(end, Ordering::Relaxed);
-        Some(data)
+        Some(Ok(data))
+    }
+
+    /// Fetches the placement table again if it is stale: moved placement
+    /// groups are found here, not by failing reads.
+    async fn refresh_placement(&self) {
+        if let Err(e) = self.inner.nodes.refresh_if_stale(0).await {
+            warn!(volume = self.name(), error = %e, "refreshing the placement table failed");
+        }
     }
 
     async fn read_once(&self, ino: Ino, offset: u64, size: u32) -> Result<Bytes> {
@@ -112,10 +131,7 @@ impl Volume {
         }
         let runs = slices.visible(offset, end.min(slices.size));
         if !runs.is_empty() {
-            // Moved placement groups are found here, not by failing reads.
-            if let Err(e) = self.inner.nodes.refresh_if_stale(0).await {
-                warn!(volume = self.name(), error = %e, "refreshing the placement table failed");
-            }
+            self.refresh_placement().await;
         }
         let reads = runs.iter().map(|v| self.read_run(ino, &slices, v));
         let sequential = e.read_end.swap(end, Ordering::Relaxed) == offset
