@@ -82,9 +82,6 @@ impl Volume {
         if end > slices.size {
             return None;
         }
-        if !self.inner.nodes.is_fresh() {
-            self.block_on(self.refresh_placement());
-        }
         let runs = slices.visible(offset, end);
         // One run over the whole range: no hole, no second block.
         let [v] = runs.as_slice() else {
@@ -92,6 +89,10 @@ impl Volume {
         };
         if v.offset != offset || v.len != u64::from(size) || is_inline(v.slice.block) {
             return None;
+        }
+        if !self.inner.nodes.is_fresh() {
+            // As `read_once`: a refresh that fails leaves the table as it is.
+            self.block_on(self.refresh_placement());
         }
         let i = &self.inner;
         let b = BlockRef::of(&v.slice);
