@@ -40,6 +40,14 @@ pub(crate) struct Fetched {
     pub shard_len: u32,
 }
 
+impl Fetched {
+    /// Why these are not the `asked` bytes of a range, if they are not.
+    pub fn short_of(&self, asked: u32) -> Option<String> {
+        let got = self.data.len();
+        (got != asked as usize).then(|| format!("returned {got} bytes, asked {asked}"))
+    }
+}
+
 impl From<pb::GetShardResponse> for Fetched {
     fn from(r: pb::GetShardResponse) -> Self {
         Fetched {

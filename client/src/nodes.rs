@@ -85,6 +85,13 @@ impl Nodes {
         self.shard_nodes_at(block).0
     }
 
+    /// The node of shard `index` of `block`.
+    pub fn shard_node(&self, block: BlockId, index: u8) -> NodeId {
+        let table = self.table.read().expect("placement lock");
+        let pg = pg_of(block, table.pgs.len() as u32) as usize;
+        table.pgs[pg][index as usize]
+    }
+
     /// [`Nodes::shard_nodes`] and the epoch of the table they come from.
     pub fn shard_nodes_at(&self, block: BlockId) -> (Vec<NodeId>, u64) {
         let table = self.table.read().expect("placement lock");

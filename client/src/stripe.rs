@@ -161,13 +161,10 @@ async fn get_shard(
     } else {
         len
     };
-    if resp.data.len() != want as usize {
-        return Err(shard_err(format!(
-            "returned {} bytes, asked {want}",
-            resp.data.len()
-        )));
+    match resp.short_of(want) {
+        Some(why) => Err(shard_err(why)),
+        None => Ok(resp),
     }
-    Ok(resp)
 }
 
 /// Reads `len` bytes at `offset` of a block.
@@ -257,7 +254,7 @@ pub(crate) fn read_range_now(
     let [r] = ranges.as_slice() else {
         return None;
     };
-    let node = nodes.shard_nodes(b.block)[r.index as usize];
+    let node = nodes.shard_node(b.block, r.index);
     if nodes.is_suspect(node) {
         return None;
     }
@@ -266,8 +263,10 @@ pub(crate) fn read_range_now(
         index: r.index,
     };
     let why = match nodes.conn(node)?.get_shard_now(key, r.offset, r.len)? {
-        Ok(f) if f.data.len() == r.len as usize => return Some(f.data),
-        Ok(f) => format!("returned {} bytes, asked {}", f.data.len(), r.len),
+        Ok(f) => match f.short_of(r.len) {
+            None => return Some(f.data),
+            Some(why) => why,
+        },
         Err(s) => format!("{:?}: {}", s.code(), s.message()),
     };
     warn!(%key, node, why, "shard read failed; reading from parity");

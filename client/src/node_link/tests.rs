@@ -147,6 +147,14 @@ async fn get(link: &NodeLink, block: u64) -> Result<Fetched, Status> {
     link.get_shard(key(block), 0, 0).await
 }
 
+/// `get_shard_now` on a thread of its own, as a FUSE worker calls it.
+async fn get_now(link: &Arc<NodeLink>, block: u64) -> Option<Result<Fetched, Status>> {
+    let link = link.clone();
+    tokio::task::spawn_blocking(move || link.get_shard_now(key(block), 0, 0))
+        .await
+        .unwrap()
+}
+
 fn free_addr() -> String {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -228,4 +236,33 @@ async fn a_node_that_hangs_up_is_not_taken_for_an_old_one() {
     assert!(get(&link, 1).await.is_err());
     // Lean RPC is tried again on the next call, not skipped for a minute.
     assert!(!link.grpc_only());
+}
+
+#[tokio::test]
+async fn a_read_on_the_callers_thread_answers_or_leaves_the_node_to_the_async_path() {
+    // A node speaking lean RPC: its bytes, or the status it failed with.
+    let node = Arc::new(FakeNode::default());
+    let addr = free_addr();
+    let (_stop, _task) = serve_lean(node, &addr).await;
+    let link = Arc::new(NodeLink::new(&addr).unwrap());
+    put(&link, 1, b"page").await.unwrap();
+    let got = get_now(&link, 1).await.expect("a lean node answers");
+    assert_eq!(&got.unwrap().data[..], b"page");
+    let e = get_now(&link, 2).await.expect("a lean node answers");
+    assert_eq!(e.unwrap_err().code(), Code::NotFound);
+
+    // Nobody there: unavailable (the reader makes the node suspect).
+    let down = Arc::new(NodeLink::new(&free_addr()).unwrap());
+    let e = get_now(&down, 1).await.expect("a failed call");
+    assert_eq!(e.unwrap_err().code(), Code::Unavailable);
+
+    // A node older than lean RPC: left to the async path, which calls it
+    // over gRPC, both before and after the link has learnt that.
+    let old = Arc::new(FakeNode::default());
+    let old_link = Arc::new(NodeLink::new(&serve_grpc_only(old).await).unwrap());
+    assert!(get_now(&old_link, 1).await.is_none());
+    put(&old_link, 1, b"old").await.unwrap();
+    assert!(old_link.grpc_only());
+    assert!(get_now(&old_link, 1).await.is_none());
+    assert_eq!(&get(&old_link, 1).await.unwrap().data[..], b"old");
 }

@@ -179,15 +179,15 @@ async fn get_shards(nodes: &Nodes, node: NodeId, parts: &[Part]) -> Result<Vec<F
         }
         Err(_) => return Err(shard_err("batched read timed out".into())),
     };
-    if let Some((p, f)) = parts
+    if let Some((p, why)) = parts
         .iter()
         .zip(&fetched)
-        .find(|(p, f)| f.data.len() != p.len as usize)
+        .find_map(|(p, f)| f.short_of(p.len).map(|why| (p, why)))
     {
         return Err(ClientError::Shard {
             key: p.key,
             node,
-            why: format!("returned {} bytes, asked {}", f.data.len(), p.len),
+            why,
         });
     }
     Ok(fetched)
