@@ -26,7 +26,7 @@ use tessera_proto::{
 use tonic::{transport::Channel, Status};
 use tracing::info;
 
-use crate::{stripe::READ_NOW_TIMEOUT, Result};
+use crate::{stripe::SLOW_READ, Result};
 
 /// How long a node that refused lean RPC is called over gRPC before lean
 /// RPC is tried again (it may have been upgraded).
@@ -75,7 +75,7 @@ impl NodeLink {
             .max_encoding_message_size(MAX_MESSAGE);
         Ok(NodeLink {
             lean: LeanClient::new(addr),
-            lean_now: BlockingLeanClient::with_timeout(addr, READ_NOW_TIMEOUT),
+            lean_now: BlockingLeanClient::with_timeout(addr, SLOW_READ),
             grpc,
             grpc_until: Mutex::new(None),
         })
@@ -170,7 +170,7 @@ impl NodeLink {
     }
 
     /// [`NodeLink::get_shard`] on this thread, which waits for the answer
-    /// (at most [`READ_NOW_TIMEOUT`] between bytes). None when the node
+    /// (at most [`SLOW_READ`] between bytes). None when the node
     /// is called over gRPC, or did not speak lean RPC just now: the caller
     /// asks again with `get_shard`, which finds out which it speaks.
     pub fn get_shard_now(

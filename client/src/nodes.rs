@@ -35,7 +35,33 @@ pub(crate) struct Nodes {
     meta: MetaClient,
     protection: Protection,
     table: RwLock<Table>,
-    suspects: Mutex<HashMap<NodeId, Instant>>,
+    /// Nodes that failed a call: readers go around them for a while.
+    suspects: Marks,
+    /// Nodes that left a write waiting: writers skip them for a while.
+    slow: Marks,
+}
+
+/// Nodes marked for `SUSPECT_FOR`, each until an instant.
+#[derive(Default)]
+struct Marks(Mutex<HashMap<NodeId, Instant>>);
+
+impl Marks {
+    fn mark(&self, node: NodeId) {
+        let until = Instant::now() + SUSPECT_FOR;
+        self.0.lock().expect("marks lock").insert(node, until);
+    }
+
+    fn has(&self, node: NodeId) -> bool {
+        let mut marks = self.0.lock().expect("marks lock");
+        match marks.get(&node) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                marks.remove(&node);
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 impl Nodes {
@@ -50,7 +76,8 @@ impl Nodes {
                 pgs: Vec::new(),
                 conns: HashMap::new(),
             }),
-            suspects: Mutex::new(HashMap::new()),
+            suspects: Marks::default(),
+            slow: Marks::default(),
         };
         nodes.refresh().await?;
         Ok(nodes)
@@ -140,10 +167,21 @@ impl Nodes {
     }
 
     pub fn suspect(&self, node: NodeId) {
-        self.suspects
-            .lock()
-            .expect("suspects lock")
-            .insert(node, Instant::now() + SUSPECT_FOR);
+        self.suspects.mark(node);
+    }
+
+    /// `node` left a block's store waiting for its shard: writers skip it
+    /// (its shards go to the repair queue) and readers go around it, for
+    /// `SUSPECT_FOR`.
+    pub fn slow(&self, node: NodeId) {
+        self.slow.mark(node);
+        self.suspects.mark(node);
+    }
+
+    /// Whether writers skip `node`: the metadata service reports it down,
+    /// or it was slow a moment ago.
+    pub fn skip_for_writes(&self, node: NodeId) -> bool {
+        self.is_down(node) || self.slow.has(node)
     }
 
     /// Whether the metadata service reported `node` down when the table was
@@ -157,17 +195,6 @@ impl Nodes {
     }
 
     pub fn is_suspect(&self, node: NodeId) -> bool {
-        if self.is_down(node) {
-            return true;
-        }
-        let mut s = self.suspects.lock().expect("suspects lock");
-        match s.get(&node) {
-            Some(until) if *until > Instant::now() => true,
-            Some(_) => {
-                s.remove(&node);
-                false
-            }
-            None => false,
-        }
+        self.is_down(node) || self.suspects.has(node)
     }
 }

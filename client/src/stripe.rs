@@ -7,19 +7,25 @@ mod batch;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::join_all;
+use futures::{future::join_all, stream::FuturesUnordered, StreamExt};
 use tessera_common::{crc32, BlockId, Codec, NodeId, ShardKey};
 use tracing::{debug, warn};
 
 use crate::{node_link::Fetched, nodes::Nodes, read::cache::BlockCache, ClientError, Result};
 
 const PUT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a block's store waits for its last shards once enough of
+/// them are durable (see [`put_block`]).
+const SLOW_PUT: Duration = Duration::from_secs(1);
+/// Longest a degraded read waits for one whole shard; it needs only K of
+/// them, and asks the other nodes once one is [`SLOW_READ`].
 const GET_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest a read on the caller's thread waits for its node's bytes (a
-/// connect: 2 s) before the read goes to parity: well under
-/// `GET_TIMEOUT`, so a hung node holds a FUSE thread little longer than an
-/// async read would.
-pub(crate) const READ_NOW_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a read waits for a node's bytes (between bytes on the caller's
+/// thread; a connect: 2 s) before it reads around the node from parity
+/// and takes it for suspect: a node that hangs while it still accepts
+/// connections (a stuck disk, a stopped process) costs a read this long,
+/// not `GET_TIMEOUT`, and the reads after it none while it is suspect.
+pub(crate) const SLOW_READ: Duration = Duration::from_secs(1);
 
 pub(crate) use batch::read_ranges;
 
@@ -54,7 +60,11 @@ pub(crate) struct Stored {
 }
 
 /// Encodes `data` and stores every shard; succeeds when at least
-/// `min_durable` shards are durable on their nodes.
+/// `min_durable` shards are durable on their nodes. Once they are, the
+/// others have [`SLOW_PUT`] more: a node still silent then (it hangs while
+/// it accepts connections) is left out, its shard named missing (the
+/// commit queues it for repair), and later blocks skip it for a while, so
+/// it costs a store `SLOW_PUT`, not `PUT_TIMEOUT`.
 pub(crate) async fn put_block(
     nodes: &Nodes,
     codec: &Codec,
@@ -63,34 +73,66 @@ pub(crate) async fn put_block(
     min_durable: usize,
 ) -> Result<Stored> {
     let shards = codec.encode_shared(data);
+    let width = shards.len();
     let (targets, epoch) = nodes.shard_nodes_at(block);
-    let puts = shards.into_iter().enumerate().map(|(i, shard)| {
-        let key = ShardKey {
-            block,
-            index: i as u8,
-        };
-        let node = targets[i];
-        let crc = crc32(&shard);
-        async move {
-            if nodes.is_down(node) {
-                // The metadata service says it is down: do not wait on it;
-                // the shard goes to the repair queue with the commit.
-                return Err(ClientError::Shard {
-                    key,
-                    node,
-                    why: "node is down".into(),
-                });
+    let key = |i: usize| ShardKey {
+        block,
+        index: i as u8,
+    };
+    let mut pending: FuturesUnordered<_> = shards
+        .into_iter()
+        .enumerate()
+        .map(|(i, shard)| {
+            let (key, node) = (key(i), targets[i]);
+            let crc = crc32(&shard);
+            async move {
+                if nodes.skip_for_writes(node) {
+                    // Down (the metadata service says so) or slow a moment
+                    // ago: do not wait on it; the shard goes to the repair
+                    // queue with the commit.
+                    return (i, false);
+                }
+                let res = put_shard(nodes, node, key, shard, crc, epoch).await;
+                if let Err(e) = &res {
+                    warn!(%key, node, error = %e, "shard write failed");
+                    nodes.suspect(node);
+                }
+                (i, res.is_ok())
             }
-            let res = put_shard(nodes, node, key, shard, crc, epoch).await;
-            if let Err(e) = &res {
-                warn!(%key, node, error = %e, "shard write failed");
-                nodes.suspect(node);
+        })
+        .collect();
+    let mut stored = vec![false; width];
+    let mut answered = vec![false; width];
+    let mut durable = 0;
+    let grace = tokio::time::sleep(PUT_TIMEOUT);
+    tokio::pin!(grace);
+    let mut waiting_for_stragglers = false;
+    loop {
+        tokio::select! {
+            done = pending.next() => {
+                let Some((i, ok)) = done else { break };
+                answered[i] = true;
+                if ok {
+                    stored[i] = true;
+                    durable += 1;
+                }
+                if durable >= min_durable && !waiting_for_stragglers {
+                    waiting_for_stragglers = true;
+                    grace.as_mut().reset(tokio::time::Instant::now() + SLOW_PUT);
+                }
             }
-            res
+            () = &mut grace, if waiting_for_stragglers => break,
         }
-    });
-    let results = join_all(puts).await;
-    let durable = results.iter().filter(|r| r.is_ok()).count();
+    }
+    drop(pending);
+    for i in (0..width).filter(|&i| !answered[i]) {
+        warn!(
+            key = %key(i),
+            node = targets[i],
+            "shard write slow; block stored without it, the shard queued for repair"
+        );
+        nodes.slow(targets[i]);
+    }
     if durable < min_durable {
         return Err(ClientError::NotDurable {
             block,
@@ -98,18 +140,14 @@ pub(crate) async fn put_block(
             needed: min_durable,
         });
     }
-    let missing: Vec<u8> = results
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.is_err())
-        .map(|(i, _)| i as u8)
+    let missing: Vec<u8> = (0..width)
+        .filter(|&i| !stored[i])
+        .map(|i| i as u8)
         .collect();
     if !missing.is_empty() {
         warn!(
             block,
-            durable,
-            width = results.len(),
-            "block stored degraded; its missing shards go to the repair queue"
+            durable, width, "block stored degraded; its missing shards go to the repair queue"
         );
     }
     Ok(Stored { epoch, missing })
@@ -138,14 +176,14 @@ async fn get_shard(
     nodes: &Nodes,
     node: NodeId,
     key: ShardKey,
-    offset: u32,
-    len: u32,
+    (offset, len): (u32, u32),
+    timeout: Duration,
 ) -> Result<Fetched> {
     let shard_err = |why: String| ClientError::Shard { key, node, why };
     let conn = nodes
         .conn(node)
         .ok_or_else(|| shard_err("node unknown".into()))?;
-    let resp = match tokio::time::timeout(GET_TIMEOUT, conn.get_shard(key, offset, len)).await {
+    let resp = match tokio::time::timeout(timeout, conn.get_shard(key, offset, len)).await {
         Ok(Ok(r)) => r,
         Ok(Err(s)) => {
             if s.code() == tonic::Code::DataLoss {
@@ -201,7 +239,7 @@ pub(crate) async fn read_range(
             };
             let node = targets[r.index as usize];
             async move {
-                let res = get_shard(nodes, node, key, r.offset, r.len).await;
+                let res = get_shard(nodes, node, key, (r.offset, r.len), SLOW_READ).await;
                 if let Err(e) = &res {
                     debug!(error = %e, "systematic read failed; trying parity");
                     nodes.suspect(node);
@@ -274,42 +312,112 @@ pub(crate) fn read_range_now(
     None
 }
 
-/// Reads every reachable shard whole, keeps those whose CRC matches, and
-/// decodes the block from any K of them.
+/// Reads whole shards and decodes the block from the first K whose
+/// sizes and CRCs match. It asks K nodes, healthy ones first (data shards
+/// before parity); a read that fails asks the next node, and once a read
+/// is [`SLOW_READ`] every node left is asked too. It returns as soon as K
+/// shards are in, so a node that hangs costs it `SLOW_READ` (and nothing
+/// while the node is suspect, which the nodes still silent then become),
+/// not the `GET_TIMEOUT` of every node asked.
 async fn read_degraded(nodes: &Nodes, codec: &Codec, b: BlockRef) -> Result<Bytes> {
     let targets = nodes.shard_nodes(b.block);
+    let k = usize::from(codec.protection().k);
     let shard_len = codec.shard_len(b.len);
-    let reads = targets.iter().enumerate().map(|(i, &node)| {
-        let key = ShardKey {
-            block: b.block,
-            index: i as u8,
-        };
-        async move {
-            match get_shard(nodes, node, key, 0, 0).await {
-                Ok(r) if r.data.len() == shard_len && crc32(&r.data) == r.shard_crc => {
-                    Some(r.data.to_vec())
+    let mut order: Vec<usize> = (0..targets.len()).collect();
+    let suspect: Vec<bool> = targets.iter().map(|&n| nodes.is_suspect(n)).collect();
+    order.sort_by_key(|&i| suspect[i]);
+    let mut order = order.into_iter();
+    let read = |i: usize| {
+        let node = targets[i];
+        async move { (i, whole_shard(nodes, node, b.block, i, shard_len).await) }
+    };
+    let mut asked = vec![false; targets.len()];
+    let mut pending = FuturesUnordered::new();
+    for i in order.by_ref().take(k) {
+        asked[i] = true;
+        pending.push(read(i));
+    }
+    let mut shards: Vec<Option<Vec<u8>>> = vec![None; targets.len()];
+    let mut answered = vec![false; targets.len()];
+    let mut hedged = false;
+    let mut slow: Vec<usize> = Vec::new();
+    let hedge = tokio::time::sleep(SLOW_READ);
+    tokio::pin!(hedge);
+    let mut got = 0;
+    while got < k {
+        tokio::select! {
+            done = pending.next() => {
+                let Some((i, shard)) = done else { break };
+                answered[i] = true;
+                match shard {
+                    Some(data) => {
+                        shards[i] = Some(data);
+                        got += 1;
+                    }
+                    None => {
+                        if let Some(next) = order.next() {
+                            asked[next] = true;
+                            pending.push(read(next));
+                        }
+                    }
                 }
-                Ok(r) => {
-                    warn!(%key, node, len = r.data.len(), "shard failed end-to-end CRC check");
-                    nodes.report_corrupt(key);
-                    None
-                }
-                Err(e) => {
-                    warn!(error = %e, "shard unavailable");
-                    nodes.suspect(node);
-                    None
+            }
+            () = &mut hedge, if !hedged => {
+                hedged = true;
+                slow = (0..targets.len()).filter(|&i| asked[i] && !answered[i]).collect();
+                for i in order.by_ref() {
+                    asked[i] = true;
+                    pending.push(read(i));
                 }
             }
         }
-    });
-    let shards: Vec<Option<Vec<u8>>> = join_all(reads).await;
-    let got = shards.iter().filter(|s| s.is_some()).count();
+    }
+    drop(pending);
+    for &i in slow.iter().filter(|&&i| !answered[i]) {
+        warn!(
+            block = b.block,
+            index = i,
+            node = targets[i],
+            "shard read slow; read around it from parity"
+        );
+        nodes.suspect(targets[i]);
+    }
     let data = codec
         .decode(b.block, shards, b.len)
         .map_err(|_| ClientError::NotEnoughShards {
             block: b.block,
-            needed: codec.protection().k.into(),
+            needed: k,
             got,
         })?;
     Ok(Bytes::from(data))
+}
+
+/// Shard `index` of `block` whole from `node`, if its size and CRC match;
+/// a corrupt one is reported, a node that fails is suspect.
+async fn whole_shard(
+    nodes: &Nodes,
+    node: NodeId,
+    block: BlockId,
+    index: usize,
+    shard_len: usize,
+) -> Option<Vec<u8>> {
+    let key = ShardKey {
+        block,
+        index: index as u8,
+    };
+    match get_shard(nodes, node, key, (0, 0), GET_TIMEOUT).await {
+        Ok(r) if r.data.len() == shard_len && crc32(&r.data) == r.shard_crc => {
+            Some(r.data.to_vec())
+        }
+        Ok(r) => {
+            warn!(%key, node, len = r.data.len(), "shard failed end-to-end CRC check");
+            nodes.report_corrupt(key);
+            None
+        }
+        Err(e) => {
+            warn!(error = %e, "shard unavailable");
+            nodes.suspect(node);
+            None
+        }
+    }
 }

@@ -78,13 +78,15 @@ fn fsynced_files_survive_a_sigkilled_fuse_process() {
 
 /// Writes a file in steps, one per line read from stdin, saying each.
 /// While the metadata service is down, it also writes 9 MiB of a second
-/// file and overwrites 1 MiB of it; a child that inherited the
-/// descriptors exits (its close flushes the files, and fails), then the
-/// writer's own fsyncs are tried.
+/// file and overwrites 1 MiB of it, and writes a third file 1 MiB at a
+/// time until a write fails (or 80 MiB), saying how far it got and why;
+/// a child that inherited the descriptors exits (its close flushes the
+/// files, and fails), then the writer's own fsyncs are tried.
 const OUTAGE_WRITER: &str = r#"
 import errno, os, subprocess, sys
 fd = os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
 big = os.open(sys.argv[2], os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+held = os.open(sys.argv[3], os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
 for what, data in (("wrote before", b"before"), ("wrote during", b" and during")):
     sys.stdin.readline()
     os.write(fd, data)
@@ -92,9 +94,18 @@ for what, data in (("wrote before", b"before"), ("wrote during", b" and during")
 os.pwrite(big, b"B" * (9 << 20), 0)
 os.pwrite(big, b"C" * (1 << 20), 2 << 20)
 sys.stdin.readline()
-subprocess.run(["true"], pass_fds=(fd, big), check=True)
+n, why = 0, "none"
+while n < (80 << 20):
+    try:
+        n += os.write(held, b"H" * (1 << 20))
+    except OSError as e:
+        why = errno.errorcode[e.errno]
+        break
+print(f"held {n >> 20} MiB {why}", flush=True)
+sys.stdin.readline()
+subprocess.run(["true"], pass_fds=(fd, big, held), check=True)
 said = []
-for f in (fd, big):
+for f in (fd, big, held):
     try:
         os.fsync(f)
         said.append("ok")
@@ -102,10 +113,10 @@ for f in (fd, big):
         said.append(errno.errorcode[e.errno])
 print("fsync during: " + " ".join(said), flush=True)
 sys.stdin.readline()
-for f in (fd, big):
+for f in (fd, big, held):
     os.fsync(f)
     os.close(f)
-print("synced", flush=True)
+print(f"synced {os.path.getsize(sys.argv[3])}", flush=True)
 "#;
 
 /// Names and attributes are acknowledged before the metadata service's
@@ -137,33 +148,45 @@ fn changes_survive_a_sigkilled_metadata_service() {
         .args(["-c", OUTAGE_WRITER])
         .arg(m.path("open"))
         .arg(m.path("big"))
+        .arg(m.path("held"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut to_writer = writer.stdin.take().unwrap();
     let mut from_writer = BufReader::new(writer.stdout.take().unwrap());
-    let mut step = |what: &str| {
+    let mut say = || {
         to_writer.write_all(b"go\n").unwrap();
         to_writer.flush().unwrap();
         let mut line = String::new();
         from_writer.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), what, "the writer's {what}");
+        line.trim().to_string()
     };
-    step("wrote before");
+    assert_eq!(say(), "wrote before");
 
     c.kill_meta();
     // A write to an open file while the service is down is buffered: the
     // mount's check for capabilities to drop, asked anew past its 1 s,
     // fails, and the write goes on, as the kernel's own check let it.
     std::thread::sleep(Duration::from_millis(1100));
-    step("wrote during");
+    assert_eq!(say(), "wrote during");
+    // While bytes wait for the service, a file's writes are taken until
+    // 64 MiB wait (`HELD_MAX`), then refused: memory stays bounded, and
+    // the writer learns it.
+    let held = say();
+    let words: Vec<&str> = held.split_whitespace().collect();
+    let held_mib: u64 = words[1].parse().unwrap();
+    assert!(
+        (60..=64).contains(&held_mib) && words[3] == "EIO",
+        "writes while the service was down: {held}"
+    );
     // The child's close cannot store the bytes: they stay buffered, and
     // the fsync that cannot make them durable says so.
-    step("fsync during: EIO EIO");
+    assert_eq!(say(), "fsync during: EIO EIO EIO");
     c.start_meta();
     c.wait_nodes_up(6);
-    step("synced");
+    // What was taken is stored once the service is back.
+    assert_eq!(say(), format!("synced {}", held_mib << 20));
     assert!(writer.wait().unwrap().success());
     // The mount was connected to the killed service: every FUSE thread
     // reconnects on its next call, without failing it. (Past the kernel's
@@ -203,6 +226,10 @@ fn changes_survive_a_sigkilled_metadata_service() {
     assert!(
         fs::read(m.path("big")).unwrap() == big,
         "9 MiB written during the outage, stored after it"
+    );
+    assert!(
+        fs::read(m.path("held")).unwrap() == vec![b'H'; (held_mib << 20) as usize],
+        "{held_mib} MiB taken during the outage, stored after it"
     );
 
     // A mount's idle connections do not hold up the service's shutdown.
@@ -298,7 +325,7 @@ fn small_reads_over_a_rotten_node_then_a_dead_one_are_exact() {
     reads.extend((0..300u64).map(|i| (i * 40_009 % (size - 6000), 1 + (i as usize * 37) % 6000)));
     reads.push(((4 << 20) - 2048, 4096)); // across two blocks
     reads.push((size - 500, 4096)); // past the end: 500 bytes
-    read_pages(&c, &reads, &data, "healthy").unmount();
+    read_pages(&c, &reads, &data, "healthy").0.unmount();
 
     info!("--- flip a byte in every 64 KiB of node 1's segment files");
     for seg in segment_files(&c.nodes[0].dir) {
@@ -308,7 +335,7 @@ fn small_reads_over_a_rotten_node_then_a_dead_one_are_exact() {
         }
         fs::write(&seg, &bytes).unwrap();
     }
-    let m = read_pages(&c, &reads, &data, "rotten node 1");
+    let (m, _) = read_pages(&c, &reads, &data, "rotten node 1");
     let log = fs::read_to_string(&m.log).unwrap();
     m.unmount();
     // The first read of a rotten shard was made on the FUSE thread (node 1
@@ -326,7 +353,102 @@ fn small_reads_over_a_rotten_node_then_a_dead_one_are_exact() {
     );
 
     c.kill_node(1);
-    read_pages(&c, &reads, &data, "rotten node 1, dead node 2").unmount();
+    read_pages(&c, &reads, &data, "rotten node 1, dead node 2")
+        .0
+        .unmount();
+}
+
+/// A node that hangs (stopped: it accepts connections and answers
+/// nothing, as on a stuck disk) costs a read about `SLOW_READ` (1 s), not
+/// the 10 s a read of a shard may take: reads go around it from parity
+/// and come back exact, page reads and a sequential read alike; once it
+/// runs again, reads are exact too. Writes do not wait on it either:
+/// an fsync costs about `SLOW_PUT` (1 s) more at most, the shards left
+/// out of it are queued for repair and written once it runs again.
+#[test]
+fn reads_and_writes_go_around_a_hung_node_without_waiting_on_it() {
+    let c = Cluster::start(6);
+    c.create_volume("pages", "2GiB", "ec:4+2");
+    let m = c.mount("pages");
+    let size = (40u64 << 20) + 1000;
+    let mut data = vec![0u8; size as usize];
+    pattern(79, 0, &mut data);
+    fs::write(m.path("db"), &data).unwrap();
+    m.unmount();
+    let reads: Vec<(u64, usize)> = (0..400u64)
+        .map(|i| ((i * 7919 % 10240) * 4096, 4096))
+        .collect();
+
+    c.pause_node(0);
+    let (m, slowest) = read_pages(&c, &reads, &data, "hung node 1");
+    // Each read waited for node 1 at most about a second (on the FUSE
+    // thread or in the degraded read, not both); 10 s is the timeout of a
+    // read it would otherwise have waited out.
+    assert!(
+        slowest < Duration::from_secs(5),
+        "a page read took {slowest:?} with node 1 hung"
+    );
+    let log = fs::read_to_string(&m.log).unwrap();
+    assert!(
+        log.contains("shard read failed; reading from parity"),
+        "no read met the hung node:\n{log}"
+    );
+    m.unmount();
+    // A sequential read: whole blocks (read-ahead), a data shard of some
+    // on node 1.
+    let m = c.mount("pages");
+    let started = std::time::Instant::now();
+    let got = fs::read(m.path("db")).unwrap();
+    let took = started.elapsed();
+    assert!(
+        got == data,
+        "the sequential read with node 1 hung read wrong"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "the sequential read of 40 MiB took {took:?} with node 1 hung"
+    );
+    m.unmount();
+
+    // Writes with an fsync every MiB: each block leaves node 1's shard
+    // out after a second (queued for repair) and the next ones skip it.
+    let m = c.mount("pages");
+    let mut fresh = vec![0u8; 12 << 20];
+    pattern(80, 0, &mut fresh);
+    let mut f = File::create(m.path("fresh")).unwrap();
+    let mut slowest = Duration::ZERO;
+    for chunk in fresh.chunks(1 << 20) {
+        f.write_all(chunk).unwrap();
+        let started = std::time::Instant::now();
+        f.sync_all().unwrap();
+        slowest = slowest.max(started.elapsed());
+    }
+    drop(f);
+    assert!(
+        slowest < Duration::from_secs(5),
+        "an fsync took {slowest:?} with node 1 hung"
+    );
+    assert!(fs::read(m.path("fresh")).unwrap() == fresh);
+    let log = fs::read_to_string(&m.log).unwrap();
+    assert!(
+        log.contains("shard write slow"),
+        "no store left node 1 out:\n{log}"
+    );
+    m.unmount();
+    let (queued, _) = c.repair_waiting();
+    assert!(queued > 0, "no shard of node 1 was queued for repair");
+
+    c.resume_node(0);
+    // What was left out of node 1 is repaired once it answers again.
+    c.wait_for("the repair queue to empty", 60, |c| {
+        c.repair_waiting().0 == 0
+    });
+    let m = c.mount("pages");
+    assert!(fs::read(m.path("fresh")).unwrap() == fresh);
+    m.unmount();
+    read_pages(&c, &reads, &data, "node 1 running again")
+        .0
+        .unmount();
 }
 
 /// Mounts `pages` and reads `reads` of its file `db` one by one (no
@@ -336,9 +458,10 @@ fn read_pages(
     reads: &[(u64, usize)],
     data: &[u8],
     label: &str,
-) -> crate::harness::Mount {
+) -> (crate::harness::Mount, Duration) {
     use std::os::{fd::AsRawFd, unix::fs::FileExt};
     let m = c.mount("pages");
+    let mut slowest = Duration::ZERO;
     let f = File::open(m.path("db")).unwrap();
     // SAFETY: a plain advice call on a descriptor we hold open.
     let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
@@ -347,16 +470,18 @@ fn read_pages(
         let want = &data[at as usize..(at as usize + len).min(data.len())];
         let mut got = vec![0u8; len];
         let mut n = 0;
+        let started = std::time::Instant::now();
         while n < len {
             match f.read_at(&mut got[n..], at + n as u64).unwrap() {
                 0 => break,
                 k => n += k,
             }
         }
+        slowest = slowest.max(started.elapsed());
         assert!(
             &got[..n] == want,
             "{label}: {len} bytes at {at} read wrong ({n} bytes came back)"
         );
     }
-    m
+    (m, slowest)
 }

@@ -261,6 +261,26 @@ impl Cluster {
         }
     }
 
+    /// Stops node `i` (SIGSTOP) without closing anything: it still
+    /// accepts connections (the kernel does) and answers nothing, as a
+    /// node on a stuck disk would. [`Cluster::resume_node`] lets it go on.
+    pub fn pause_node(&self, i: usize) {
+        info!("--- SIGSTOP node {}", i + 1);
+        self.signal_node(i, libc::SIGSTOP);
+    }
+
+    pub fn resume_node(&self, i: usize) {
+        info!("--- SIGCONT node {}", i + 1);
+        self.signal_node(i, libc::SIGCONT);
+    }
+
+    fn signal_node(&self, i: usize, signal: i32) {
+        let c = self.nodes[i].child.as_ref().expect("node running");
+        // SAFETY: a signal to a child process this cluster started and
+        // has not reaped.
+        assert_eq!(unsafe { libc::kill(c.id() as i32, signal) }, 0, "kill");
+    }
+
     /// Stops every process gracefully (SIGTERM), nodes first.
     pub fn stop_all(&mut self) {
         for n in self.nodes.iter_mut() {
