@@ -170,18 +170,16 @@ impl Nodes {
         self.suspects.mark(node);
     }
 
-    /// `node` left a block's store waiting for its shard: writers skip it
-    /// (its shards go to the repair queue) and readers go around it, for
-    /// `SUSPECT_FOR`.
+    /// `node` left a block's store waiting for its shard: writers leave
+    /// it out (its shards go to the repair queue) for `SUSPECT_FOR`, while
+    /// the other nodes can make their blocks durable. Readers find out on
+    /// their own whether it answers reads.
     pub fn slow(&self, node: NodeId) {
         self.slow.mark(node);
-        self.suspects.mark(node);
     }
 
-    /// Whether writers skip `node`: the metadata service reports it down,
-    /// or it was slow a moment ago.
-    pub fn skip_for_writes(&self, node: NodeId) -> bool {
-        self.is_down(node) || self.slow.has(node)
+    pub fn is_slow(&self, node: NodeId) -> bool {
+        self.slow.has(node)
     }
 
     /// Whether the metadata service reported `node` down when the table was

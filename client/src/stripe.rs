@@ -4,11 +4,12 @@
 
 mod batch;
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use bytes::Bytes;
 use futures::{future::join_all, stream::FuturesUnordered, StreamExt};
 use tessera_common::{crc32, BlockId, Codec, NodeId, ShardKey};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::{node_link::Fetched, nodes::Nodes, read::cache::BlockCache, ClientError, Result};
@@ -21,13 +22,27 @@ const SLOW_PUT: Duration = Duration::from_secs(1);
 /// them, and asks the other nodes once one is [`SLOW_READ`].
 const GET_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a read waits for a node's bytes (between bytes on the caller's
-/// thread; a connect: 2 s) before it reads around the node from parity
-/// and takes it for suspect: a node that hangs while it still accepts
+/// thread, a connect: 2 s; for a whole answer in the async read, see
+/// [`read_wait`]) before it reads around the node from parity and
+/// takes it for suspect: a node that hangs while it still accepts
 /// connections (a stuck disk, a stopped process) costs a read this long,
 /// not `GET_TIMEOUT`, and the reads after it none while it is suspect.
 pub(crate) const SLOW_READ: Duration = Duration::from_secs(1);
+/// The slowest a node may send a shard's bytes and still not be slow.
+const SLOWEST_BYTES_PER_SEC: u64 = 8 << 20;
+
+/// How long a read of `len` bytes waits for a node before it reads around
+/// it: `SLOW_READ`, plus the time the bytes take at the slowest rate a
+/// node is not read around for (a whole shard of a large block, 4 MiB of
+/// a replicated one, must not be cut while it arrives).
+fn read_wait(len: u32) -> Duration {
+    SLOW_READ + Duration::from_micros(u64::from(len) * 1_000_000 / SLOWEST_BYTES_PER_SEC)
+}
 
 pub(crate) use batch::read_ranges;
+
+#[cfg(test)]
+mod tests;
 
 /// Reads at least this large fetch and cache the whole block: a sequential
 /// reader then costs K parallel shard reads per block instead of one round
@@ -63,8 +78,10 @@ pub(crate) struct Stored {
 /// `min_durable` shards are durable on their nodes. Once they are, the
 /// others have [`SLOW_PUT`] more: a node still silent then (it hangs while
 /// it accepts connections) is left out, its shard named missing (the
-/// commit queues it for repair), and later blocks skip it for a while, so
-/// it costs a store `SLOW_PUT`, not `PUT_TIMEOUT`.
+/// commit queues it for repair), and later blocks leave it out from the
+/// start for a while, unless the other nodes cannot make the block
+/// durable without it. A hung node then costs a store `SLOW_PUT` now and
+/// then, not `PUT_TIMEOUT` each.
 pub(crate) async fn put_block(
     nodes: &Nodes,
     codec: &Codec,
@@ -79,28 +96,30 @@ pub(crate) async fn put_block(
         block,
         index: i as u8,
     };
-    let mut pending: FuturesUnordered<_> = shards
-        .into_iter()
-        .enumerate()
-        .map(|(i, shard)| {
-            let (key, node) = (key(i), targets[i]);
+    let put = |i: usize| {
+        let (key, node, shard) = (key(i), targets[i], shards[i].clone());
+        async move {
             let crc = crc32(&shard);
-            async move {
-                if nodes.skip_for_writes(node) {
-                    // Down (the metadata service says so) or slow a moment
-                    // ago: do not wait on it; the shard goes to the repair
-                    // queue with the commit.
-                    return (i, false);
-                }
-                let res = put_shard(nodes, node, key, shard, crc, epoch).await;
-                if let Err(e) = &res {
-                    warn!(%key, node, error = %e, "shard write failed");
-                    nodes.suspect(node);
-                }
-                (i, res.is_ok())
+            let res = put_shard(nodes, node, key, shard, crc, epoch).await;
+            if let Err(e) = &res {
+                warn!(%key, node, error = %e, "shard write failed");
+                nodes.suspect(node);
             }
-        })
-        .collect();
+            (i, res.is_ok())
+        }
+    };
+    // Nodes the metadata service says are down are not asked: their
+    // shards go to the repair queue with the commit. Nodes slow a moment
+    // ago are asked only if the others cannot make the block durable.
+    let (mut held, first): (Vec<usize>, Vec<usize>) = (0..width)
+        .filter(|&i| !nodes.is_down(targets[i]))
+        .partition(|&i| nodes.is_slow(targets[i]));
+    let mut asked = vec![false; width];
+    let mut pending = FuturesUnordered::new();
+    for i in first {
+        asked[i] = true;
+        pending.push(put(i));
+    }
     let mut stored = vec![false; width];
     let mut answered = vec![false; width];
     let mut durable = 0;
@@ -109,23 +128,31 @@ pub(crate) async fn put_block(
     let mut waiting_for_stragglers = false;
     loop {
         tokio::select! {
-            done = pending.next() => {
-                let Some((i, ok)) = done else { break };
-                answered[i] = true;
-                if ok {
-                    stored[i] = true;
-                    durable += 1;
+            done = pending.next() => match done {
+                Some((i, ok)) => {
+                    answered[i] = true;
+                    if ok {
+                        stored[i] = true;
+                        durable += 1;
+                    }
+                    if durable >= min_durable && !waiting_for_stragglers {
+                        waiting_for_stragglers = true;
+                        grace.as_mut().reset(tokio::time::Instant::now() + SLOW_PUT);
+                    }
                 }
-                if durable >= min_durable && !waiting_for_stragglers {
-                    waiting_for_stragglers = true;
-                    grace.as_mut().reset(tokio::time::Instant::now() + SLOW_PUT);
+                None if durable < min_durable && !held.is_empty() => {
+                    for i in held.drain(..) {
+                        asked[i] = true;
+                        pending.push(put(i));
+                    }
                 }
-            }
+                None => break,
+            },
             () = &mut grace, if waiting_for_stragglers => break,
         }
     }
     drop(pending);
-    for i in (0..width).filter(|&i| !answered[i]) {
+    for i in (0..width).filter(|&i| asked[i] && !answered[i]) {
         warn!(
             key = %key(i),
             node = targets[i],
@@ -239,7 +266,7 @@ pub(crate) async fn read_range(
             };
             let node = targets[r.index as usize];
             async move {
-                let res = get_shard(nodes, node, key, (r.offset, r.len), SLOW_READ).await;
+                let res = get_shard(nodes, node, key, (r.offset, r.len), read_wait(r.len)).await;
                 if let Err(e) = &res {
                     debug!(error = %e, "systematic read failed; trying parity");
                     nodes.suspect(node);
@@ -260,10 +287,46 @@ pub(crate) async fn read_range(
             return Ok(Bytes::from(out));
         }
     }
+    if len < WHOLE_BLOCK_AT {
+        // A page: the same ranges of other shards rebuild it, not K
+        // whole shards (a 4 KiB read of a 4 MiB block read 4 MiB).
+        let mut out = Vec::with_capacity(len);
+        for r in &ranges {
+            out.extend_from_slice(&read_range_degraded(nodes, codec, b, r).await?);
+        }
+        return Ok(Bytes::from(out));
+    }
     let full = read_degraded(nodes, codec, b).await?;
     let out = full.slice(offset..offset + len);
     cache.put(b.block, full);
     Ok(out)
+}
+
+/// Range `r` of a data shard, read from its node if that is not suspect,
+/// else rebuilt from the same range of K other shards (see [`gather`]),
+/// each checked by its node's piece CRCs as any ranged read.
+async fn read_range_degraded(
+    nodes: &Nodes,
+    codec: &Codec,
+    b: BlockRef,
+    r: &tessera_common::codec::ShardRange,
+) -> Result<Bytes> {
+    let targets = nodes.shard_nodes(b.block);
+    let k = usize::from(codec.protection().k);
+    let got = gather(k, &healthy_first(nodes, &targets), read_wait(r.len), |i| {
+        ranged_shard(nodes, targets[i], b.block, i, (r.offset, r.len))
+    })
+    .await;
+    read_around(nodes, &targets, b.block, &got.slow);
+    let count = got.count;
+    codec
+        .rebuild_range(r.index.into(), got.shards)
+        .map(Bytes::from)
+        .ok_or(ClientError::NotEnoughShards {
+            block: b.block,
+            needed: k,
+            got: count,
+        })
 }
 
 /// [`read_range`] on this thread, for a range read from one data shard
@@ -313,83 +376,149 @@ pub(crate) fn read_range_now(
 }
 
 /// Reads whole shards and decodes the block from the first K whose
-/// sizes and CRCs match. It asks K nodes, healthy ones first (data shards
-/// before parity); a read that fails asks the next node, and once a read
-/// is [`SLOW_READ`] every node left is asked too. It returns as soon as K
-/// shards are in, so a node that hangs costs it `SLOW_READ` (and nothing
-/// while the node is suspect, which the nodes still silent then become),
-/// not the `GET_TIMEOUT` of every node asked.
+/// sizes and CRCs match (see [`gather`]): a node that hangs costs it
+/// about `SLOW_READ` (and nothing while the node is suspect, which the
+/// nodes that did not answer in that time become), not the `GET_TIMEOUT`
+/// of every node asked.
 async fn read_degraded(nodes: &Nodes, codec: &Codec, b: BlockRef) -> Result<Bytes> {
     let targets = nodes.shard_nodes(b.block);
     let k = usize::from(codec.protection().k);
     let shard_len = codec.shard_len(b.len);
-    let mut order: Vec<usize> = (0..targets.len()).collect();
+    let got = gather(
+        k,
+        &healthy_first(nodes, &targets),
+        read_wait(shard_len as u32),
+        |i| whole_shard(nodes, targets[i], b.block, i, shard_len),
+    )
+    .await;
+    read_around(nodes, &targets, b.block, &got.slow);
+    let count = got.count;
+    codec
+        .decode(b.block, got.shards, b.len)
+        .map(Bytes::from)
+        .map_err(|_| ClientError::NotEnoughShards {
+            block: b.block,
+            needed: k,
+            got: count,
+        })
+}
+
+/// Shard indices, those on nodes not suspect first (in index order: data
+/// shards before parity).
+fn healthy_first(nodes: &Nodes, targets: &[NodeId]) -> Vec<usize> {
     let suspect: Vec<bool> = targets.iter().map(|&n| nodes.is_suspect(n)).collect();
+    let mut order: Vec<usize> = (0..targets.len()).collect();
     order.sort_by_key(|&i| suspect[i]);
-    let mut order = order.into_iter();
-    let read = |i: usize| {
-        let node = targets[i];
-        async move { (i, whole_shard(nodes, node, b.block, i, shard_len).await) }
-    };
-    let mut asked = vec![false; targets.len()];
-    let mut pending = FuturesUnordered::new();
-    for i in order.by_ref().take(k) {
-        asked[i] = true;
-        pending.push(read(i));
-    }
-    let mut shards: Vec<Option<Vec<u8>>> = vec![None; targets.len()];
-    let mut answered = vec![false; targets.len()];
-    let mut hedged = false;
-    let mut slow: Vec<usize> = Vec::new();
-    let hedge = tokio::time::sleep(SLOW_READ);
-    tokio::pin!(hedge);
-    let mut got = 0;
-    while got < k {
-        tokio::select! {
-            done = pending.next() => {
-                let Some((i, shard)) = done else { break };
-                answered[i] = true;
-                match shard {
-                    Some(data) => {
-                        shards[i] = Some(data);
-                        got += 1;
-                    }
-                    None => {
-                        if let Some(next) = order.next() {
-                            asked[next] = true;
-                            pending.push(read(next));
-                        }
-                    }
-                }
-            }
-            () = &mut hedge, if !hedged => {
-                hedged = true;
-                slow = (0..targets.len()).filter(|&i| asked[i] && !answered[i]).collect();
-                for i in order.by_ref() {
-                    asked[i] = true;
-                    pending.push(read(i));
-                }
-            }
-        }
-    }
-    drop(pending);
-    for &i in slow.iter().filter(|&&i| !answered[i]) {
+    order
+}
+
+/// The nodes of `slow` shard indices are read around for a while.
+fn read_around(nodes: &Nodes, targets: &[NodeId], block: BlockId, slow: &[usize]) {
+    for &i in slow {
         warn!(
-            block = b.block,
+            block,
             index = i,
             node = targets[i],
             "shard read slow; read around it from parity"
         );
         nodes.suspect(targets[i]);
     }
-    let data = codec
-        .decode(b.block, shards, b.len)
-        .map_err(|_| ClientError::NotEnoughShards {
-            block: b.block,
-            needed: k,
-            got,
-        })?;
-    Ok(Bytes::from(data))
+}
+
+/// What [`gather`] brought back: a shard or None per index, how many
+/// came, and the indices asked at least `slow_after` before it was done
+/// that had not answered.
+struct Gathered {
+    shards: Vec<Option<Vec<u8>>>,
+    count: usize,
+    slow: Vec<usize>,
+}
+
+/// Reads shards until `k` are in: the first `k` of `order` at once, the
+/// next one for each that fails, and every one left once `slow_after`
+/// has passed without `k` (a hedge: what was asked is still waited for).
+/// Stops when `k` are in or nothing is left to wait for.
+async fn gather<F, Fut>(k: usize, order: &[usize], slow_after: Duration, read: F) -> Gathered
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Option<Vec<u8>>>,
+{
+    let width = order.iter().max().map_or(0, |&i| i + 1);
+    let mut order = order.iter().copied();
+    let ask = |i: usize| {
+        let shard = read(i);
+        async move { (i, shard.await) }
+    };
+    let mut asked: Vec<Option<Instant>> = vec![None; width];
+    let mut pending = FuturesUnordered::new();
+    for i in order.by_ref().take(k) {
+        asked[i] = Some(Instant::now());
+        pending.push(ask(i));
+    }
+    let mut out = Gathered {
+        shards: vec![None; width],
+        count: 0,
+        slow: Vec::new(),
+    };
+    let mut answered = vec![false; width];
+    let mut hedged = false;
+    let hedge = tokio::time::sleep(slow_after);
+    tokio::pin!(hedge);
+    while out.count < k {
+        tokio::select! {
+            done = pending.next() => {
+                let Some((i, shard)) = done else { break };
+                answered[i] = true;
+                match shard {
+                    Some(data) => {
+                        out.shards[i] = Some(data);
+                        out.count += 1;
+                    }
+                    None => {
+                        if let Some(next) = order.next() {
+                            asked[next] = Some(Instant::now());
+                            pending.push(ask(next));
+                        }
+                    }
+                }
+            }
+            () = &mut hedge, if !hedged => {
+                hedged = true;
+                for i in order.by_ref() {
+                    asked[i] = Some(Instant::now());
+                    pending.push(ask(i));
+                }
+            }
+        }
+    }
+    out.slow = (0..width)
+        .filter(|&i| !answered[i] && asked[i].is_some_and(|at| at.elapsed() >= slow_after))
+        .collect();
+    out
+}
+
+/// `(offset, len)` of shard `index` of `block` from `node` (its node
+/// checks the pieces it reads; a corrupt one is reported); a node that
+/// fails is suspect.
+async fn ranged_shard(
+    nodes: &Nodes,
+    node: NodeId,
+    block: BlockId,
+    index: usize,
+    range: (u32, u32),
+) -> Option<Vec<u8>> {
+    let key = ShardKey {
+        block,
+        index: index as u8,
+    };
+    match get_shard(nodes, node, key, range, GET_TIMEOUT).await {
+        Ok(r) => Some(r.data.to_vec()),
+        Err(e) => {
+            warn!(error = %e, "shard unavailable");
+            nodes.suspect(node);
+            None
+        }
+    }
 }
 
 /// Shard `index` of `block` whole from `node`, if its size and CRC match;

@@ -266,6 +266,41 @@ impl Codec {
         }
     }
 
+    /// The bytes of data shard `want` in some range, from the same range
+    /// of the other shards (`pieces`, one per shard index, None where
+    /// missing): the code works byte column by byte column, so any K
+    /// equally long pieces give the range of every data shard. None with
+    /// fewer than K pieces of one length.
+    pub fn rebuild_range(&self, want: usize, mut pieces: Vec<Option<Vec<u8>>>) -> Option<Vec<u8>> {
+        let k = usize::from(self.protection.k);
+        if want >= k || pieces.len() != self.protection.width() {
+            return None;
+        }
+        if let Some(p) = pieces[want].take() {
+            return Some(p);
+        }
+        if k == 1 {
+            // Replicas: every piece is a copy.
+            return pieces.into_iter().flatten().next();
+        }
+        let len = pieces.iter().flatten().next()?.len();
+        for p in pieces.iter_mut() {
+            if p.as_ref().is_some_and(|p| p.len() != len) {
+                *p = None;
+            }
+        }
+        if pieces.iter().flatten().count() < k {
+            return None;
+        }
+        let rs = self.rs.as_ref()?;
+        if self.gfni.is_some() {
+            reconstruct_gfni(rs, &mut pieces)?;
+        } else {
+            rs.reconstruct_data(&mut pieces).ok()?;
+        }
+        pieces.swap_remove(want)
+    }
+
     /// Where bytes `[offset, offset+len)` of a block live among the data shards.
     pub fn data_ranges(&self, block_len: usize, offset: usize, len: usize) -> Vec<ShardRange> {
         let end = (offset + len).min(block_len);
@@ -353,6 +388,43 @@ mod tests {
             prop_assert_eq!(&codec.decode(7, partial.clone(), data.len()).unwrap(), &data);
             let all = codec.reconstruct_all(7, partial, data.len()).unwrap();
             prop_assert_eq!(all, shards);
+        }
+
+        #[test]
+        fn a_range_of_a_lost_data_shard_comes_from_the_same_range_of_k_others(
+            p in protections(),
+            data in proptest::collection::vec(any::<u8>(), 1..20_000),
+            at in any::<prop::sample::Index>(),
+            len in 1usize..5_000,
+            seed in any::<u64>(),
+        ) {
+            let codec = Codec::new(p);
+            let shards = codec.encode(&data);
+            let shard_len = shards[0].len();
+            let start = at.index(shard_len);
+            let end = (start + len).min(shard_len);
+            // A data shard lost, with M - 1 others chosen by the seed.
+            let want = (seed as usize) % usize::from(p.k);
+            let mut lost = vec![want];
+            let mut s = seed;
+            while lost.len() < usize::from(p.m).max(1) {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let i = (s >> 33) as usize % p.width();
+                if !lost.contains(&i) {
+                    lost.push(i);
+                }
+            }
+            let pieces: Vec<Option<Vec<u8>>> = shards
+                .iter()
+                .enumerate()
+                .map(|(i, x)| (!lost.contains(&i)).then(|| x[start..end].to_vec()))
+                .collect();
+            let rebuilt = codec.rebuild_range(want, pieces);
+            if p.m == 0 {
+                prop_assert_eq!(rebuilt, None);
+            } else {
+                prop_assert_eq!(rebuilt.as_deref(), Some(&shards[want][start..end]));
+            }
         }
 
         #[test]

@@ -20,7 +20,9 @@ use crate::{node_link::Fetched, nodes::Nodes, read::cache::BlockCache, ClientErr
 
 /// Ranges read on their own at once, when their batch failed.
 const ALONE_AT_ONCE: usize = 16;
-/// Longest a batch may take (`GET_TIMEOUT` is for one range).
+/// Longest a batch may take (a merge's reads, in the background: a node
+/// that hangs holds the merge this long, then its ranges are read on
+/// their own, around it).
 const BATCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One shard range of one wanted range.
