@@ -105,54 +105,17 @@ pub(crate) async fn put_block(
                 warn!(%key, node, error = %e, "shard write failed");
                 nodes.suspect(node);
             }
-            (i, res.is_ok())
+            res.is_ok()
         }
     };
     // Nodes the metadata service says are down are not asked: their
     // shards go to the repair queue with the commit. Nodes slow a moment
     // ago are asked only if the others cannot make the block durable.
-    let (mut held, first): (Vec<usize>, Vec<usize>) = (0..width)
+    let (held, first): (Vec<usize>, Vec<usize>) = (0..width)
         .filter(|&i| !nodes.is_down(targets[i]))
         .partition(|&i| nodes.is_slow(targets[i]));
-    let mut asked = vec![false; width];
-    let mut pending = FuturesUnordered::new();
-    for i in first {
-        asked[i] = true;
-        pending.push(put(i));
-    }
-    let mut stored = vec![false; width];
-    let mut answered = vec![false; width];
-    let mut durable = 0;
-    let grace = tokio::time::sleep(PUT_TIMEOUT);
-    tokio::pin!(grace);
-    let mut waiting_for_stragglers = false;
-    loop {
-        tokio::select! {
-            done = pending.next() => match done {
-                Some((i, ok)) => {
-                    answered[i] = true;
-                    if ok {
-                        stored[i] = true;
-                        durable += 1;
-                    }
-                    if durable >= min_durable && !waiting_for_stragglers {
-                        waiting_for_stragglers = true;
-                        grace.as_mut().reset(tokio::time::Instant::now() + SLOW_PUT);
-                    }
-                }
-                None if durable < min_durable && !held.is_empty() => {
-                    for i in held.drain(..) {
-                        asked[i] = true;
-                        pending.push(put(i));
-                    }
-                }
-                None => break,
-            },
-            () = &mut grace, if waiting_for_stragglers => break,
-        }
-    }
-    drop(pending);
-    for i in (0..width).filter(|&i| asked[i] && !answered[i]) {
+    let got = settle(width, first, held, min_durable, SLOW_PUT, put).await;
+    for &i in &got.silent {
         warn!(
             key = %key(i),
             node = targets[i],
@@ -160,6 +123,7 @@ pub(crate) async fn put_block(
         );
         nodes.slow(targets[i]);
     }
+    let (stored, durable) = (got.stored, got.durable);
     if durable < min_durable {
         return Err(ClientError::NotDurable {
             block,
@@ -178,6 +142,77 @@ pub(crate) async fn put_block(
         );
     }
     Ok(Stored { epoch, missing })
+}
+
+/// What [`settle`] found: which shards are durable, how many, and which
+/// were asked and had not answered when it stopped.
+struct Settled {
+    stored: Vec<bool>,
+    durable: usize,
+    silent: Vec<usize>,
+}
+
+/// Stores shards with `put` (true: durable): those of `first` at once,
+/// those of `held` (nodes slow a moment ago) as soon as the others can no
+/// longer make `min_durable` without them. Once `min_durable` are durable,
+/// the others have `grace` more; stops then, or when nothing is left to
+/// wait for.
+async fn settle<F, Fut>(
+    width: usize,
+    first: Vec<usize>,
+    mut held: Vec<usize>,
+    min_durable: usize,
+    grace: Duration,
+    put: F,
+) -> Settled
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let ask = |i: usize| {
+        let done = put(i);
+        async move { (i, done.await) }
+    };
+    let mut asked = vec![false; width];
+    let mut pending = FuturesUnordered::new();
+    for i in first {
+        asked[i] = true;
+        pending.push(ask(i));
+    }
+    let mut out = Settled {
+        stored: vec![false; width],
+        durable: 0,
+        silent: Vec::new(),
+    };
+    let mut answered = vec![false; width];
+    let timer = tokio::time::sleep(PUT_TIMEOUT);
+    tokio::pin!(timer);
+    let mut waiting_for_stragglers = false;
+    loop {
+        if !held.is_empty() && out.durable + pending.len() < min_durable {
+            for i in held.drain(..) {
+                asked[i] = true;
+                pending.push(ask(i));
+            }
+        }
+        tokio::select! {
+            done = pending.next() => {
+                let Some((i, ok)) = done else { break };
+                answered[i] = true;
+                if ok {
+                    out.stored[i] = true;
+                    out.durable += 1;
+                }
+                if out.durable >= min_durable && !waiting_for_stragglers {
+                    waiting_for_stragglers = true;
+                    timer.as_mut().reset(Instant::now() + grace);
+                }
+            }
+            () = &mut timer, if waiting_for_stragglers => break,
+        }
+    }
+    out.silent = (0..width).filter(|&i| asked[i] && !answered[i]).collect();
+    out
 }
 
 async fn put_shard(
@@ -302,9 +337,10 @@ pub(crate) async fn read_range(
     Ok(out)
 }
 
-/// Range `r` of a data shard, read from its node if that is not suspect,
-/// else rebuilt from the same range of K other shards (see [`gather`]),
-/// each checked by its node's piece CRCs as any ranged read.
+/// Range `r` of a data shard, rebuilt from the same range of K shards
+/// (see [`gather`]: healthy nodes first, so its own node's only if that
+/// is not suspect), each checked by its node's piece CRCs as any ranged
+/// read, and the shards' lengths by this reader.
 async fn read_range_degraded(
     nodes: &Nodes,
     codec: &Codec,
@@ -313,14 +349,15 @@ async fn read_range_degraded(
 ) -> Result<Bytes> {
     let targets = nodes.shard_nodes(b.block);
     let k = usize::from(codec.protection().k);
+    let shard_len = codec.shard_len(b.len);
     let got = gather(k, &healthy_first(nodes, &targets), read_wait(r.len), |i| {
-        ranged_shard(nodes, targets[i], b.block, i, (r.offset, r.len))
+        ranged_shard(nodes, targets[i], b.block, i, shard_len, (r.offset, r.len))
     })
     .await;
     read_around(nodes, &targets, b.block, &got.slow);
     let count = got.count;
     codec
-        .rebuild_range(r.index.into(), got.shards)
+        .rebuild_range(r.index.into(), r.len as usize, got.shards)
         .map(Bytes::from)
         .ok_or(ClientError::NotEnoughShards {
             block: b.block,
@@ -498,13 +535,14 @@ where
 }
 
 /// `(offset, len)` of shard `index` of `block` from `node` (its node
-/// checks the pieces it reads; a corrupt one is reported); a node that
-/// fails is suspect.
+/// checks the pieces it reads; a corrupt one is reported), if the shard
+/// it has is `shard_len` long; a node that fails is suspect.
 async fn ranged_shard(
     nodes: &Nodes,
     node: NodeId,
     block: BlockId,
     index: usize,
+    shard_len: usize,
     range: (u32, u32),
 ) -> Option<Vec<u8>> {
     let key = ShardKey {
@@ -512,7 +550,12 @@ async fn ranged_shard(
         index: index as u8,
     };
     match get_shard(nodes, node, key, range, GET_TIMEOUT).await {
-        Ok(r) => Some(r.data.to_vec()),
+        Ok(r) if r.shard_len as usize == shard_len => Some(r.data.to_vec()),
+        Ok(r) => {
+            warn!(%key, node, len = r.shard_len, "shard has the wrong length for its block");
+            nodes.report_corrupt(key);
+            None
+        }
         Err(e) => {
             warn!(error = %e, "shard unavailable");
             nodes.suspect(node);

@@ -266,15 +266,25 @@ impl Codec {
         }
     }
 
-    /// The bytes of data shard `want` in some range, from the same range
-    /// of the other shards (`pieces`, one per shard index, None where
-    /// missing): the code works byte column by byte column, so any K
-    /// equally long pieces give the range of every data shard. None with
-    /// fewer than K pieces of one length.
-    pub fn rebuild_range(&self, want: usize, mut pieces: Vec<Option<Vec<u8>>>) -> Option<Vec<u8>> {
+    /// The `len` bytes of data shard `want` in some range, from the same
+    /// range of the other shards (`pieces`, one per shard index, None
+    /// where missing): the code works byte column by byte column, so any
+    /// K pieces give the range of every data shard. Pieces of another
+    /// length are not used. None with fewer than K.
+    pub fn rebuild_range(
+        &self,
+        want: usize,
+        len: usize,
+        mut pieces: Vec<Option<Vec<u8>>>,
+    ) -> Option<Vec<u8>> {
         let k = usize::from(self.protection.k);
         if want >= k || pieces.len() != self.protection.width() {
             return None;
+        }
+        for p in pieces.iter_mut() {
+            if p.as_ref().is_some_and(|p| p.len() != len) {
+                *p = None;
+            }
         }
         if let Some(p) = pieces[want].take() {
             return Some(p);
@@ -282,12 +292,6 @@ impl Codec {
         if k == 1 {
             // Replicas: every piece is a copy.
             return pieces.into_iter().flatten().next();
-        }
-        let len = pieces.iter().flatten().next()?.len();
-        for p in pieces.iter_mut() {
-            if p.as_ref().is_some_and(|p| p.len() != len) {
-                *p = None;
-            }
         }
         if pieces.iter().flatten().count() < k {
             return None;
@@ -419,7 +423,16 @@ mod tests {
                 .enumerate()
                 .map(|(i, x)| (!lost.contains(&i)).then(|| x[start..end].to_vec()))
                 .collect();
-            let rebuilt = codec.rebuild_range(want, pieces);
+            let mut pieces = pieces;
+            // A piece of another length (a short answer) is not used.
+            if let Some(other) = (0..p.width()).find(|&i| pieces[i].is_some()) {
+                pieces[other].as_mut().unwrap().push(0);
+                if p.m > 0 && pieces.iter().flatten().count() == usize::from(p.k) {
+                    prop_assert_eq!(codec.rebuild_range(want, end - start, pieces.clone()), None);
+                }
+                pieces[other].as_mut().unwrap().pop();
+            }
+            let rebuilt = codec.rebuild_range(want, end - start, pieces);
             if p.m == 0 {
                 prop_assert_eq!(rebuilt, None);
             } else {

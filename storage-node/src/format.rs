@@ -1,7 +1,8 @@
-//! The record format of segment files, version 1 (see FORMAT.md).
+//! The record format of segment files, versions 1 and 2 (see FORMAT.md).
 //!
-//! A record is a fixed header, a table of CRC32s (one per 64 KiB piece of the
-//! data), a CRC32 over header and table, then the data. The header names its
+//! A record is a fixed header, a table of CRC32s (one per piece of the
+//! data: 64 KiB in version 1, 4 KiB in version 2), a CRC32 over header
+//! and table, then the data. Version 2 is written; both are read. The header names its
 //! own segment and offset, so bytes copied from elsewhere (a shard that holds
 //! a segment file, say) never pass for a record when recovery resynchronises
 //! after damage. Decoding never trusts a byte: every failure is a [`BadRecord`].
@@ -9,9 +10,15 @@
 use tessera_common::{crc32, ShardKey};
 
 pub const MAGIC: [u8; 4] = *b"TSRD";
-pub const VERSION: u16 = 1;
-/// Bytes of data covered by one CRC of the piece table.
-pub const PIECE: usize = 64 << 10;
+/// The version written. A ranged read checks the pieces it touches: 4 KiB
+/// pieces let a database's 4 KiB page cost a 4 KiB read and CRC, where
+/// version 1's 64 KiB pieces cost 64 KiB.
+pub const VERSION: u16 = 2;
+/// Bytes of data covered by one CRC of the piece table, in the version
+/// written.
+pub const PIECE: usize = 4 << 10;
+/// The same in version 1.
+const PIECE_V1: usize = 64 << 10;
 /// Bytes of the fixed part of the header.
 pub const FIXED_LEN: usize = 36;
 /// Largest shard a record may hold; anything larger is damage, not data.
@@ -30,6 +37,8 @@ pub enum Kind {
 /// The fixed header of one record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// Format version: 1 or 2 (the size of its pieces).
+    pub version: u16,
     pub kind: Kind,
     pub key: ShardKey,
     /// Segment and offset the record was written at.
@@ -47,7 +56,7 @@ pub struct Head {
     pub pieces: Vec<u32>,
 }
 
-/// The CRC32s of `data`'s 64 KiB pieces: a record's piece table.
+/// The CRC32s of `data`'s pieces: the piece table of a record written now.
 pub fn piece_crcs(data: &[u8]) -> Vec<u32> {
     data.chunks(PIECE).map(crc32).collect()
 }
@@ -66,15 +75,31 @@ pub fn whole_crc(pieces: &[u32], len: usize) -> u32 {
     whole.finalize()
 }
 
-/// Number of 64 KiB pieces of `len` bytes of data.
-pub fn piece_count(len: u32) -> usize {
-    (len as usize).div_ceil(PIECE)
-}
-
 impl Header {
+    /// Bytes of data covered by one CRC of this record's piece table.
+    pub fn piece(&self) -> usize {
+        match self.version {
+            1 => PIECE_V1,
+            _ => PIECE,
+        }
+    }
+
+    /// Number of pieces of this record's data.
+    pub fn piece_count(&self) -> usize {
+        (self.data_len as usize).div_ceil(self.piece())
+    }
+
     /// Bytes of header, piece table and header CRC.
     pub fn head_len(&self) -> usize {
-        FIXED_LEN + 4 * piece_count(self.data_len) + 4
+        FIXED_LEN + 4 * self.piece_count() + 4
+    }
+
+    /// The longest head a record of `data_len` bytes has in any version
+    /// read (version 2's): reading that many bytes gets any such record's
+    /// head in one read, and never runs past the record (a version 1
+    /// head is shorter by at most a 1,024th of the data, plus 4 bytes).
+    pub fn longest_head_len(data_len: u32) -> usize {
+        FIXED_LEN + 4 * (data_len as usize).div_ceil(PIECE) + 4
     }
 
     /// Bytes of the whole record.
@@ -85,10 +110,10 @@ impl Header {
     /// Encodes header, piece table and header CRC; `pieces` are the
     /// [`piece_crcs`] of the record's data.
     pub fn encode(&self, pieces: &[u32]) -> Vec<u8> {
-        debug_assert_eq!(pieces.len(), piece_count(self.data_len));
+        debug_assert_eq!(pieces.len(), self.piece_count());
         let mut out = Vec::with_capacity(self.head_len());
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&self.version.to_le_bytes());
         out.push(self.kind as u8);
         out.push(self.key.index);
         out.extend_from_slice(&self.key.block.to_le_bytes());
@@ -117,7 +142,8 @@ impl Header {
         }
         let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         let u64_at = |i: usize| u64::from(u32_at(i)) | (u64::from(u32_at(i + 4)) << 32);
-        if u16::from_le_bytes([b[4], b[5]]) != VERSION {
+        let version = u16::from_le_bytes([b[4], b[5]]);
+        if !(1..=VERSION).contains(&version) {
             return Err(BadRecord("unknown format version"));
         }
         let kind = match b[6] {
@@ -126,6 +152,7 @@ impl Header {
             _ => return Err(BadRecord("unknown record kind")),
         };
         let header = Header {
+            version,
             kind,
             key: ShardKey {
                 block: u64_at(8),
@@ -168,7 +195,7 @@ impl Head {
     /// one possibly short at the end of the shard). Returns the first bad
     /// piece.
     pub fn verify_pieces(&self, first: usize, data: &[u8]) -> Result<(), usize> {
-        for (i, piece) in data.chunks(PIECE).enumerate() {
+        for (i, piece) in data.chunks(self.header.piece()).enumerate() {
             let n = first + i;
             if self.pieces.get(n) != Some(&crc32(piece)) {
                 return Err(n);
@@ -184,6 +211,7 @@ mod tests {
 
     fn header(len: u32) -> Header {
         Header {
+            version: VERSION,
             kind: Kind::Shard,
             key: ShardKey {
                 block: 0x0102_0304_0506_0708,
@@ -217,9 +245,42 @@ mod tests {
             assert_eq!(b.len(), h.head_len());
             let head = decode_head(&b).unwrap();
             assert_eq!(head.header, h);
-            assert_eq!(head.pieces.len(), piece_count(len));
+            assert_eq!(head.pieces.len(), (len as usize).div_ceil(4096));
             assert_eq!(head.verify_pieces(0, &data), Ok(()));
+            assert!(b.len() <= Header::longest_head_len(len));
         }
+    }
+
+    /// Version 1 records (64 KiB pieces), as nodes before version 2 wrote
+    /// them, still read: their head is no longer than the longest head
+    /// read for their length, and never longer than their record.
+    #[test]
+    fn version_1_records_decode_and_verify() {
+        for len in [0u32, 1, 4097, 65535, 65536, 65537, 300_000] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 13) as u8).collect();
+            let h = Header {
+                version: 1,
+                ..header(len)
+            };
+            let b = h.encode(&v1_pieces(&data));
+            assert_eq!(b.len(), h.head_len());
+            let head = decode_head(&b).unwrap();
+            assert_eq!(head.header, h);
+            assert_eq!(head.pieces.len(), (len as usize).div_ceil(65536));
+            assert_eq!(head.verify_pieces(0, &data), Ok(()));
+            let longest = Header::longest_head_len(len);
+            assert!(b.len() <= longest && longest as u64 <= h.record_len());
+            if len > 70_000 {
+                let mut bad = data.clone();
+                bad[65536 + 70] ^= 1;
+                assert_eq!(head.verify_pieces(0, &bad), Err(1));
+            }
+        }
+    }
+
+    /// A version 1 piece table.
+    pub fn v1_pieces(data: &[u8]) -> Vec<u32> {
+        data.chunks(64 << 10).map(crc32).collect()
     }
 
     #[test]

@@ -30,7 +30,7 @@ use tessera_common::ShardKey;
 use crate::{
     aligned::{align_up, AlignedBuf, AlignedBytes, ALIGN},
     error::{Error, Result},
-    format::{Header, Kind},
+    format::{Header, Kind, VERSION},
 };
 
 /// Records this large or larger are written with O_DIRECT.
@@ -260,6 +260,7 @@ impl Segments {
         let mut w = lock(&self.writer);
         let len_of = |r: &NewRecord<'_>| {
             Header {
+                version: VERSION,
                 kind: r.kind,
                 key: r.key,
                 segment: 0,
@@ -293,6 +294,7 @@ impl Segments {
             let direct = direct.as_ref().filter(|_| len >= DIRECT_MIN);
             let start = if direct.is_some() { align_up(at) } else { at };
             let header = Header {
+                version: VERSION,
                 kind: r.kind,
                 key: r.key,
                 segment,

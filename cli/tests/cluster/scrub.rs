@@ -16,8 +16,9 @@ use crate::{
 };
 
 /// (file, offset of the data) of every shard record in a node's segments
-/// (storage-node/FORMAT.md: magic "TSRD", kind 1 = shard, header 40 + 4P,
-/// zeros up to a 4 KiB boundary are padding).
+/// (storage-node/FORMAT.md: magic "TSRD", kind 1 = shard, header 40 + 4P
+/// for P pieces of 4 KiB, 64 KiB in version 1, zeros up to a 4 KiB
+/// boundary are padding).
 fn shard_records(node_dir: &Path) -> Vec<(std::path::PathBuf, u64, u32)> {
     let mut out = Vec::new();
     let mut segs = segment_files(node_dir);
@@ -37,9 +38,11 @@ fn shard_records(node_dir: &Path) -> Vec<(std::path::PathBuf, u64, u32)> {
                 "record at {at} of {}",
                 seg.display()
             );
+            let version = u16::from_le_bytes(bytes[at + 4..at + 6].try_into().unwrap());
             let kind = bytes[at + 6];
             let len = u32::from_le_bytes(bytes[at + 20..at + 24].try_into().unwrap());
-            let pieces = len.div_ceil(64 << 10) as usize;
+            let piece: u32 = if version == 1 { 64 << 10 } else { 4 << 10 };
+            let pieces = len.div_ceil(piece) as usize;
             let data = at + 40 + 4 * pieces;
             if kind == 1 {
                 out.push((seg.clone(), data as u64, len));

@@ -132,3 +132,89 @@ async fn only_nodes_silent_for_slow_after_are_named_slow() {
     assert_eq!(g.slow, vec![2]);
     assert_eq!(*asked.lock().unwrap(), vec![0, 1, 2, 3, 4, 5]);
 }
+
+/// A put per index, durable (true) at once unless `how` says it hangs or
+/// fails; records the order the indices were asked in.
+fn putter<'a>(
+    asked: &'a Mutex<Vec<usize>>,
+    how: impl Fn(usize) -> Outcome + 'a,
+) -> impl Fn(usize) -> BoxFuture<'a, bool> + 'a {
+    move |i| {
+        asked.lock().unwrap().push(i);
+        match how(i) {
+            Outcome::Answers => future::ready(true).boxed(),
+            Outcome::Fails => future::ready(false).boxed(),
+            Outcome::Hangs => future::pending().boxed(),
+        }
+    }
+}
+
+/// [`settle`] of 6 shards, 5 needed, a grace of `SLOW`; fails rather
+/// than waiting for ever.
+async fn store<'a>(
+    first: &[usize],
+    held: &[usize],
+    put: impl Fn(usize) -> BoxFuture<'a, bool>,
+) -> Settled {
+    let s = settle(6, first.to_vec(), held.to_vec(), 5, SLOW, put);
+    tokio::time::timeout(Duration::from_secs(60), s)
+        .await
+        .expect("the store waited for a node that never answers")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_hangs_after_enough_are_durable_costs_the_grace() {
+    let asked = Mutex::new(Vec::new());
+    let start = Instant::now();
+    let put = putter(&asked, |i| match i {
+        2 => Outcome::Hangs,
+        _ => Outcome::Answers,
+    });
+    let s = store(&[0, 1, 2, 3, 4, 5], &[], put).await;
+    assert_eq!(start.elapsed(), SLOW);
+    assert_eq!((s.durable, s.silent.clone()), (5, vec![2]));
+    assert!(!s.stored[2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn nodes_held_back_are_not_asked_while_the_others_suffice() {
+    let asked = Mutex::new(Vec::new());
+    let start = Instant::now();
+    let s = store(&[0, 1, 2, 3, 4], &[5], putter(&asked, |_| Outcome::Answers)).await;
+    assert_eq!(start.elapsed(), Duration::ZERO, "nothing left to wait for");
+    assert_eq!(s.durable, 5);
+    assert!(s.silent.is_empty());
+    assert_eq!(*asked.lock().unwrap(), vec![0, 1, 2, 3, 4]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn nodes_held_back_are_asked_once_the_others_cannot_suffice() {
+    // One node is down (not asked, not held), one slow: the four others
+    // can never make five durable, so the slow one is asked at once.
+    let asked = Mutex::new(Vec::new());
+    let s = store(&[0, 1, 2, 3], &[5], putter(&asked, |_| Outcome::Answers)).await;
+    assert_eq!(s.durable, 5);
+    assert_eq!(asked.lock().unwrap().len(), 5);
+    // A failure among the first makes them too few: the held one is
+    // asked then, and the block is durable.
+    let asked = Mutex::new(Vec::new());
+    let put = putter(&asked, |i| match i {
+        0 => Outcome::Fails,
+        _ => Outcome::Answers,
+    });
+    let s = store(&[0, 1, 2, 3, 4], &[5], put).await;
+    assert_eq!(s.durable, 5);
+    assert!(s.stored[5] && !s.stored[0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn too_few_durable_ends_the_store_with_what_came() {
+    let asked = Mutex::new(Vec::new());
+    let put = putter(&asked, |i| match i {
+        0 | 1 => Outcome::Fails,
+        _ => Outcome::Answers,
+    });
+    let s = store(&[0, 1, 2, 3, 4, 5], &[], put).await;
+    assert_eq!(s.durable, 4);
+    assert!(s.silent.is_empty());
+}

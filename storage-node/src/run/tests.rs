@@ -170,7 +170,7 @@ async fn serves_shards_over_grpc_while_meta_is_down() {
     let st = client.stat(pb::StatRequest {}).await.unwrap().into_inner();
     assert_eq!(
         (st.node_id, st.used_bytes, st.shard_count, st.format_version),
-        (0, 5 << 20, 1, 1)
+        (0, 5 << 20, 1, 2)
     );
     let deleted = client
         .delete_shards(pb::DeleteShardsRequest {

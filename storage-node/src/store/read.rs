@@ -8,7 +8,7 @@ use tracing::warn;
 use super::ShardStore;
 use crate::{
     error::{Error, Result},
-    format::{decode_head, Head, Header, Kind, PIECE},
+    format::{decode_head, Head, Header, Kind},
     index::Entry,
 };
 
@@ -30,9 +30,11 @@ fn corrupt(key: ShardKey, e: Entry, why: String) -> Error {
     }
 }
 
-/// The header the index entry `e` of `key` says the record has.
-fn expected(key: ShardKey, e: Entry) -> Header {
+/// The header the index entry `e` of `key` says the record has, in format
+/// `version`.
+fn expected(key: ShardKey, e: Entry, version: u16) -> Header {
     Header {
+        version,
         kind: Kind::Shard,
         key,
         segment: e.pos.segment,
@@ -42,10 +44,11 @@ fn expected(key: ShardKey, e: Entry) -> Header {
     }
 }
 
-/// Decodes the head at the start of `b` and checks it against `e`.
+/// Decodes the head at the start of `b` (in any version read) and checks
+/// it against `e`.
 fn check_head(key: ShardKey, e: Entry, b: &[u8]) -> Result<Head> {
     let head = decode_head(b).map_err(|bad| corrupt(key, e, bad.0.into()))?;
-    if head.header != expected(key, e) {
+    if head.header != expected(key, e, head.header.version) {
         return Err(corrupt(
             key,
             e,
@@ -82,26 +85,30 @@ impl ShardStore {
                     _ => self.segment_io(e, err),
                 })
         };
-        // The index entry says how long the head is: one read, and a head
-        // that says otherwise does not match the entry.
-        let head_len = expected(key, e).head_len();
-        let mut head = vec![0u8; head_len];
+        // The index entry says how long the data is, and so how long the
+        // head is at most (in any version): one read, and a head that says
+        // otherwise does not match the entry.
+        let mut head = vec![0u8; Header::longest_head_len(e.len)];
         read_at(e.pos.offset, &mut head)?;
         let head = check_head(key, e, &head)?;
         if offset == end {
             return Ok(Vec::new());
         }
+        let (head_len, piece) = (head.header.head_len(), head.header.piece());
         let (offset, end) = (offset as usize, end as usize);
-        let first = offset / PIECE;
-        let span_start = first * PIECE;
+        let first = offset / piece;
+        let span_start = first * piece;
         let span_end = end
-            .div_ceil(PIECE)
-            .saturating_mul(PIECE)
+            .div_ceil(piece)
+            .saturating_mul(piece)
             .min(e.len as usize);
         let mut buf = vec![0u8; span_end - span_start];
         read_at(e.pos.offset + head_len as u64 + span_start as u64, &mut buf)?;
-        if let Err(piece) = head.verify_pieces(first, &buf) {
-            return Err(corrupt(format!("CRC mismatch in 64 KiB piece {piece}")));
+        if let Err(n) = head.verify_pieces(first, &buf) {
+            return Err(corrupt(format!(
+                "CRC mismatch in piece {n} ({} KiB pieces)",
+                piece >> 10
+            )));
         }
         if offset == 0 && end == e.len as usize && crc32(&buf) != e.crc {
             return Err(corrupt("whole-shard CRC mismatch".into()));
@@ -115,29 +122,33 @@ impl ShardStore {
     /// request into a buffer of its own and handed on from there: no
     /// page-cache copy. None where direct reads are not available.
     pub(super) fn read_whole_direct(&self, key: ShardKey, e: Entry) -> Result<Option<Bytes>> {
-        let head_len = expected(key, e).head_len();
-        let record_len = head_len + e.len as usize;
+        // The longest the record can be; a shorter one (version 1) is
+        // followed by other bytes, or by the end of the file, where the
+        // read comes back short.
+        let longest = Header::longest_head_len(e.len) + e.len as usize;
         let read = self
             .segments
-            .read_direct(e.pos, record_len)
+            .read_direct(e.pos, longest)
             .map_err(|err| self.segment_io(e, err))?;
         let Some((buf, skip)) = read else {
             return Ok(None);
         };
-        let Some(record) = buf.as_ref().get(skip..skip + record_len) else {
-            return Err(corrupt(
-                key,
-                e,
-                "record runs past the end of its segment".into(),
-            ));
-        };
-        let head = check_head(key, e, record)?;
+        let past_end = || corrupt(key, e, "record runs past the end of its segment".into());
+        let head = check_head(key, e, buf.as_ref().get(skip..).ok_or_else(past_end)?)?;
+        let (head_len, record_len) = (head.header.head_len(), head.header.record_len() as usize);
+        let record = buf
+            .as_ref()
+            .get(skip..skip + record_len)
+            .ok_or_else(past_end)?;
         let data = &record[head_len..];
-        if let Err(piece) = head.verify_pieces(0, data) {
+        if let Err(n) = head.verify_pieces(0, data) {
             return Err(corrupt(
                 key,
                 e,
-                format!("CRC mismatch in 64 KiB piece {piece}"),
+                format!(
+                    "CRC mismatch in piece {n} ({} KiB pieces)",
+                    head.header.piece() >> 10
+                ),
             ));
         }
         if crc32(data) != e.crc {
