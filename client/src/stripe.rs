@@ -7,7 +7,11 @@ mod batch;
 use std::{future::Future, time::Duration};
 
 use bytes::Bytes;
-use futures::{future::join_all, stream::FuturesUnordered, StreamExt};
+use futures::{
+    future::{self, join_all},
+    stream::FuturesUnordered,
+    StreamExt,
+};
 use tessera_common::{crc32, BlockId, Codec, NodeId, ShardKey};
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -32,11 +36,16 @@ pub(crate) const SLOW_READ: Duration = Duration::from_secs(1);
 const SLOWEST_BYTES_PER_SEC: u64 = 8 << 20;
 
 /// How long a read of `len` bytes waits for a node before it reads around
-/// it: `SLOW_READ`, plus the time the bytes take at the slowest rate a
-/// node is not read around for (a whole shard of a large block, 4 MiB of
-/// a replicated one, must not be cut while it arrives).
+/// it: `SLOW_READ`, plus [`transfer_time`] (a whole shard of a large
+/// block, 4 MiB of a replicated one, must not be cut while it arrives).
 fn read_wait(len: u32) -> Duration {
-    SLOW_READ + Duration::from_micros(u64::from(len) * 1_000_000 / SLOWEST_BYTES_PER_SEC)
+    SLOW_READ + transfer_time(len as usize)
+}
+
+/// How long `len` bytes take at the slowest rate a node is not read
+/// around or left out of a store for.
+fn transfer_time(len: usize) -> Duration {
+    Duration::from_micros(len as u64 * 1_000_000 / SLOWEST_BYTES_PER_SEC)
 }
 
 pub(crate) use batch::read_ranges;
@@ -76,11 +85,12 @@ pub(crate) struct Stored {
 
 /// Encodes `data` and stores every shard; succeeds when at least
 /// `min_durable` shards are durable on their nodes. Once they are, the
-/// others have [`SLOW_PUT`] more: a node still silent then (it hangs while
-/// it accepts connections) is left out, its shard named missing (the
-/// commit queues it for repair), and later blocks leave it out from the
-/// start for a while, unless the other nodes cannot make the block
-/// durable without it. A hung node then costs a store `SLOW_PUT` now and
+/// others have [`SLOW_PUT`] more (plus a shard's [`transfer_time`]): a
+/// node still silent then (it hangs while it accepts connections) is left
+/// out, its shard named missing (the commit queues it for repair), and
+/// later blocks leave it out from the start for a while, unless the other
+/// nodes cannot make the block durable without it or have not in that
+/// time. A hung node then costs a store `SLOW_PUT` now and
 /// then, not `PUT_TIMEOUT` each.
 pub(crate) async fn put_block(
     nodes: &Nodes,
@@ -114,7 +124,8 @@ pub(crate) async fn put_block(
     let (held, first): (Vec<usize>, Vec<usize>) = (0..width)
         .filter(|&i| !nodes.is_down(targets[i]))
         .partition(|&i| nodes.is_slow(targets[i]));
-    let got = settle(width, first, held, min_durable, SLOW_PUT, put).await;
+    let grace = SLOW_PUT + transfer_time(shards.first().map_or(0, Bytes::len));
+    let got = settle(width, first, held, min_durable, grace, put).await;
     for &i in &got.silent {
         warn!(
             key = %key(i),
@@ -154,7 +165,7 @@ struct Settled {
 
 /// Stores shards with `put` (true: durable): those of `first` at once,
 /// those of `held` (nodes slow a moment ago) as soon as the others can no
-/// longer make `min_durable` without them. Once `min_durable` are durable,
+/// longer make `min_durable` without them, or have not made it in `grace`. Once `min_durable` are durable,
 /// the others have `grace` more; stops then, or when nothing is left to
 /// wait for.
 async fn settle<F, Fut>(
@@ -169,36 +180,36 @@ where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = bool>,
 {
-    let ask = |i: usize| {
-        let done = put(i);
-        async move { (i, done.await) }
-    };
-    let mut asked = vec![false; width];
-    let mut pending = FuturesUnordered::new();
+    let mut calls = Calls::new(width, put);
     for i in first {
-        asked[i] = true;
-        pending.push(ask(i));
+        calls.ask(i);
     }
     let mut out = Settled {
         stored: vec![false; width],
         durable: 0,
         silent: Vec::new(),
     };
-    let mut answered = vec![false; width];
     let timer = tokio::time::sleep(PUT_TIMEOUT);
     tokio::pin!(timer);
+    // The held nodes are asked too if the others are not enough by then
+    // (one of them hangs as well, say).
+    let give_up_holding = tokio::time::sleep(grace);
+    tokio::pin!(give_up_holding);
     let mut waiting_for_stragglers = false;
     loop {
-        if !held.is_empty() && out.durable + pending.len() < min_durable {
+        if !held.is_empty() && out.durable + calls.in_flight() < min_durable {
             for i in held.drain(..) {
-                asked[i] = true;
-                pending.push(ask(i));
+                calls.ask(i);
             }
         }
         tokio::select! {
-            done = pending.next() => {
+            () = &mut give_up_holding, if !held.is_empty() && !waiting_for_stragglers => {
+                for i in held.drain(..) {
+                    calls.ask(i);
+                }
+            }
+            done = calls.next() => {
                 let Some((i, ok)) = done else { break };
-                answered[i] = true;
                 if ok {
                     out.stored[i] = true;
                     out.durable += 1;
@@ -211,8 +222,57 @@ where
             () = &mut timer, if waiting_for_stragglers => break,
         }
     }
-    out.silent = (0..width).filter(|&i| asked[i] && !answered[i]).collect();
+    out.silent = calls.silent_for(Duration::ZERO);
     out
+}
+
+/// Calls by shard index, in flight at once: when each was asked, and
+/// which have answered.
+struct Calls<F, Fut: Future> {
+    call: F,
+    /// Each call joined with its index, which comes back with its answer.
+    pending: FuturesUnordered<future::Join<future::Ready<usize>, Fut>>,
+    asked: Vec<Option<Instant>>,
+    answered: Vec<bool>,
+}
+
+impl<F, Fut> Calls<F, Fut>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future,
+{
+    fn new(width: usize, call: F) -> Self {
+        Calls {
+            call,
+            pending: FuturesUnordered::new(),
+            asked: vec![None; width],
+            answered: vec![false; width],
+        }
+    }
+
+    fn ask(&mut self, i: usize) {
+        self.asked[i] = Some(Instant::now());
+        self.pending
+            .push(future::join(future::ready(i), (self.call)(i)));
+    }
+
+    fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The next answer, with its index; None when none is in flight.
+    async fn next(&mut self) -> Option<(usize, Fut::Output)> {
+        let (i, out) = self.pending.next().await?;
+        self.answered[i] = true;
+        Some((i, out))
+    }
+
+    /// The indices asked at least `d` ago that have not answered.
+    fn silent_for(&self, d: Duration) -> Vec<usize> {
+        (0..self.asked.len())
+            .filter(|&i| !self.answered[i] && self.asked[i].is_some_and(|at| at.elapsed() >= d))
+            .collect()
+    }
 }
 
 async fn put_shard(
@@ -482,30 +542,22 @@ where
 {
     let width = order.iter().max().map_or(0, |&i| i + 1);
     let mut order = order.iter().copied();
-    let ask = |i: usize| {
-        let shard = read(i);
-        async move { (i, shard.await) }
-    };
-    let mut asked: Vec<Option<Instant>> = vec![None; width];
-    let mut pending = FuturesUnordered::new();
+    let mut calls = Calls::new(width, read);
     for i in order.by_ref().take(k) {
-        asked[i] = Some(Instant::now());
-        pending.push(ask(i));
+        calls.ask(i);
     }
     let mut out = Gathered {
         shards: vec![None; width],
         count: 0,
         slow: Vec::new(),
     };
-    let mut answered = vec![false; width];
     let mut hedged = false;
     let hedge = tokio::time::sleep(slow_after);
     tokio::pin!(hedge);
     while out.count < k {
         tokio::select! {
-            done = pending.next() => {
+            done = calls.next() => {
                 let Some((i, shard)) = done else { break };
-                answered[i] = true;
                 match shard {
                     Some(data) => {
                         out.shards[i] = Some(data);
@@ -513,8 +565,7 @@ where
                     }
                     None => {
                         if let Some(next) = order.next() {
-                            asked[next] = Some(Instant::now());
-                            pending.push(ask(next));
+                            calls.ask(next);
                         }
                     }
                 }
@@ -522,15 +573,12 @@ where
             () = &mut hedge, if !hedged => {
                 hedged = true;
                 for i in order.by_ref() {
-                    asked[i] = Some(Instant::now());
-                    pending.push(ask(i));
+                    calls.ask(i);
                 }
             }
         }
     }
-    out.slow = (0..width)
-        .filter(|&i| !answered[i] && asked[i].is_some_and(|at| at.elapsed() >= slow_after))
-        .collect();
+    out.slow = calls.silent_for(slow_after);
     out
 }
 

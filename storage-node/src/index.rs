@@ -1,6 +1,7 @@
 //! The shard index: RocksDB from shard key to where its record lies.
 //!
-//! The index is a cache of the segments: it is never fsynced and can always
+//! The index is a cache of the segments: it is not fsynced (but for the
+//! scan marker's write at open, which names the record format) and can always
 //! be rebuilt by scanning them. Its scan marker says how far that rebuild has
 //! already been done (see `store::recover`).
 
@@ -11,6 +12,7 @@ use tessera_common::ShardKey;
 
 use crate::{
     error::{Error, Result},
+    format::{MAX_DATA_LEN, VERSION},
     keys,
     segment::Pos,
 };
@@ -48,12 +50,17 @@ impl Entry {
             return Err(bad("unknown entry version"));
         }
         let u32_at = |i: usize| u32::from_be_bytes([v[i], v[i + 1], v[i + 2], v[i + 3]]);
+        let len = u32_at(13);
+        if len > MAX_DATA_LEN {
+            // A reader would allocate it before reading the record.
+            return Err(bad("data length too large"));
+        }
         Ok(Entry {
             pos: Pos {
                 segment: u32_at(1),
                 offset: (u64::from(u32_at(5)) << 32) | u64::from(u32_at(9)),
             },
-            len: u32_at(13),
+            len,
             crc: u32_at(17),
         })
     }
@@ -101,15 +108,39 @@ impl Index {
         else {
             return Ok(None);
         };
-        let bad = || Error::CorruptIndex {
+        let bad = |why| Error::CorruptIndex {
             entry: "scan marker".into(),
-            why: "wrong length",
+            why,
         };
-        let v: &[u8; 12] = v.as_ref().try_into().map_err(|_| bad())?;
+        // 12 bytes from nodes of record format 1; 13 since (the format
+        // byte last), which nodes of format 1 refuse to start on.
+        let v = v.as_ref();
+        match v.get(12) {
+            _ if v.len() != 12 && v.len() != 13 => return Err(bad("wrong length")),
+            Some(&format) if u16::from(format) > VERSION => {
+                return Err(bad("written by a newer record format"))
+            }
+            _ => {}
+        }
         Ok(Some(Pos {
             segment: u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
-            offset: u64::from_be_bytes(v[4..12].try_into().map_err(|_| bad())?),
+            offset: u64::from_be_bytes(v[4..12].try_into().map_err(|_| bad("wrong length"))?),
         }))
+    }
+
+    /// Moves the marker to `at` (the end of the segments, just after they
+    /// were replayed) and marks the index as kept by a node of this record
+    /// format, durably, before the node writes anything: a node of format 1
+    /// then refuses to start on this directory (it would take version 2
+    /// records for damage and cut them off) rather than lose them.
+    pub fn mark_format(&self, at: Pos) -> Result<()> {
+        let mut b = WriteBatch::default();
+        b.put(keys::SCAN_MARKER, encode_marker(at));
+        let mut sync = rocksdb::WriteOptions::default();
+        sync.set_sync(true);
+        self.db
+            .write_opt(b, &sync)
+            .map_err(|e| Index::err(&self.path, e))
     }
 
     /// Drops every entry and the marker, before a rebuild from scratch.
@@ -132,10 +163,7 @@ impl Index {
                 None => b.delete(keys::shard(*key)),
             }
         }
-        let mut m = [0u8; 12];
-        m[..4].copy_from_slice(&marker.segment.to_be_bytes());
-        m[4..].copy_from_slice(&marker.offset.to_be_bytes());
-        b.put(keys::SCAN_MARKER, m);
+        b.put(keys::SCAN_MARKER, encode_marker(marker));
         // Not synced: the segments are the durable truth, and the marker
         // only ever covers records that are already fsynced there.
         self.db.write(b).map_err(|e| Index::err(&self.path, e))
@@ -185,9 +213,69 @@ impl Index {
     }
 }
 
+/// The scan marker's value: segment, offset, and the record format of the
+/// node that wrote it.
+fn encode_marker(marker: Pos) -> [u8; 13] {
+    let mut m = [0u8; 13];
+    m[..4].copy_from_slice(&marker.segment.to_be_bytes());
+    m[4..12].copy_from_slice(&marker.offset.to_be_bytes());
+    m[12] = VERSION as u8;
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_marker_names_its_record_format_and_a_newer_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(dir.path()).unwrap();
+        let at = Pos {
+            segment: 3,
+            offset: 4096,
+        };
+        // As a node of record format 1 wrote it: 12 bytes, still read.
+        let mut old = [0u8; 12];
+        old[..4].copy_from_slice(&3u32.to_be_bytes());
+        old[4..].copy_from_slice(&4096u64.to_be_bytes());
+        idx.db.put(keys::SCAN_MARKER, old).unwrap();
+        assert_eq!(idx.marker().unwrap(), Some(at));
+        // Marked: 13 bytes, the last the format, which a format 1 node
+        // refuses as the wrong length.
+        idx.mark_format(at).unwrap();
+        let v = idx.db.get(keys::SCAN_MARKER).unwrap().unwrap();
+        assert_eq!((v.len(), v[12]), (13, VERSION as u8));
+        assert_eq!(idx.marker().unwrap(), Some(at));
+        // A format newer than this node's: refused, nothing read past it.
+        let mut newer = encode_marker(at);
+        newer[12] = VERSION as u8 + 1;
+        idx.db.put(keys::SCAN_MARKER, newer).unwrap();
+        assert!(matches!(idx.marker(), Err(Error::CorruptIndex { .. })));
+        idx.db.put(keys::SCAN_MARKER, [0u8; 14]).unwrap();
+        assert!(matches!(idx.marker(), Err(Error::CorruptIndex { .. })));
+    }
+
+    #[test]
+    fn an_entry_claiming_more_than_a_shard_can_hold_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(dir.path()).unwrap();
+        let key = ShardKey { block: 5, index: 1 };
+        let mut e = Entry {
+            pos: Pos {
+                segment: 1,
+                offset: 0,
+            },
+            len: MAX_DATA_LEN,
+            crc: 9,
+        }
+        .encode();
+        idx.db.put(keys::shard(key), e).unwrap();
+        assert_eq!(idx.get(key).unwrap().map(|e| e.len), Some(MAX_DATA_LEN));
+        e[13..17].copy_from_slice(&u32::MAX.to_be_bytes());
+        idx.db.put(keys::shard(key), e).unwrap();
+        assert!(matches!(idx.get(key), Err(Error::CorruptIndex { .. })));
+    }
 
     #[test]
     fn entries_marker_and_listing() {

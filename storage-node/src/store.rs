@@ -108,6 +108,7 @@ impl ShardStore {
         let index = Index::open(&dir.join("index"))?;
         let last = recover::recover(&seg_dir, &index)?;
         let segments = Segments::open(&seg_dir, last, options.segment_size, options.direct_io)?;
+        index.mark_format(segments.marker_excluding(&[]))?;
         let totals = index.totals()?;
         let node_id = node_id::load(&dir)?;
         info!(dir = %dir.display(), shards = totals.1, used_bytes = totals.0, "shard store open");

@@ -218,3 +218,25 @@ async fn too_few_durable_ends_the_store_with_what_came() {
     assert_eq!(s.durable, 4);
     assert!(s.silent.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn nodes_held_back_are_asked_when_another_hangs_before_enough_are_durable() {
+    // Index 5 is held (slow a moment ago) and index 1 hangs: the four
+    // others answer at once, one short; the held one is asked after the
+    // grace, not after the hung one's put times out.
+    let asked = Mutex::new(Vec::new());
+    let start = Instant::now();
+    let put = putter(&asked, |i| match i {
+        1 => Outcome::Hangs,
+        _ => Outcome::Answers,
+    });
+    let s = store(&[0, 1, 2, 3, 4], &[5], put).await;
+    assert_eq!(s.durable, 5);
+    assert!(s.stored[5]);
+    assert_eq!(s.silent, vec![1]);
+    assert_eq!(
+        start.elapsed(),
+        2 * SLOW,
+        "the grace to ask the held one, then the stragglers'"
+    );
+}
