@@ -411,7 +411,7 @@ async fn read_range_degraded(
     let k = usize::from(codec.protection().k);
     let shard_len = codec.shard_len(b.len);
     let got = gather(k, &healthy_first(nodes, &targets), read_wait(r.len), |i| {
-        ranged_shard(nodes, targets[i], b.block, i, shard_len, (r.offset, r.len))
+        checked_shard(nodes, targets[i], b.block, i, shard_len, (r.offset, r.len))
     })
     .await;
     read_around(nodes, &targets, b.block, &got.slow);
@@ -485,7 +485,7 @@ async fn read_degraded(nodes: &Nodes, codec: &Codec, b: BlockRef) -> Result<Byte
         k,
         &healthy_first(nodes, &targets),
         read_wait(shard_len as u32),
-        |i| whole_shard(nodes, targets[i], b.block, i, shard_len),
+        |i| checked_shard(nodes, targets[i], b.block, i, shard_len, (0, 0)),
     )
     .await;
     read_around(nodes, &targets, b.block, &got.slow);
@@ -582,10 +582,12 @@ where
     out
 }
 
-/// `(offset, len)` of shard `index` of `block` from `node` (its node
-/// checks the pieces it reads; a corrupt one is reported), if the shard
-/// it has is `shard_len` long; a node that fails is suspect.
-async fn ranged_shard(
+/// Shard `index` of `block` from `node`: `(offset, len)` of it, or the
+/// whole shard for `(0, 0)`; only if the node's shard is `shard_len` long
+/// and, when whole, its bytes match its CRC (a range is checked by its
+/// node's piece CRCs). A corrupt one is reported, a node that fails is
+/// suspect.
+async fn checked_shard(
     nodes: &Nodes,
     node: NodeId,
     block: BlockId,
@@ -597,40 +599,16 @@ async fn ranged_shard(
         block,
         index: index as u8,
     };
+    let whole = range == (0, 0);
     match get_shard(nodes, node, key, range, GET_TIMEOUT).await {
-        Ok(r) if r.shard_len as usize == shard_len => Some(r.data.to_vec()),
-        Ok(r) => {
-            warn!(%key, node, len = r.shard_len, "shard has the wrong length for its block");
-            nodes.report_corrupt(key);
-            None
-        }
-        Err(e) => {
-            warn!(error = %e, "shard unavailable");
-            nodes.suspect(node);
-            None
-        }
-    }
-}
-
-/// Shard `index` of `block` whole from `node`, if its size and CRC match;
-/// a corrupt one is reported, a node that fails is suspect.
-async fn whole_shard(
-    nodes: &Nodes,
-    node: NodeId,
-    block: BlockId,
-    index: usize,
-    shard_len: usize,
-) -> Option<Vec<u8>> {
-    let key = ShardKey {
-        block,
-        index: index as u8,
-    };
-    match get_shard(nodes, node, key, (0, 0), GET_TIMEOUT).await {
-        Ok(r) if r.data.len() == shard_len && crc32(&r.data) == r.shard_crc => {
+        Ok(r)
+            if r.shard_len as usize == shard_len
+                && (!whole || (r.data.len() == shard_len && crc32(&r.data) == r.shard_crc)) =>
+        {
             Some(r.data.to_vec())
         }
         Ok(r) => {
-            warn!(%key, node, len = r.data.len(), "shard failed end-to-end CRC check");
+            warn!(%key, node, len = r.shard_len, "shard failed its length or end-to-end CRC check");
             nodes.report_corrupt(key);
             None
         }
