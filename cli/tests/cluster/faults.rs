@@ -306,16 +306,8 @@ fn a_flipped_byte_on_disk_is_detected_and_the_read_is_exact() {
 #[test]
 fn small_reads_over_a_rotten_node_then_a_dead_one_are_exact() {
     let mut c = Cluster::start(6);
-    c.create_volume("pages", "2GiB", "ec:4+2");
-    let m = c.mount("pages");
-    // Ten blocks, so node 1 holds a data shard of some (reads are
-    // systematic: a rotten parity shard is never read). Not a whole number
-    // of pages: the last read is short.
-    let size = (40u64 << 20) + 1000;
-    let mut data = vec![0u8; size as usize];
-    pattern(78, 0, &mut data);
-    fs::write(m.path("db"), &data).unwrap();
-    m.unmount();
+    let data = write_db(&c, 78);
+    let size = data.len() as u64;
 
     // Pages and odd ranges all over the file; the kernel asks for each
     // read as it is (no read-ahead), as a database's reads arrive.
@@ -371,13 +363,7 @@ fn reads_and_writes_go_around_a_hung_node_without_waiting_on_it() {
     // 10 s and skipped from then on; this test is about the time before
     // (and about a node on a stuck disk, which goes on sending them).
     let c = Cluster::start_with(6, &["--down-after-secs", "600"]);
-    c.create_volume("pages", "2GiB", "ec:4+2");
-    let m = c.mount("pages");
-    let size = (40u64 << 20) + 1000;
-    let mut data = vec![0u8; size as usize];
-    pattern(79, 0, &mut data);
-    fs::write(m.path("db"), &data).unwrap();
-    m.unmount();
+    let data = write_db(&c, 79);
     let reads: Vec<(u64, usize)> = (0..400u64)
         .map(|i| ((i * 7919 % 10240) * 4096, 4096))
         .collect();
@@ -452,6 +438,21 @@ fn reads_and_writes_go_around_a_hung_node_without_waiting_on_it() {
     read_pages(&c, &reads, &data, "node 1 running again")
         .0
         .unmount();
+}
+
+/// Creates the `ec:4+2` volume `pages` and writes its file `db`: 40 MiB
+/// and 1,000 bytes of pattern `seed`, returned. Ten blocks, so every node
+/// holds a data shard of some (reads are systematic: a parity shard is
+/// read only around a failure); not a whole number of pages, so the last
+/// read is short.
+fn write_db(c: &Cluster, seed: u64) -> Vec<u8> {
+    c.create_volume("pages", "2GiB", "ec:4+2");
+    let m = c.mount("pages");
+    let mut data = vec![0u8; (40 << 20) + 1000];
+    pattern(seed, 0, &mut data);
+    fs::write(m.path("db"), &data).unwrap();
+    m.unmount();
+    data
 }
 
 /// Mounts `pages` and reads `reads` of its file `db` one by one (no
