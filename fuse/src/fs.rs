@@ -234,7 +234,9 @@ impl Filesystem for TesseraFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let fh = self.handles.open();
-        self.vol.open_file(ino.0, fh.0);
+        if let Err(e) = self.result("open", self.vol.open_file(ino.0, fh.0, None)) {
+            return reply.error(e);
+        }
         self.caps.opened(ino.0, None);
         reply.opened(fh, FopenFlags::empty());
     }
@@ -576,6 +578,7 @@ impl Filesystem for TesseraFs {
         reply: ReplyCreate,
     ) {
         let perm = mode & !umask & 0o7777;
+        let since = self.vol.removals_finished();
         let mut r = self.make(
             "create",
             req,
@@ -601,10 +604,13 @@ impl Filesystem for TesseraFs {
                 );
             }
         }
+        let r = r.and_then(|a| {
+            let fh = self.handles.open();
+            let opened = self.vol.open_file(a.ino, fh.0, Some(since));
+            self.result("create", opened).map(|()| (a, fh))
+        });
         match r {
-            Ok(a) => {
-                let fh = self.handles.open();
-                self.vol.open_file(a.ino, fh.0);
+            Ok((a, fh)) => {
                 // A new file has no xattrs: the question before its first
                 // write is answered here as well.
                 self.caps.opened(a.ino, created.then_some(a.perm));

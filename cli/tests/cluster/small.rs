@@ -43,7 +43,7 @@ fn small_files_flushed_together_share_blocks_and_read_back() {
             .make_node(ROOT_INO, name.as_bytes(), &file)
             .unwrap()
             .node;
-        vol.open_file(a.ino, i);
+        vol.open_file(a.ino, i, None).unwrap();
         vol.block_on(vol.write(a.ino, i, 0, &content(i))).unwrap();
     }
     // Another client, which does not have it open, removes one.

@@ -10,6 +10,9 @@ use std::{
     path::Path,
 };
 
+use tessera_client::{Volume, VolumeOptions};
+use tessera_common::{FileKind, NewNode, ROOT_INO};
+
 use crate::harness::{pattern, Cluster};
 
 const MIB: usize = 1 << 20;
@@ -106,4 +109,55 @@ fn a_file_unlinked_while_open_lives_until_closed_or_its_mount_dies() {
     });
     assert_eq!(fs::read(m.path("a")).unwrap(), bytes(4, 50_000));
     m.unmount();
+}
+
+/// An open that loses a race with an unlink in its own mount (the kernel
+/// had the inode from a lookup, the unlink took the mount's list of open
+/// files before the open was in it) is ENOENT, not a removed file whose
+/// reads return zeros (seen once in CI: `pg_ctl` read an empty
+/// postmaster.pid as the postmaster removed it).
+#[test]
+fn an_open_that_loses_a_race_with_an_unlink_is_enoent_not_an_empty_file() {
+    let c = Cluster::start(6);
+    c.create_volume("race", "1GiB", "ec:4+2");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let vol = rt
+        .block_on(Volume::open(&c.meta_addr, "race", VolumeOptions::default()))
+        .unwrap();
+    let file = NewNode::new(FileKind::File, 0o644);
+    let make = |name: &[u8]| {
+        let ino = vol.make_node(ROOT_INO, name, &file).unwrap().node.ino;
+        vol.open_file(ino, 100 + ino, None).unwrap();
+        vol.block_on(vol.write(ino, 100 + ino, 0, b"4242\n"))
+            .unwrap();
+        vol.block_on(vol.flush(ino, None)).unwrap();
+        vol.block_on(vol.release_file(ino, 100 + ino)).unwrap();
+        ino
+    };
+
+    // An open with an inode from the kernel's cache.
+    let looked_up = make(b"postmaster.pid");
+    vol.unlink(ROOT_INO, b"postmaster.pid", false).unwrap();
+    let err = vol
+        .open_file(looked_up, 1, None)
+        .expect_err("an open of a removed file succeeded");
+    assert_eq!(err.errno(), libc::ENOENT, "{err}");
+
+    // A create's own inode, the unlink finishing before its open.
+    let since = vol.removals_finished();
+    let made = make(b"created");
+    vol.unlink(ROOT_INO, b"created", false).unwrap();
+    let err = vol
+        .open_file(made, 2, Some(since))
+        .expect_err("a create opened a removed file");
+    assert_eq!(err.errno(), libc::ENOENT, "{err}");
+
+    // An open that won the race keeps the file for its handle.
+    let since = vol.removals_finished();
+    let kept = make(b"kept");
+    vol.open_file(kept, 3, Some(since)).unwrap();
+    vol.unlink(ROOT_INO, b"kept", false).unwrap();
+    let back = vol.block_on(vol.read(kept, 0, 100)).unwrap();
+    assert_eq!(&back[..], b"4242\n");
+    vol.block_on(vol.release_file(kept, 3)).unwrap();
 }

@@ -108,6 +108,7 @@ pub(crate) struct Inner {
     pub name_cache: name_cache::NameCache,
     pub paged_lookups: std::sync::atomic::AtomicBool,
     pub syncs: Syncs,
+    pub removals: orphans::Removals,
 }
 
 /// How far this mount's changes of names and attributes are known
@@ -186,6 +187,7 @@ impl Volume {
                 name_cache: Default::default(),
                 paged_lookups: true.into(),
                 syncs: Syncs::default(),
+                removals: Default::default(),
             }),
         })
     }
@@ -232,13 +234,21 @@ impl Volume {
         a
     }
 
-    /// A file is opened as handle `fh`: later reads see what other
-    /// clients committed before (close-to-open consistency).
-    pub fn open_file(&self, ino: Ino, fh: u64) {
+    /// Handle `fh` of a file is opened (see `open_file`): later reads see
+    /// what other clients committed before (close-to-open consistency).
+    fn register_handle(&self, ino: Ino, fh: u64) {
         self.inner.name_cache.changed(ino);
         let e = self.entry(ino);
         e.state.lock().expect("file state lock").handles.opened(fh);
         self.invalidate(ino);
+    }
+
+    /// Takes back `register_handle` of a file whose open failed.
+    fn unregister_handle(&self, ino: Ino, fh: u64) {
+        if let Some(e) = self.existing_entry(ino) {
+            e.state.lock().expect("file state lock").handles.closed(fh);
+        }
+        self.forget_if_idle(ino);
     }
 
     /// Forgets a file nothing is buffered for, open or to report.

@@ -127,6 +127,7 @@ impl Volume {
     /// unlink, or rmdir with `dir`. A file this mount has open lives on
     /// for its handles (see `orphans.rs`).
     pub fn unlink(&self, parent: Ino, name: &[u8], dir: bool) -> Result<()> {
+        let _removal = self.inner.removals.begin();
         let open = if dir { Vec::new() } else { self.open_inos() };
         let done = self
             .inner
@@ -150,6 +151,7 @@ impl Volume {
         new_name: &[u8],
         flags: u32,
     ) -> Result<()> {
+        let _removal = self.inner.removals.begin();
         let done = self.inner.names.rename(
             self.id(),
             parent,

@@ -9,7 +9,13 @@
 //! releases each one when its last handle is closed; if the mount dies,
 //! the lease runs out and the metadata service removes them.
 
-use std::{sync::atomic::Ordering, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        RwLock, RwLockReadGuard,
+    },
+    time::Duration,
+};
 
 use tessera_common::{fs::RENEW_BATCH, Ino};
 use tracing::warn;
@@ -17,7 +23,74 @@ use tracing::warn;
 use super::Volume;
 use crate::{meta::names::Unlinked, Result};
 
+/// This mount's unlinks and renames, for opens that race them.
+///
+/// An unlink names the inodes this mount has open when it begins; a file
+/// opened after that would be removed under its new handle (its reads
+/// returning zeros). So an open registers its handle, waits for the
+/// unlinks in flight (`gate`), and then asks the service whether the
+/// inode still exists, unless no unlink finished since it got the inode
+/// from the service itself (`finished`), as a create does.
+#[derive(Default)]
+pub(crate) struct Removals {
+    gate: RwLock<()>,
+    finished: AtomicU64,
+}
+
+/// Held by an unlink or rename from its list of open files to its answer.
+pub(super) struct Removal<'a> {
+    removals: &'a Removals,
+    _in_flight: RwLockReadGuard<'a, ()>,
+}
+
+impl Drop for Removal<'_> {
+    fn drop(&mut self) {
+        self.removals.finished.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl Removals {
+    pub(super) fn begin(&self) -> Removal<'_> {
+        Removal {
+            removals: self,
+            _in_flight: self.gate.read().expect("removals gate"),
+        }
+    }
+
+    /// How many have finished; an open passes this from before it got its
+    /// inode from the service.
+    pub fn finished(&self) -> u64 {
+        self.finished.load(Ordering::Acquire)
+    }
+
+    /// Waits for those in flight; true if any finished since `since`.
+    fn settled_since(&self, since: Option<u64>) -> bool {
+        drop(self.gate.write().expect("removals gate"));
+        since != Some(self.finished())
+    }
+}
+
 impl Volume {
+    /// A file is opened as handle `fh`. `since` is `Removals::finished`
+    /// from before the caller had the inode from the service (None: it
+    /// came from the kernel's cache). A file that an unlink removed
+    /// meanwhile is ENOENT, not an empty file.
+    pub fn open_file(&self, ino: Ino, fh: u64, since: Option<u64>) -> Result<()> {
+        self.register_handle(ino, fh);
+        if self.inner.removals.settled_since(since) {
+            if let Err(e) = self.inner.names.get_attr(self.id(), ino) {
+                self.unregister_handle(ino, fh);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// See `Removals`.
+    pub fn removals_finished(&self) -> u64 {
+        self.inner.removals.finished()
+    }
+
     /// Inodes this mount has open, for unlink and rename.
     pub(super) fn open_inos(&self) -> Vec<Ino> {
         self.inner
