@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     fs::MAX_FILE_SIZE, is_inline, Attr, BlockId, Error, Ino, Protection, VolumeId, CHUNK_SIZE,
-    INLINE_MAX, MAX_BLOCK,
+    DEFERRED_MAX, MAX_BLOCK,
 };
 
 /// A run of a file's bytes, `[offset, offset+len)`, stored at
@@ -89,7 +89,7 @@ impl InlineBlock {
         if !is_inline(self.block) {
             return bad("its id lacks the inline bit");
         }
-        if self.data.is_empty() || self.data.len() > INLINE_MAX {
+        if self.data.is_empty() || self.data.len() > DEFERRED_MAX {
             return bad("length out of range");
         }
         Ok(())
@@ -254,7 +254,8 @@ mod tests {
         assert!(b(INLINE_BIT | 3, 10).check().is_ok());
         assert!(b(3, 10).check().is_err());
         assert!(b(INLINE_BIT | 3, 0).check().is_err());
-        assert!(b(INLINE_BIT | 3, INLINE_MAX + 1).check().is_err());
+        assert!(b(INLINE_BIT | 3, DEFERRED_MAX).check().is_ok());
+        assert!(b(INLINE_BIT | 3, DEFERRED_MAX + 1).check().is_err());
         let p = Protection::new(4, 2).unwrap();
         let d = |missing: Vec<u8>| DegradedBlock {
             block: 9,

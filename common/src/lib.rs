@@ -32,11 +32,17 @@ pub use volume::{VolumeInfo, VolumeSpec};
 /// Largest block (one stripe before encoding).
 pub const MAX_BLOCK: usize = 4 << 20;
 
-/// Largest inline block. What a flush leaves in a file's first
-/// `INLINE_MAX` bytes (all of a tiny file) is kept in the metadata service,
-/// with the slices that point at it, instead of as a stripe on storage
-/// nodes (ARCHITECTURE.md, "Write path"; docs/BENCHMARKS.md).
+/// What a flush leaves in a file's first `INLINE_MAX` bytes (all of a
+/// tiny file) is kept in the metadata service as an inline block, with the
+/// slices that point at it, instead of as a stripe on storage nodes
+/// (ARCHITECTURE.md, "Write path"; docs/BENCHMARKS.md).
 pub const INLINE_MAX: usize = 4 << 10;
+
+/// Largest inline block. A flush of at most this many bytes anywhere in a
+/// file (a database's commit) is a deferred write: an inline block, made
+/// durable by the commit alone, later moved to the storage nodes
+/// (ARCHITECTURE.md, "Deferred writes").
+pub const DEFERRED_MAX: usize = 64 << 10;
 
 /// Bytes of a file covered by one chunk (the unit slices are listed by).
 pub const CHUNK_SIZE: u64 = 64 << 20;

@@ -35,4 +35,8 @@ pub struct VolumeInfo {
     pub inline_blocks: bool,
     /// The metadata service applies merges (`FileWrite::replaces`).
     pub merges: bool,
+    /// The metadata service keeps inline blocks of up to `DEFERRED_MAX`
+    /// bytes anywhere in a file (deferred writes), not only `INLINE_MAX`
+    /// at its start.
+    pub deferred_writes: bool,
 }

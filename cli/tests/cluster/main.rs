@@ -4,6 +4,7 @@
 mod busy;
 mod data;
 mod database;
+mod deferred;
 mod docker;
 mod faults;
 mod fio;

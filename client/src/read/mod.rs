@@ -21,6 +21,7 @@ pub(crate) use slices::{CachedSlices, Visible};
 use crate::{
     stripe::{read_range, read_range_now, read_ranges, BlockRef, WHOLE_BLOCK_AT},
     volume::{FileEntry, Volume},
+    write::LEFT_AFTER,
     ClientError, Result,
 };
 
@@ -87,8 +88,13 @@ impl Volume {
         let [v] = runs.as_slice() else {
             return None;
         };
-        if v.offset != offset || v.len != u64::from(size) || is_inline(v.slice.block) {
+        if v.offset != offset || v.len != u64::from(size) {
             return None;
+        }
+        if is_inline(v.slice.block) {
+            // A deferred write: its bytes came with the slices (a view
+            // without them is fetched again by `read`).
+            return inline_run(ino, &slices, v).ok().map(Ok);
         }
         if !self.inner.nodes.is_fresh() {
             // As `read_once`: a refresh that fails leaves the table as it is.
@@ -171,37 +177,50 @@ impl Volume {
         slices: &CachedSlices,
         v: &Visible,
     ) -> Result<Bytes> {
-        let b = BlockRef::of(&v.slice);
-        let (at, len) = (v.block_offset(), v.len as usize);
-        if is_inline(b.block) {
-            return match slices.inline(b.block) {
-                Some(data) if at + len <= data.len() => Ok(data.slice(at..at + len)),
-                _ => Err(ClientError::Malformed(format!(
-                    "inode {ino}: inline block {:#x} missing or short",
-                    b.block
-                ))),
-            };
+        if is_inline(v.slice.block) {
+            return inline_run(ino, slices, v);
         }
         let i = &self.inner;
-        read_range(&i.nodes, &i.codec, &i.cache, b, at, len).await
+        let b = BlockRef::of(&v.slice);
+        read_range(
+            &i.nodes,
+            &i.codec,
+            &i.cache,
+            b,
+            v.block_offset(),
+            v.len as usize,
+        )
+        .await
     }
 
-    /// The committed bytes of many runs of `ino` held by the storage
-    /// nodes (a merge's window), their shard ranges fetched a node at a
-    /// time.
-    pub(crate) async fn read_runs(&self, ino: Ino, runs: &[Visible]) -> Result<Vec<Bytes>> {
-        if let Some(v) = runs.iter().find(|v| is_inline(v.slice.block)) {
-            return Err(ClientError::Invalid(format!(
-                "inode {ino}: inline block {:#x} is not read in a batch",
-                v.slice.block
-            )));
-        }
-        let wanted: Vec<(BlockRef, usize, usize)> = runs
+    /// The committed bytes of many runs of `ino` (a merge's window): those
+    /// of inline blocks from `slices`, the others' shard ranges fetched a
+    /// node at a time.
+    pub(crate) async fn read_runs(
+        &self,
+        ino: Ino,
+        slices: &CachedSlices,
+        runs: &[Visible],
+    ) -> Result<Vec<Bytes>> {
+        let (inline, stored): (Vec<usize>, Vec<usize>) =
+            (0..runs.len()).partition(|&r| is_inline(runs[r].slice.block));
+        let wanted: Vec<(BlockRef, usize, usize)> = stored
             .iter()
-            .map(|v| (BlockRef::of(&v.slice), v.block_offset(), v.len as usize))
+            .map(|&r| {
+                let v = &runs[r];
+                (BlockRef::of(&v.slice), v.block_offset(), v.len as usize)
+            })
             .collect();
         let i = &self.inner;
-        read_ranges(&i.nodes, &i.codec, &i.cache, &wanted).await
+        let read = read_ranges(&i.nodes, &i.codec, &i.cache, &wanted).await?;
+        let mut out = vec![Bytes::new(); runs.len()];
+        for (r, data) in stored.into_iter().zip(read) {
+            out[r] = data;
+        }
+        for r in inline {
+            out[r] = inline_run(ino, slices, &runs[r])?;
+        }
+        Ok(out)
     }
 
     /// Where the next data (`data`: SEEK_DATA) or hole (SEEK_HOLE) of
@@ -254,7 +273,12 @@ impl Volume {
             s.0
         };
         let fetched = self.inner.meta.file_slices(self.id(), ino).await?;
+        let unchanged_ns = crate::volume::now_ns().saturating_sub(fetched.attr.mtime_ns);
         let fetched = Arc::new(CachedSlices::from(fetched));
+        if fetched.has_deferred() && unchanged_ns >= LEFT_AFTER.as_nanos() as i64 {
+            // Left by a mount that died, or could not move them.
+            self.found_deferred(ino);
+        }
         let mut s = e.slices.lock().expect("slices lock");
         // A fetch that raced with a commit of this mount is not kept.
         if s.0 == generation {
@@ -270,5 +294,17 @@ impl Volume {
             s.0 += 1;
             s.1 = None;
         }
+    }
+}
+
+/// The bytes of a visible run of an inline block, from the file's slices.
+fn inline_run(ino: Ino, slices: &CachedSlices, v: &Visible) -> Result<Bytes> {
+    let (at, len) = (v.block_offset(), v.len as usize);
+    match slices.inline(v.slice.block) {
+        Some(data) if at + len <= data.len() => Ok(data.slice(at..at + len)),
+        _ => Err(ClientError::Malformed(format!(
+            "inode {ino}: inline block {:#x} missing or short",
+            v.slice.block
+        ))),
     }
 }

@@ -6,7 +6,7 @@
 //! logarithmic in their extents.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -14,8 +14,12 @@ use bytes::Bytes;
 pub(crate) use tessera_common::extents::Visible;
 use tessera_common::{
     data::split_at_chunks, extents::ExtentMap, is_inline, BlockId, FileSlices, InlineBlock, Slice,
-    CHUNK_SIZE, INLINE_MAX,
+    CHUNK_SIZE, DEFERRED_MAX,
 };
+
+/// Bytes of inline blocks held before those no longer shown are dropped
+/// (at least: twice what was left the last time).
+const INLINE_HELD: usize = 1 << 20;
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct CachedSlices {
@@ -24,6 +28,9 @@ pub(crate) struct CachedSlices {
     chunks: BTreeMap<u64, Arc<ExtentMap>>,
     /// The bytes of the inline blocks the slices point into.
     inline: HashMap<BlockId, Bytes>,
+    /// Their total, and the total at which those no longer shown go.
+    inline_bytes: usize,
+    prune_at: usize,
 }
 
 impl From<FileSlices> for CachedSlices {
@@ -33,7 +40,9 @@ impl From<FileSlices> for CachedSlices {
             ..Default::default()
         };
         cached.lay(&f.slices);
+        cached.inline_bytes = f.inline.iter().map(|b| b.data.len()).sum();
         cached.inline = f.inline.into_iter().map(|b| (b.block, b.data)).collect();
+        cached.prune_at = INLINE_HELD.max(2 * cached.inline_bytes);
         cached
     }
 }
@@ -53,23 +62,31 @@ impl CachedSlices {
     pub fn apply(&mut self, slices: &[Slice], inline: &[InlineBlock], size: u64) {
         self.lay(slices);
         for b in inline {
-            self.inline.insert(b.block, b.data.clone());
-        }
-        if !self.inline.is_empty() {
-            // Inline blocks live in the file's first bytes: keep the bytes
-            // of those that still show there.
-            let shown: Vec<BlockId> = self
-                .chunks
-                .get(&0)
-                .map(|c| c.visible(0, INLINE_MAX as u64))
-                .unwrap_or_default()
-                .iter()
-                .map(|v| v.slice.block)
-                .filter(|b| is_inline(*b))
-                .collect();
-            self.inline.retain(|b, _| shown.contains(b));
+            self.inline_bytes += b.data.len();
+            if let Some(old) = self.inline.insert(b.block, b.data.clone()) {
+                self.inline_bytes -= old.len();
+            }
         }
         self.size = size;
+        if self.inline_bytes > self.prune_at {
+            self.prune_inline();
+        }
+    }
+
+    /// Drops the bytes of inline blocks no slice shows any more (written
+    /// over, or moved to the nodes): a look over every extent, made when
+    /// what is held has doubled.
+    fn prune_inline(&mut self) {
+        let shown: HashSet<BlockId> = self
+            .chunks
+            .iter()
+            .flat_map(|(&index, map)| map.visible(index * CHUNK_SIZE, (index + 1) * CHUNK_SIZE))
+            .map(|v| v.slice.block)
+            .filter(|&b| is_inline(b))
+            .collect();
+        self.inline.retain(|b, _| shown.contains(b));
+        self.inline_bytes = self.inline.values().map(Bytes::len).sum();
+        self.prune_at = INLINE_HELD.max(2 * self.inline_bytes);
     }
 
     /// What shows in `[start, end)`, in file order; bytes no slice covers
@@ -86,6 +103,13 @@ impl CachedSlices {
             out.extend(map.visible(lo, hi));
         }
         out
+    }
+
+    /// Whether inline blocks hold bytes of a file larger than
+    /// `DEFERRED_MAX` (deferred writes, moved to the nodes by a merge; a
+    /// smaller file keeps its inline blocks).
+    pub fn has_deferred(&self) -> bool {
+        self.size > DEFERRED_MAX as u64 && !self.inline.is_empty()
     }
 
     /// The bytes of inline block `block`, if the file has them.
@@ -194,22 +218,33 @@ mod tests {
 
     #[test]
     fn inline_bytes_go_with_the_last_slice_into_them() {
+        const LEN: usize = tessera_common::DEFERRED_MAX;
         let mut cached = fetched(vec![]);
-        let a = INLINE_BIT | 1;
         let ib = |block| InlineBlock {
             block,
-            data: Bytes::from_static(b"0123456789"),
+            data: Bytes::from(vec![7u8; LEN]),
         };
-        cached.apply(&[slice(0, 10, a)], &[ib(a)], 10);
-        assert!(cached.inline(a).is_some());
-        for b in 2..100 {
+        // A deferred write in the second chunk, never written over.
+        let far = INLINE_BIT | 1;
+        let size = CHUNK_SIZE + 10 * LEN as u64;
+        cached.apply(&[slice(CHUNK_SIZE, LEN as u32, far)], &[ib(far)], size);
+        // 1,000 deferred writes over the same bytes.
+        for b in 2..1002 {
             let id = INLINE_BIT | b;
-            cached.apply(&[slice(0, 10, id)], &[ib(id)], 10);
+            cached.apply(&[slice(0, LEN as u32, id)], &[ib(id)], size);
+            assert!(
+                cached.inline_bytes <= 4 * INLINE_HELD,
+                "{} bytes of inline blocks held",
+                cached.inline_bytes
+            );
         }
         assert!(
-            cached.inline(a).is_none(),
-            "a pruned inline block's bytes stayed"
+            cached.inline(INLINE_BIT | 2).is_none(),
+            "a written-over inline block's bytes stayed"
         );
-        assert!(cached.inline(INLINE_BIT | 99).is_some());
+        assert!(cached.inline(INLINE_BIT | 1001).is_some());
+        assert!(cached.inline(far).is_some(), "a shown inline block went");
+        let v = cached.visible(CHUNK_SIZE, CHUNK_SIZE + 1);
+        assert_eq!(v[0].slice.block, far);
     }
 }

@@ -74,6 +74,12 @@ pub(crate) struct FileEntry {
     /// (from its last lock): a lock granted with a later one drops this
     /// mount's cached view of the file (`locks.rs`).
     pub seen_change: AtomicU64,
+    /// Bytes committed as deferred writes and not yet moved to the nodes,
+    /// and whether they are being moved (`write/deferred.rs`).
+    pub deferred: AtomicU64,
+    /// The file's size after this mount's last commit of it.
+    pub committed_size: AtomicU64,
+    pub destaging: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) struct Inner {
@@ -103,6 +109,8 @@ pub(crate) struct Inner {
     pub inline_blocks: bool,
     /// The metadata service applies merges (`write/merge.rs`).
     pub merges_applied: bool,
+    /// Small flushes are inline blocks (`write/deferred.rs`).
+    pub deferred_writes: bool,
     /// Pages of names looked up (`name_cache.rs`), while the metadata
     /// service answers for pages.
     pub name_cache: name_cache::NameCache,
@@ -184,6 +192,10 @@ impl Volume {
                 files: Mutex::new(HashMap::new()),
                 inline_blocks: v.inline_blocks && options.inline_blocks,
                 merges_applied: v.merges,
+                deferred_writes: v.deferred_writes
+                    && v.merges
+                    && v.inline_blocks
+                    && options.inline_blocks,
                 name_cache: Default::default(),
                 paged_lookups: true.into(),
                 syncs: Syncs::default(),
@@ -241,14 +253,6 @@ impl Volume {
         let e = self.entry(ino);
         e.state.lock().expect("file state lock").handles.opened(fh);
         self.invalidate(ino);
-    }
-
-    /// Takes back `register_handle` of a file whose open failed.
-    fn unregister_handle(&self, ino: Ino, fh: u64) {
-        if let Some(e) = self.existing_entry(ino) {
-            e.state.lock().expect("file state lock").handles.closed(fh);
-        }
-        self.forget_if_idle(ino);
     }
 
     /// Forgets a file nothing is buffered for, open or to report.

@@ -97,6 +97,10 @@ impl Volume {
         let a = a?;
         if change.size.is_some() {
             self.invalidate(ino);
+            if let Some(e) = self.existing_entry(ino) {
+                e.committed_size
+                    .store(a.size, std::sync::atomic::Ordering::Release);
+            }
         }
         Ok(self.with_pending(a))
     }

@@ -79,7 +79,11 @@ impl Volume {
         self.register_handle(ino, fh);
         if self.inner.removals.settled_since(since) {
             if let Err(e) = self.inner.names.get_attr(self.id(), ino) {
-                self.unregister_handle(ino, fh);
+                // As a close: an unlink that began after the handle was
+                // registered may have made it an orphan of this mount.
+                if let Err(r) = self.block_on(self.release_file(ino, fh)) {
+                    warn!(volume = self.name(), ino, error = %r, "releasing a failed open failed");
+                }
                 return Err(e);
             }
         }

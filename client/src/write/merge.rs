@@ -12,6 +12,13 @@
 //! block is left unreferenced). Holes stay holes; times do not change. The
 //! blocks left without a shown byte are freed by the service's GC. A file
 //! written again stops its merge until it is quiet again.
+//!
+//! The same pass moves a file's deferred writes (inline blocks, see
+//! `deferred.rs`) to the nodes: the inline runs outside the windows merged
+//! whole are rewritten in file order, a block's worth at a time. A file
+//! of at most `DEFERRED_MAX` bytes keeps its inline blocks. A file that keeps being
+//! written has its deferred writes moved while it is written
+//! (`Pass::Deferred`).
 
 use std::{
     collections::HashMap,
@@ -24,11 +31,13 @@ use std::{
 
 use bytes::Bytes;
 use futures::{stream, StreamExt};
-use tessera_common::{is_inline, Commit, DegradedBlock, FileWrite, Ino, Slice, MAX_BLOCK};
+use tessera_common::{
+    is_inline, Commit, DegradedBlock, FileWrite, Ino, Slice, INLINE_MAX, MAX_BLOCK,
+};
 use tracing::{debug, warn};
 
 use crate::{
-    read::Visible,
+    read::{CachedSlices, Visible},
     stripe::put_block,
     volume::{FileEntry, Volume},
     Result,
@@ -43,20 +52,34 @@ pub(crate) const WINDOW: u64 = MAX_BLOCK as u64;
 /// in turn (256 KiB each on average, or less); holes do not count.
 pub(crate) const MIN_RUNS: usize = 16;
 const _: () = assert!(tessera_common::CHUNK_SIZE.is_multiple_of(WINDOW));
+/// Deferred writes a pass over a file being written leaves inline: its
+/// newest.
+const KEEP_NEWEST: usize = 32;
 /// Windows merged at once: their reads, stores and commits overlap.
 const WINDOWS_AT_ONCE: usize = 3;
+
+/// What a pass over a file rewrites.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Pass {
+    /// The file is quiet: fragmented windows, and deferred writes.
+    Quiet,
+    /// The file is being written: its deferred writes only.
+    Deferred,
+}
 
 /// Files this mount committed to, and when it last did.
 #[derive(Default)]
 pub(crate) struct Merges {
     written: std::sync::Mutex<HashMap<Ino, Instant>>,
     running: std::sync::atomic::AtomicBool,
+    /// The file being merged now.
+    merging: std::sync::Mutex<Option<Ino>>,
 }
 
 impl Volume {
     /// This mount committed bytes of `ino`: merge its fragments once it is
     /// quiet.
-    pub(super) fn merge_later(&self, ino: Ino) {
+    pub(crate) fn merge_later(&self, ino: Ino) {
         if !self.inner.merges_applied {
             return;
         }
@@ -68,6 +91,15 @@ impl Volume {
         if !m.running.swap(true, Ordering::AcqRel) {
             let vol = self.clone();
             tokio::spawn(async move { vol.run_merges().await });
+        }
+    }
+
+    /// A file's slices show deferred writes: merge it once quiet, as if
+    /// this mount had written them (the mount that did may have died), but
+    /// for the merge's own look at them.
+    pub(crate) fn found_deferred(&self, ino: Ino) {
+        if *self.inner.merges.merging.lock().expect("merges lock") != Some(ino) {
+            self.merge_later(ino);
         }
     }
 
@@ -93,7 +125,10 @@ impl Volume {
                 quiet
             };
             for ino in quiet {
-                match self.merge_file(ino).await {
+                *m.merging.lock().expect("merges lock") = Some(ino);
+                let merged = self.merge_file(ino, Pass::Quiet).await;
+                *m.merging.lock().expect("merges lock") = None;
+                match merged {
                     Ok(0) => {}
                     Ok(n) => debug!(volume = self.name(), ino, windows = n, "merged fragments"),
                     Err(e) => {
@@ -107,33 +142,36 @@ impl Volume {
         }
     }
 
-    /// Merges the fragmented windows of `ino`, `WINDOWS_AT_ONCE` at a
-    /// time (one read from the nodes while another is stored and a third
-    /// committed); returns how many. Starts no window after a write of
-    /// this mount or a merge refused.
-    pub(crate) async fn merge_file(&self, ino: Ino) -> Result<usize> {
+    /// Merges the fragmented windows of `ino` and moves its deferred
+    /// writes to the nodes, `WINDOWS_AT_ONCE` windows at a time (one read
+    /// while another is stored and a third committed); returns how many.
+    /// A quiet pass starts no window after a write of this mount; no pass
+    /// starts one after a merge refused.
+    pub(crate) async fn merge_file(&self, ino: Ino, pass: Pass) -> Result<usize> {
         let e = self
             .existing_entry(ino)
             .unwrap_or_else(|| Arc::new(FileEntry::default()));
-        let windows: Vec<Vec<Visible>> = {
-            let slices = self.slices(ino, &e).await?;
-            (0..slices.size.div_ceil(WINDOW))
-                .map(|w| slices.visible(w * WINDOW, ((w + 1) * WINDOW).min(slices.size)))
-                // Inline blocks stay inline: the merge is for what the nodes hold.
-                .filter(|runs| {
-                    fragments(runs) >= MIN_RUNS && !runs.iter().any(|v| is_inline(v.slice.block))
-                })
-                .collect()
-        };
+        self.merge_entry(ino, &e, pass).await
+    }
+
+    /// `merge_file` with the file's entry.
+    pub(super) async fn merge_entry(
+        &self,
+        ino: Ino,
+        e: &Arc<FileEntry>,
+        pass: Pass,
+    ) -> Result<usize> {
+        let deferred = e.deferred.load(Ordering::Acquire);
+        let slices = self.slices(ino, e).await?;
+        let windows = windows(&slices, pass);
         let stop = AtomicBool::new(false);
-        let (stop, e, windows) = (&stop, &e, &windows);
+        let (stop, windows, slices) = (&stop, &windows, &slices);
         let mut merging = stream::iter(0..windows.len())
             .map(|w| async move {
-                if stop.load(Ordering::Acquire) || self.has_buffered(ino) || self.written_since(ino)
-                {
+                if stop.load(Ordering::Acquire) || (pass == Pass::Quiet && self.written(ino)) {
                     return Ok(false);
                 }
-                let merged = self.merge_window(ino, e, &windows[w]).await;
+                let merged = self.merge_window(ino, e, slices, &windows[w], pass).await;
                 if !matches!(merged, Ok(true)) {
                     stop.store(true, Ordering::Release);
                 }
@@ -149,52 +187,80 @@ impl Volume {
                 Err(e) => failed = failed.or(Some(e)),
             }
         }
-        failed.map_or(Ok(merged), Err)
+        if let Some(err) = failed {
+            return Err(err);
+        }
+        if merged == windows.len() {
+            // What was deferred when the pass began is on the nodes now.
+            let _ = e
+                .deferred
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                    Some(d.saturating_sub(deferred))
+                });
+        }
+        Ok(merged)
     }
 
-    fn written_since(&self, ino: Ino) -> bool {
+    /// Whether this mount wrote `ino` since its pass was planned, or has
+    /// bytes of it buffered.
+    fn written(&self, ino: Ino) -> bool {
         let written = self.inner.merges.written.lock().expect("merges lock");
-        written.contains_key(&ino)
+        written.contains_key(&ino) || self.has_buffered(ino)
     }
 
-    /// Rewrites the runs of one window as one block, committed as a merge;
-    /// false if the file was written meanwhile (nothing stored).
-    async fn merge_window(&self, ino: Ino, e: &FileEntry, runs: &[Visible]) -> Result<bool> {
+    /// Rewrites a group's runs as one block, committed as a merge (a
+    /// file write per stretch); false if the file was written meanwhile in
+    /// a quiet pass (nothing stored).
+    async fn merge_window(
+        &self,
+        ino: Ino,
+        e: &FileEntry,
+        slices: &CachedSlices,
+        group: &[Vec<Visible>],
+        pass: Pass,
+    ) -> Result<bool> {
         let generation = e.slices.lock().expect("slices lock").0;
         let started = Instant::now();
-        let datas = self.read_runs(ino, runs).await?;
+        let runs: Vec<Visible> = group.iter().flatten().cloned().collect();
+        let datas = self.read_runs(ino, slices, &runs).await?;
         let read = started.elapsed();
         let block = self.inner.block_ids.next().await?;
         let len: usize = datas.iter().map(Bytes::len).sum();
         let mut data = Vec::with_capacity(len);
-        let mut fresh: Vec<Slice> = Vec::new();
-        for (v, bytes) in runs.iter().zip(&datas) {
-            match fresh.last_mut() {
-                Some(s) if s.end() == v.offset => s.len += v.len as u32,
-                _ => fresh.push(Slice {
-                    offset: v.offset,
-                    len: v.len as u32,
-                    block,
-                    block_offset: data.len() as u32,
-                    block_len: len as u32,
-                }),
+        let mut datas = datas.iter();
+        let mut writes: Vec<FileWrite> = Vec::with_capacity(group.len());
+        for stretch in group {
+            let mut fresh: Vec<Slice> = Vec::new();
+            for (v, bytes) in stretch.iter().zip(&mut datas) {
+                match fresh.last_mut() {
+                    Some(s) if s.end() == v.offset => s.len += v.len as u32,
+                    _ => fresh.push(Slice {
+                        offset: v.offset,
+                        len: v.len as u32,
+                        block,
+                        block_offset: data.len() as u32,
+                        block_len: len as u32,
+                    }),
+                }
+                data.extend_from_slice(bytes);
             }
-            data.extend_from_slice(bytes);
+            writes.push(FileWrite {
+                ino,
+                slices: fresh,
+                replaces: stretch.iter().map(Visible::as_slice).collect(),
+                ..Default::default()
+            });
         }
+        let fresh: Vec<Slice> = writes.iter().flat_map(|w| w.slices.clone()).collect();
         let i = &self.inner;
-        if self.has_buffered(ino) || self.written_since(ino) {
+        if pass == Pass::Quiet && self.written(ino) {
             return Ok(false);
         }
         let put = put_block(&i.nodes, &i.codec, block, data.into(), i.min_durable).await?;
         let stored = started.elapsed();
         let commit = Commit {
             vol: self.id(),
-            files: vec![FileWrite {
-                ino,
-                slices: fresh.clone(),
-                replaces: runs.iter().map(Visible::as_slice).collect(),
-                ..Default::default()
-            }],
+            files: writes,
             degraded: (!put.missing.is_empty())
                 .then_some(DegradedBlock {
                     block,
@@ -242,6 +308,96 @@ impl Volume {
             }
         }
         done.map(|_| true)
+    }
+}
+
+/// What one merge rewrites as one block: stretches of runs, each a span of
+/// the file in which nothing else shows (so the service, which compares
+/// a stretch's span with what shows there, finds exactly its runs).
+type Group = Vec<Vec<Visible>>;
+
+/// The runs a pass rewrites, a group at a time: all of a fragmented
+/// window's (in a quiet pass, one stretch); and the inline runs of
+/// deferred writes, in file order, up to a block's worth a group (a
+/// database's pages written here and there move as one block, not one per
+/// window), a stretch ending wherever bytes that stay show between them.
+/// A file of at most `INLINE_MAX` bytes is left as it is, and one of at
+/// most `DEFERRED_MAX` keeps its inline blocks.
+fn windows(slices: &CachedSlices, pass: Pass) -> Vec<Group> {
+    let merge = pass == Pass::Quiet && slices.size > INLINE_MAX as u64;
+    let deferred = slices.has_deferred();
+    if !merge && !deferred {
+        return Vec::new();
+    }
+    // A file being written keeps its newest deferred writes: they are the
+    // ones written over next (a log's last page), which would make the
+    // service refuse the merge.
+    let mut newest: Vec<u64> = Vec::new();
+    if pass == Pass::Deferred {
+        newest = slices
+            .visible(0, slices.size)
+            .iter()
+            .map(|v| v.slice.block)
+            .filter(|&b| is_inline(b))
+            .collect();
+        newest.sort_unstable();
+        newest.dedup();
+        newest.drain(..newest.len().saturating_sub(KEEP_NEWEST));
+    }
+    let mut groups: Vec<Group> = Vec::new();
+    let mut moving = Moving::default();
+    for w in 0..slices.size.div_ceil(WINDOW) {
+        let runs = slices.visible(w * WINDOW, ((w + 1) * WINDOW).min(slices.size));
+        if merge && fragments(&runs) >= MIN_RUNS {
+            groups.push(vec![runs]);
+            continue;
+        }
+        if !deferred {
+            continue;
+        }
+        for v in runs {
+            if is_inline(v.slice.block) && newest.binary_search(&v.slice.block).is_err() {
+                moving.add(v, &mut groups);
+            } else {
+                // Bytes that stay where they are: the stretch ends.
+                moving.end_stretch();
+            }
+        }
+        moving.end_stretch();
+    }
+    moving.end_group(&mut groups);
+    groups
+}
+
+/// Runs of deferred writes being gathered into groups.
+#[derive(Default)]
+struct Moving {
+    group: Group,
+    stretch: Vec<Visible>,
+    len: u64,
+}
+
+impl Moving {
+    fn add(&mut self, v: Visible, groups: &mut Vec<Group>) {
+        if self.len + v.len > MAX_BLOCK as u64 {
+            self.end_group(groups);
+        }
+        self.len += v.len;
+        self.stretch.push(v);
+    }
+
+    fn end_stretch(&mut self) {
+        if !self.stretch.is_empty() {
+            self.group.push(std::mem::take(&mut self.stretch));
+        }
+    }
+
+    fn end_group(&mut self, groups: &mut Vec<Group>) {
+        self.end_stretch();
+        if !self.group.is_empty() {
+            groups.push(std::mem::take(&mut self.group));
+        }
+        self.len = 0;
     }
 }
 

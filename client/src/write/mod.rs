@@ -21,6 +21,7 @@
 //! file never commits over an earlier one that failed.
 
 pub(crate) mod buffer;
+mod deferred;
 mod handles;
 pub(crate) mod merge;
 pub(crate) mod packer;
@@ -36,6 +37,7 @@ use crate::{
     volume::{FileEntry, Volume},
     ClientError, Result,
 };
+pub(crate) use deferred::LEFT_AFTER;
 use packer::PACK_MAX;
 use pipeline::cut_part;
 

@@ -4,9 +4,10 @@
 //! order its blocks were cut. What a flush leaves in a file's first
 //! `INLINE_MAX` bytes (all of a tiny file) is not stored on the nodes: it
 //! goes to the metadata service with the commit, as an inline block of
-//! its own.
+//! its own. So does a flush of at most `DEFERRED_MAX` bytes into a larger
+//! file (a deferred write, `deferred.rs`).
 
-use std::sync::Arc;
+use std::sync::{atomic::Ordering, Arc};
 
 use bytes::Bytes;
 use tessera_common::{
@@ -60,12 +61,17 @@ impl Part {
     /// and fits an inline block (its extents may overlap, so their total
     /// can be more than they cover).
     fn is_head(&self) -> bool {
-        self.pending.len() <= INLINE_MAX
-            && self
-                .pending
-                .extents
-                .iter()
-                .all(|x| x.end() <= INLINE_MAX as u64)
+        self.pending.len() <= INLINE_MAX && self.end() <= INLINE_MAX as u64
+    }
+
+    /// Where its last extent ends.
+    pub(super) fn end(&self) -> u64 {
+        self.pending
+            .extents
+            .iter()
+            .map(|x| x.end())
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -215,8 +221,9 @@ impl Volume {
     }
 
     /// Encodes the parts' extents as one block and stores its shards; the
-    /// parts that only touch their file's first `INLINE_MAX` bytes become
-    /// inline blocks of their own instead, stored by the commit.
+    /// parts that only touch their file's first `INLINE_MAX` bytes, and
+    /// all of them when they are deferred writes, become inline blocks of
+    /// their own instead, stored by the commit.
     async fn store_block(&self, parts: &[Part]) -> Result<StoredBlock> {
         let mut stored = StoredBlock {
             slices: vec![Vec::new(); parts.len()],
@@ -224,8 +231,11 @@ impl Volume {
             epoch: 0,
             inline: vec![],
         };
-        let (heads, rest): (Vec<usize>, Vec<usize>) =
+        let (mut heads, mut rest): (Vec<usize>, Vec<usize>) =
             (0..parts.len()).partition(|&i| self.inner.inline_blocks && parts[i].is_head());
+        if self.may_defer(rest.iter().map(|&i| &parts[i])) {
+            heads.append(&mut rest);
+        }
         for i in heads {
             let block = self.inner.block_ids.next().await? | INLINE_BIT;
             let (slices, data) = layout(&[&parts[i]], block);
@@ -314,6 +324,9 @@ impl Volume {
         }
         // Keep the cached slice lists current rather than refetching them.
         for (i, (p, slices)) in writes.iter().enumerate() {
+            if let Some(attr) = done.attrs.get(i) {
+                p.entry.committed_size.store(attr.size, Ordering::Release);
+            }
             let mut cached = p.entry.slices.lock().expect("slices lock");
             cached.0 += 1;
             match (cached.1.as_mut(), done.attrs.get(i)) {
@@ -327,6 +340,19 @@ impl Volume {
                     Arc::make_mut(s).apply(slices, &own, attr.size)
                 }
                 _ => cached.1 = None,
+            }
+        }
+        // After the cached slices: a move of them starting now sees them.
+        for (p, slices) in writes {
+            if !p.is_head() {
+                let deferred: usize = inline
+                    .iter()
+                    .filter(|b| slices.iter().any(|s| s.block == b.block))
+                    .map(|b| b.data.len())
+                    .sum();
+                if deferred > 0 {
+                    self.deferred_committed(p.ino, &p.entry, deferred as u64);
+                }
             }
         }
         Ok(())

@@ -4,7 +4,7 @@
 use std::sync::Barrier;
 
 use tessera_common::{
-    DegradedBlock, InlineBlock, SetAttr, Slice, CHUNK_SIZE, INLINE_BIT, INLINE_MAX, ROOT_INO,
+    DegradedBlock, InlineBlock, SetAttr, Slice, CHUNK_SIZE, DEFERRED_MAX, INLINE_BIT, ROOT_INO,
 };
 
 use crate::{
@@ -324,8 +324,8 @@ fn inline_blocks_are_kept_with_their_slices_and_freed_with_the_last_one() {
         bad(&[wrote(other, 1)], &[]);
         // Too large, empty, without the bit, or of another length.
         bad(
-            &[wrote(other, INLINE_MAX as u32 + 1)],
-            &[ib(other, INLINE_MAX + 1)],
+            &[wrote(other, DEFERRED_MAX as u32 + 1)],
+            &[ib(other, DEFERRED_MAX + 1)],
         );
         bad(&[wrote(other, 1)], &[ib(other, 0)]);
         bad(

@@ -164,6 +164,7 @@ impl Volumes<'_> {
             inodes: used.inodes,
             inline_blocks: true,
             merges: true,
+            deferred_writes: true,
         })
     }
 

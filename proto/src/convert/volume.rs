@@ -19,6 +19,7 @@ impl From<VolumeInfo> for pb::Volume {
             min_durable: v.min_durable as u32,
             inline_blocks: v.inline_blocks,
             merges: v.merges,
+            deferred_writes: v.deferred_writes,
         }
     }
 }
@@ -43,6 +44,7 @@ impl TryFrom<pb::Volume> for VolumeInfo {
             inodes: v.inodes,
             inline_blocks: v.inline_blocks,
             merges: v.merges,
+            deferred_writes: v.deferred_writes,
         })
     }
 }
