@@ -80,7 +80,8 @@ impl Volume {
         }
         let (vol, e) = (self.clone(), e.clone());
         tokio::spawn(async move {
-            while e.deferred.load(Ordering::Acquire) >= DESTAGE_AT {
+            // Not alongside a quiet pass over the file (which moves them).
+            while e.deferred.load(Ordering::Acquire) >= DESTAGE_AT && !vol.merging(ino) {
                 match vol.merge_entry(ino, &e, Pass::Deferred).await {
                     Ok(0) => break,
                     Ok(_) => {}

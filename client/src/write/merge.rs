@@ -94,11 +94,16 @@ impl Volume {
         }
     }
 
+    /// Whether a quiet pass over `ino` is under way.
+    pub(super) fn merging(&self, ino: Ino) -> bool {
+        *self.inner.merges.merging.lock().expect("merges lock") == Some(ino)
+    }
+
     /// A file's slices show deferred writes: merge it once quiet, as if
     /// this mount had written them (the mount that did may have died), but
     /// for the merge's own look at them.
     pub(crate) fn found_deferred(&self, ino: Ino) {
-        if *self.inner.merges.merging.lock().expect("merges lock") != Some(ino) {
+        if !self.merging(ino) {
             self.merge_later(ino);
         }
     }
@@ -125,6 +130,15 @@ impl Volume {
                 quiet
             };
             for ino in quiet {
+                if self
+                    .existing_entry(ino)
+                    .is_some_and(|e| e.destaging.load(Ordering::Acquire))
+                {
+                    // Its deferred writes are being moved: two passes over
+                    // the same runs would make the service refuse one.
+                    self.merge_later(ino);
+                    continue;
+                }
                 *m.merging.lock().expect("merges lock") = Some(ino);
                 let merged = self.merge_file(ino, Pass::Quiet).await;
                 *m.merging.lock().expect("merges lock") = None;
@@ -408,4 +422,121 @@ fn fragments(runs: &[Visible]) -> usize {
         .filter(|w| w[0].slice.block != w[1].slice.block)
         .count();
     switches + usize::from(!runs.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use bytes::Bytes;
+    use tessera_common::{InlineBlock, INLINE_BIT};
+
+    use super::*;
+    use crate::read::slices::fetched_for_tests;
+
+    const PAGE: u64 = 8192;
+    const SIZE: u64 = 16 << 20;
+
+    /// A 16 MiB stripe written over by `n` pages here and there, as
+    /// deferred writes (inline blocks) and as stripes, some side by side,
+    /// some across a window's edge.
+    fn written_over(n: u64) -> CachedSlices {
+        let page = |offset, block| Slice {
+            offset,
+            len: PAGE as u32,
+            block,
+            block_offset: 0,
+            block_len: PAGE as u32,
+        };
+        let mut cached = fetched_for_tests(
+            vec![Slice {
+                offset: 0,
+                len: SIZE as u32,
+                block: 1,
+                block_offset: 0,
+                block_len: SIZE as u32,
+            }],
+            SIZE,
+        );
+        let mut x = 7u64;
+        for i in 0..n {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // Page-aligned, or straddling a page (and so, now and then,
+            // a window's edge).
+            let at = ((x >> 33) % (SIZE / PAGE - 1)) * PAGE + (x >> 20) % 2 * PAGE / 2;
+            if (x >> 40).is_multiple_of(4) {
+                cached.apply(&[page(at, 10 + i)], &[], SIZE);
+            } else {
+                let block = INLINE_BIT | (10 + i);
+                let data = Bytes::from(vec![1u8; PAGE as usize]);
+                cached.apply(&[page(at, block)], &[InlineBlock { block, data }], SIZE);
+            }
+        }
+        cached
+    }
+
+    /// What each pass rewrites is what the service will find: every
+    /// stretch's span shows exactly its runs, no run is rewritten twice,
+    /// no group is more than a block.
+    fn check(cached: &CachedSlices, groups: &[Group]) -> HashSet<u64> {
+        let mut seen = HashSet::new();
+        for group in groups {
+            let len: u64 = group.iter().flatten().map(|v| v.len).sum();
+            assert!(len <= MAX_BLOCK as u64, "a group of {len} bytes");
+            for stretch in group {
+                let (start, end) = (
+                    stretch[0].offset,
+                    stretch.last().unwrap().offset + stretch.last().unwrap().len,
+                );
+                let shown: Vec<Slice> = cached
+                    .visible(start, end)
+                    .iter()
+                    .map(Visible::as_slice)
+                    .collect();
+                let runs: Vec<Slice> = stretch.iter().map(Visible::as_slice).collect();
+                assert_eq!(shown, runs, "[{start}, {end}) shows other runs");
+                for v in stretch {
+                    assert!(seen.insert(v.offset), "run at {} rewritten twice", v.offset);
+                }
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn every_stretch_is_exactly_what_shows_in_its_span() {
+        for n in [1, 5, 40, 400, 3000] {
+            let cached = written_over(n);
+            let inline: Vec<Visible> = cached
+                .visible(0, SIZE)
+                .into_iter()
+                .filter(|v| is_inline(v.slice.block))
+                .collect();
+            // While written: all but the newest blocks move.
+            let moved = check(&cached, &windows(&cached, Pass::Deferred));
+            let mut blocks: Vec<u64> = inline.iter().map(|v| v.slice.block).collect();
+            blocks.sort_unstable();
+            blocks.dedup();
+            let kept: HashSet<u64> = blocks.iter().rev().take(KEEP_NEWEST).copied().collect();
+            for v in &inline {
+                assert_eq!(
+                    moved.contains(&v.offset),
+                    !kept.contains(&v.slice.block),
+                    "{v:?}"
+                );
+            }
+            assert_eq!(
+                moved.len(),
+                inline
+                    .iter()
+                    .filter(|v| !kept.contains(&v.slice.block))
+                    .count()
+            );
+            // Quiet: every inline run moves, in its window's merge or alone.
+            let quiet = check(&cached, &windows(&cached, Pass::Quiet));
+            assert!(inline.iter().all(|v| quiet.contains(&v.offset)), "n = {n}");
+        }
+    }
 }
