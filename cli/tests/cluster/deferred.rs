@@ -130,5 +130,24 @@ fn small_fsyncs_into_a_large_file_are_deferred_durable_and_moved_to_the_nodes() 
     let other = c.mount_at("db", "mnt-db-other");
     assert!(fs::read(other.path("wal")).unwrap() == want);
     other.unmount();
+
+    // A mount unmounted right after its commits moves them first.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("wal"))
+        .unwrap();
+    for n in 0..12 {
+        commit(&f, 5000 + n, n * 7919, &mut want);
+    }
+    drop(f);
+    assert!(inline_bytes(&c, &rt, ino) > 0);
+    m.unmount();
+    assert_eq!(
+        inline_bytes(&c, &rt, ino),
+        0,
+        "the unmount left deferred writes"
+    );
+    let m = c.mount("db");
+    assert!(fs::read(m.path("wal")).unwrap() == want);
     m.unmount();
 }

@@ -63,8 +63,11 @@ const WINDOWS_AT_ONCE: usize = 3;
 pub(crate) enum Pass {
     /// The file is quiet: fragmented windows, and deferred writes.
     Quiet,
-    /// The file is being written: its deferred writes only.
+    /// The file is being written: its deferred writes only, but for the
+    /// newest.
     Deferred,
+    /// The mount is going: all of its deferred writes.
+    Leaving,
 }
 
 /// Files this mount committed to, and when it last did.
@@ -91,6 +94,28 @@ impl Volume {
         if !m.running.swap(true, Ordering::AcqRel) {
             let vol = self.clone();
             tokio::spawn(async move { vol.run_merges().await });
+        }
+    }
+
+    /// Moves the deferred writes of the files this mount committed to
+    /// lately (those a quiet pass has yet to see) before it goes; one
+    /// whose move is under way, or fails, is left (a mount that reads
+    /// it moves what is left).
+    pub(crate) async fn move_deferred_before_leaving(&self) {
+        let inos: Vec<Ino> = {
+            let written = self.inner.merges.written.lock().expect("merges lock");
+            written.keys().copied().collect()
+        };
+        for ino in inos {
+            let e = self
+                .existing_entry(ino)
+                .unwrap_or_else(|| Arc::new(FileEntry::default()));
+            if e.destaging.load(Ordering::Acquire) {
+                continue;
+            }
+            if let Err(err) = self.merge_entry(ino, &e, Pass::Leaving).await {
+                debug!(volume = self.name(), ino, error = %err, "moving deferred writes at unmount failed");
+            }
         }
     }
 
@@ -534,6 +559,10 @@ mod tests {
                     .filter(|v| !kept.contains(&v.slice.block))
                     .count()
             );
+            // Leaving: every inline run moves, and nothing else.
+            let leaving = check(&cached, &windows(&cached, Pass::Leaving));
+            assert_eq!(leaving.len(), inline.len(), "n = {n}");
+            assert!(inline.iter().all(|v| leaving.contains(&v.offset)));
             // Quiet: every inline run moves, in its window's merge or alone.
             let quiet = check(&cached, &windows(&cached, Pass::Quiet));
             assert!(inline.iter().all(|v| quiet.contains(&v.offset)), "n = {n}");

@@ -221,6 +221,11 @@ impl Volume {
     /// nothing left to store from going.
     pub fn flush_for_unmount(&self) -> Result<()> {
         let flushed = self.block_on(self.flush_all());
+        // Deferred writes left for a quiet pass that will not come (not
+        // when the flush failed: the service or the nodes are away).
+        if flushed.is_ok() {
+            self.block_on(self.move_deferred_before_leaving());
+        }
         if let Err(e) = self.sync() {
             tracing::debug!(volume = self.name(), error = %e, "syncing the metadata service at unmount failed");
         }
