@@ -69,19 +69,33 @@ impl Volume {
     /// to the nodes now if enough of them wait.
     pub(super) fn deferred_committed(&self, ino: Ino, e: &Arc<FileEntry>, bytes: u64) {
         e.deferred.fetch_add(bytes, Ordering::AcqRel);
+        let m = &self.inner.merges;
+        m.deferred.lock().expect("merges lock").insert(ino);
         self.destage_if_due(ino, e);
     }
 
     fn destage_if_due(&self, ino: Ino, e: &Arc<FileEntry>) {
+        let m = &self.inner.merges;
         if e.deferred.load(Ordering::Acquire) < DESTAGE_AT
+            || m.leaving.load(Ordering::Acquire)
             || e.destaging.swap(true, Ordering::AcqRel)
         {
             return;
         }
+        if !m.moving.lock().expect("merges lock").insert(ino) {
+            // Its entry was dropped and made again while a move ran.
+            e.destaging.store(false, Ordering::Release);
+            return;
+        }
         let (vol, e) = (self.clone(), e.clone());
         tokio::spawn(async move {
-            // Not alongside a quiet pass over the file (which moves them).
-            while e.deferred.load(Ordering::Acquire) >= DESTAGE_AT && !vol.merging(ino) {
+            let m = &vol.inner.merges;
+            // Not alongside a quiet pass over the file (which moves them),
+            // nor once the mount is going.
+            while e.deferred.load(Ordering::Acquire) >= DESTAGE_AT
+                && !vol.merging(ino)
+                && !m.leaving.load(Ordering::Acquire)
+            {
                 match vol.merge_entry(ino, &e, Pass::Deferred).await {
                     Ok(0) => break,
                     Ok(_) => {}
@@ -95,6 +109,7 @@ impl Volume {
                     }
                 }
             }
+            m.moving.lock().expect("merges lock").remove(&ino);
             e.destaging.store(false, Ordering::Release);
         });
     }

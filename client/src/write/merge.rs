@@ -21,7 +21,7 @@
 //! (`Pass::Deferred`).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -70,6 +70,9 @@ pub(crate) enum Pass {
     Leaving,
 }
 
+/// How long an unmount spends moving deferred writes at most.
+const LEAVING_MAX: Duration = Duration::from_secs(5);
+
 /// Files this mount committed to, and when it last did.
 #[derive(Default)]
 pub(crate) struct Merges {
@@ -77,6 +80,13 @@ pub(crate) struct Merges {
     running: std::sync::atomic::AtomicBool,
     /// The file being merged now.
     merging: std::sync::Mutex<Option<Ino>>,
+    /// Files with deferred writes no quiet pass has seen yet, and those
+    /// whose deferred writes are being moved while written
+    /// (`deferred.rs`).
+    pub(super) deferred: std::sync::Mutex<HashSet<Ino>>,
+    pub(super) moving: std::sync::Mutex<HashSet<Ino>>,
+    /// The mount is going: no pass starts.
+    pub(super) leaving: AtomicBool,
 }
 
 impl Volume {
@@ -97,25 +107,32 @@ impl Volume {
         }
     }
 
-    /// Moves the deferred writes of the files this mount committed to
-    /// lately (those a quiet pass has yet to see) before it goes; one
-    /// whose move is under way, or fails, is left (a mount that reads
-    /// it moves what is left).
+    /// Moves the deferred writes no quiet pass has seen yet to the nodes
+    /// before the mount goes: once the passes under way are done (no new
+    /// one starts), for at most `LEAVING_MAX`. What is left (a move that
+    /// failed, or ran out of time) a mount that reads the file moves.
     pub(crate) async fn move_deferred_before_leaving(&self) {
-        let inos: Vec<Ino> = {
-            let written = self.inner.merges.written.lock().expect("merges lock");
-            written.keys().copied().collect()
-        };
-        for ino in inos {
-            let e = self
-                .existing_entry(ino)
-                .unwrap_or_else(|| Arc::new(FileEntry::default()));
-            if e.destaging.load(Ordering::Acquire) {
-                continue;
+        let m = &self.inner.merges;
+        m.leaving.store(true, Ordering::Release);
+        let moved = tokio::time::timeout(LEAVING_MAX, async {
+            while m.merging.lock().expect("merges lock").is_some()
+                || !m.moving.lock().expect("merges lock").is_empty()
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            if let Err(err) = self.merge_entry(ino, &e, Pass::Leaving).await {
-                debug!(volume = self.name(), ino, error = %err, "moving deferred writes at unmount failed");
+            let inos = std::mem::take(&mut *m.deferred.lock().expect("merges lock"));
+            for ino in inos {
+                if let Err(err) = self.merge_file(ino, Pass::Leaving).await {
+                    debug!(volume = self.name(), ino, error = %err, "moving deferred writes at unmount failed");
+                }
             }
+        })
+        .await;
+        if moved.is_err() {
+            warn!(
+                volume = self.name(),
+                "moving deferred writes at unmount ran out of time; a mount that reads the files moves the rest"
+            );
         }
     }
 
@@ -140,7 +157,7 @@ impl Volume {
             tokio::time::sleep(QUIET / 2).await;
             let quiet: Vec<Ino> = {
                 let mut written = m.written.lock().expect("merges lock");
-                if written.is_empty() {
+                if written.is_empty() || m.leaving.load(Ordering::Acquire) {
                     m.running.store(false, Ordering::Release);
                     return;
                 }
@@ -155,18 +172,28 @@ impl Volume {
                 quiet
             };
             for ino in quiet {
-                if self
-                    .existing_entry(ino)
-                    .is_some_and(|e| e.destaging.load(Ordering::Acquire))
-                {
-                    // Its deferred writes are being moved: two passes over
-                    // the same runs would make the service refuse one.
-                    self.merge_later(ino);
-                    continue;
+                if m.leaving.load(Ordering::Acquire) {
+                    break;
                 }
-                *m.merging.lock().expect("merges lock") = Some(ino);
+                {
+                    // Under the lock of the moves: one that starts after
+                    // this sees the pass (`merging`) and stops.
+                    let moving = m.moving.lock().expect("merges lock");
+                    if moving.contains(&ino) {
+                        // Its deferred writes are being moved: two passes
+                        // over the same runs would make the service refuse
+                        // one.
+                        drop(moving);
+                        self.merge_later(ino);
+                        continue;
+                    }
+                    *m.merging.lock().expect("merges lock") = Some(ino);
+                }
                 let merged = self.merge_file(ino, Pass::Quiet).await;
                 *m.merging.lock().expect("merges lock") = None;
+                if merged.is_ok() {
+                    m.deferred.lock().expect("merges lock").remove(&ino);
+                }
                 match merged {
                     Ok(0) => {}
                     Ok(n) => debug!(volume = self.name(), ino, windows = n, "merged fragments"),
