@@ -151,3 +151,70 @@ fn small_fsyncs_into_a_large_file_are_deferred_durable_and_moved_to_the_nodes() 
     assert!(fs::read(m.path("wal")).unwrap() == want);
     m.unmount();
 }
+
+/// With more nodes down than the class can spare, a small fsync into a
+/// large file still succeeds (its bytes need only the metadata service);
+/// moving them to the nodes fails and leaves them inline and readable;
+/// once the nodes are back, a mount that reads the file moves them.
+#[test]
+fn deferred_writes_wait_inline_while_too_many_nodes_are_down() {
+    let mut c = Cluster::start(6);
+    c.create_volume("db", "1GiB", "ec:4+2");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let m = c.mount("db");
+    let mut want = vec![0u8; 4 * MIB as usize];
+    pattern(2, 0, &mut want);
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(m.path("wal"))
+        .unwrap();
+    f.write_all_at(&want, 0).unwrap();
+    f.sync_data().unwrap();
+    let ino = f.metadata().unwrap().ino();
+
+    for i in 0..3 {
+        c.kill_node(i);
+    }
+    let committed = std::time::Instant::now();
+    for n in 0..12 {
+        commit(&f, 300 + n, n * 37, &mut want);
+    }
+    drop(f);
+    // The quiet pass tries to move them, and cannot.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert_eq!(inline_bytes(&c, &rt, ino), 12 * PAGE as u64);
+    // The file's other bytes are a stripe the nodes left cannot rebuild;
+    // the deferred pages read back.
+    fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let r = fs::File::open(m.path("wal")).unwrap();
+    for n in 0..12u64 {
+        let at = (n * 37 % (want.len() / PAGE) as u64) as usize * PAGE;
+        let mut got = vec![0u8; PAGE];
+        r.read_exact_at(&mut got, at as u64).unwrap();
+        assert!(
+            got == want[at..at + PAGE],
+            "page {n} read back different with nodes down"
+        );
+    }
+    drop(r);
+
+    for i in 0..3 {
+        c.start_node(i);
+    }
+    c.wait_nodes_up(6);
+    std::thread::sleep(std::time::Duration::from_secs(6).saturating_sub(committed.elapsed()));
+    fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    assert!(fs::read(m.path("wal")).unwrap() == want);
+    c.wait_for("the deferred writes to move to the nodes", 60, |c| {
+        inline_bytes(c, &rt, ino) == 0
+    });
+    fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    assert!(
+        fs::read(m.path("wal")).unwrap() == want,
+        "read back different after the move"
+    );
+    m.unmount();
+}

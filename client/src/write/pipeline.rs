@@ -322,6 +322,17 @@ impl Volume {
         for (p, _) in writes {
             self.merge_later(p.ino);
         }
+        // Each file's own inline blocks: the ones its slices point into.
+        let own: Vec<Vec<InlineBlock>> = writes
+            .iter()
+            .map(|(_, slices)| {
+                inline
+                    .iter()
+                    .filter(|b| slices.iter().any(|s| s.block == b.block))
+                    .cloned()
+                    .collect()
+            })
+            .collect();
         // Keep the cached slice lists current rather than refetching them.
         for (i, (p, slices)) in writes.iter().enumerate() {
             if let Some(attr) = done.attrs.get(i) {
@@ -330,29 +341,15 @@ impl Volume {
             let mut cached = p.entry.slices.lock().expect("slices lock");
             cached.0 += 1;
             match (cached.1.as_mut(), done.attrs.get(i)) {
-                (Some(s), Some(attr)) => {
-                    // Only the inline blocks this file's slices point into.
-                    let own: Vec<InlineBlock> = inline
-                        .iter()
-                        .filter(|b| slices.iter().any(|s| s.block == b.block))
-                        .cloned()
-                        .collect();
-                    Arc::make_mut(s).apply(slices, &own, attr.size)
-                }
+                (Some(s), Some(attr)) => Arc::make_mut(s).apply(slices, &own[i], attr.size),
                 _ => cached.1 = None,
             }
         }
         // After the cached slices: a move of them starting now sees them.
-        for (p, slices) in writes {
-            if !p.is_head() {
-                let deferred: usize = inline
-                    .iter()
-                    .filter(|b| slices.iter().any(|s| s.block == b.block))
-                    .map(|b| b.data.len())
-                    .sum();
-                if deferred > 0 {
-                    self.deferred_committed(p.ino, &p.entry, deferred as u64);
-                }
+        for ((p, _), own) in writes.iter().zip(&own) {
+            let deferred: usize = own.iter().map(|b| b.data.len()).sum();
+            if deferred > 0 && !p.is_head() {
+                self.deferred_committed(p.ino, &p.entry, deferred as u64);
             }
         }
         Ok(())
