@@ -27,12 +27,15 @@ free_ports() {
 
 # one_volume_cluster PROTECTION: a `tessera dev` cluster of 6 nodes in
 # WORK with a volume `bench`, removed on exit; mount_vol and unmount_vol
-# mount it at MNT; LOCAL is a directory on the local disk beside it.
+# mount it at MNT; LOCAL is a directory on the local disk beside it. The
+# metadata is in TESSERA_STORE: rocksdb (default) or etcd (3 local
+# members, on PORT+101.. and PORT+201..).
 one_volume_cluster() {
-  PORT=$(free_ports 7)
+  STORE="${TESSERA_STORE:-rocksdb}"
+  if [ "$STORE" = etcd ]; then PORT=$(free_ports 203); else PORT=$(free_ports 7); fi
   export TESSERA_META="127.0.0.1:$PORT"
   MNT="$WORK/mnt"; LOCAL="$WORK/local"; mkdir -p "$MNT" "$LOCAL"
-  "$BIN" dev --data "$WORK/cluster" --nodes 6 --port "$PORT" >"$WORK/dev.log" 2>&1 &
+  "$BIN" dev --data "$WORK/cluster" --nodes 6 --port "$PORT" --store "$STORE" >"$WORK/dev.log" 2>&1 &
   DEV=$!
   MOUNT=""
   trap cleanup EXIT

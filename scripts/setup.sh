@@ -11,8 +11,11 @@ have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok ins
 # engine and build their test image from busybox with `docker import`.
 # iproute2: the benchmarks pick free ports with `ss`. python3: the database
 # tests drive SQLite with it (its sqlite3 module). postgresql: a database
-# test runs pgbench and a crash on a mount.
-for pkg in libclang-dev clang fuse3 fio build-essential pkg-config docker.io busybox-static curl iproute2 python3 postgresql "$@"; do
+# test runs pgbench and a crash on a mount. etcd-server: the metadata
+# store's etcd backend is tested against real members. protobuf-compiler:
+# the etcd-client crate compiles etcd's .proto files with the system's
+# protoc (Tessera's own use a vendored one).
+for pkg in libclang-dev clang fuse3 fio build-essential pkg-config docker.io busybox-static curl iproute2 python3 postgresql etcd-server protobuf-compiler "$@"; do
   have "$pkg" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -17,6 +17,7 @@ use nix::{
     sys::signal::{kill, Signal},
     unistd::Pid,
 };
+use tessera_metadata::store::etcd_member::{store_url, EtcdMember, MemberAddr};
 use tracing::{info, warn};
 
 use crate::{runtime, signalled};
@@ -32,6 +33,58 @@ pub struct DevArgs {
     /// Port of the metadata service; node N listens on PORT+N.
     #[arg(long, default_value_t = 7400)]
     port: u16,
+    /// Where the metadata lives: `rocksdb` (embedded, one machine) or
+    /// `etcd` (a local 3-member etcd cluster, started beside the service,
+    /// clients on PORT+101..103 and peers on PORT+201..203).
+    #[arg(long, value_enum, default_value_t = DevStore::Rocksdb)]
+    store: DevStore,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DevStore {
+    Rocksdb,
+    Etcd,
+}
+
+/// Starts the local etcd cluster of `tessera dev --store etcd`; returns
+/// its members and the metadata service's `--store`.
+fn start_etcd(data: &Path, logs: &Path, port: u16) -> anyhow::Result<(Vec<EtcdMember>, String)> {
+    let addrs = (1..=3u16)
+        .map(|i| {
+            let at = |base: u16| port.checked_add(base + i).context("port out of range");
+            Ok(MemberAddr {
+                name: format!("etcd-{i}"),
+                client_port: at(100)?,
+                peer_port: at(200)?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Members keep their peers' addresses in their data: a cluster made
+    // with one --port only comes up again with it.
+    let dir = data.join("etcd");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let recorded = dir.join("port");
+    let made = addrs.iter().any(|a| dir.join(&a.name).exists());
+    match fs::read_to_string(&recorded) {
+        Ok(p) if made && !p.trim().is_empty() && p.trim() != port.to_string() => bail!(
+            "the etcd members in {} were made with --port {}; run with that port",
+            dir.display(),
+            p.trim()
+        ),
+        _ => {}
+    }
+    let mut members = Vec::new();
+    for i in 0..addrs.len() {
+        let log = logs.join(format!("{}.log", addrs[i].name));
+        let m = EtcdMember::start(&addrs, i, &dir, &log, true)
+            .with_context(|| format!("starting {} (log: {})", addrs[i].name, log.display()))?;
+        members.push(m);
+    }
+    let tmp = dir.join("port.tmp");
+    fs::write(&tmp, port.to_string())
+        .and_then(|()| fs::rename(&tmp, &recorded))
+        .with_context(|| format!("writing {}", recorded.display()))?;
+    Ok((members, store_url(&addrs, "tessera")))
 }
 
 struct Proc {
@@ -66,15 +119,24 @@ pub fn dev(a: DevArgs) -> anyhow::Result<()> {
     let logs = a.data.join("logs");
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let meta_addr = format!("127.0.0.1:{}", a.port);
+    let (mut etcd, store) = match a.store {
+        DevStore::Rocksdb => (
+            Vec::new(),
+            vec!["--data".into(), a.data.join("meta").display().to_string()],
+        ),
+        DevStore::Etcd => {
+            let (members, url) = start_etcd(&a.data, &logs, a.port)?;
+            println!("etcd:             {url}");
+            (members, vec!["--store".into(), url])
+        }
+    };
     let mut procs = vec![spawn(
         "meta",
         &[
-            "meta".into(),
-            "--data".into(),
-            a.data.join("meta").display().to_string(),
-            "--listen".into(),
-            meta_addr.clone(),
-        ],
+            vec!["meta".into(), "--listen".into(), meta_addr.clone()],
+            store,
+        ]
+        .concat(),
         &logs.join("meta.log"),
     )?];
     for n in 1..=a.nodes {
@@ -114,6 +176,11 @@ pub fn dev(a: DevArgs) -> anyhow::Result<()> {
                         return format!("{} exited: {status}", p.name);
                     }
                 }
+                for m in etcd.iter_mut() {
+                    if let Some(status) = m.exited() {
+                        return format!("{} exited: {status}", m.addr.name);
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         };
@@ -123,6 +190,9 @@ pub fn dev(a: DevArgs) -> anyhow::Result<()> {
         }
     });
     stop(&mut procs);
+    for m in etcd.iter_mut() {
+        m.stop();
+    }
     match died {
         Some(why) => bail!("{why}; stopped the cluster (see {})", logs.display()),
         None => Ok(()),

@@ -4,16 +4,23 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use tessera_metadata::{MetaConfig, MetaOptions};
+use tessera_metadata::{
+    store::{EtcdTarget, StoreSpec},
+    MetaConfig, MetaOptions,
+};
 use tessera_storage_node::NodeConfig;
 
 use crate::{admin, runtime, signalled, MetaAddr};
 
 #[derive(Args)]
 pub struct MetaArgs {
-    /// Directory of the metadata store.
-    #[arg(long, env = "TESSERA_META_DATA")]
-    data: PathBuf,
+    /// Directory of the embedded metadata store (RocksDB, in `meta.db`).
+    #[arg(long, env = "TESSERA_META_DATA", required_unless_present = "store")]
+    data: Option<PathBuf>,
+    /// Keep the metadata in etcd instead (`--data` is then unused):
+    /// `etcd://HOST:PORT[,HOST:PORT...]/PREFIX` (every key under PREFIX).
+    #[arg(long, env = "TESSERA_META_STORE")]
+    store: Option<String>,
     /// Address to serve gRPC on.
     #[arg(long, default_value = "127.0.0.1:7400")]
     listen: SocketAddr,
@@ -49,8 +56,15 @@ pub struct MetaArgs {
 }
 
 pub fn meta(a: MetaArgs) -> anyhow::Result<()> {
+    let store = match (a.store, a.data) {
+        (Some(url), _) => {
+            StoreSpec::Etcd(EtcdTarget::parse(&url).map_err(|e| anyhow::anyhow!("--store: {e}"))?)
+        }
+        (None, Some(dir)) => StoreSpec::Rocks(dir.join("meta.db")),
+        (None, None) => bail!("give --data DIR or --store etcd://..."),
+    };
     let config = MetaConfig {
-        data_dir: a.data,
+        store,
         listen: a.listen,
         options: MetaOptions {
             down_after: std::time::Duration::from_secs(a.down_after_secs),

@@ -1,7 +1,7 @@
 //! `tessera meta`: open the store, run the background tasks, serve gRPC
 //! and lean RPC on one port until shutdown.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tessera_proto::{
     pb::meta_server::MetaServer,
@@ -9,15 +9,15 @@ use tessera_proto::{
 };
 use tracing::{info, warn};
 
-use crate::{background::blocking, store::RocksStore, Meta, MetaError, MetaOptions, MetaService};
+use crate::{background::blocking, store::StoreSpec, Meta, MetaError, MetaOptions, MetaService};
 
 /// How often nodes silent for too long are looked for.
 const MEMBERSHIP_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct MetaConfig {
-    /// Directory of the embedded RocksDB store.
-    pub data_dir: PathBuf,
+    /// Where the metadata lives: embedded RocksDB, or etcd.
+    pub store: StoreSpec,
     pub listen: SocketAddr,
     pub options: MetaOptions,
 }
@@ -26,15 +26,10 @@ pub async fn run(
     config: MetaConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MetaError> {
-    let (dir, options) = (config.data_dir.clone(), config.options.clone());
+    let (spec, options) = (config.store.clone(), config.options.clone());
+    info!(store = %spec, "opening the metadata store");
     // Opening finishes what a crash cut short: store work, off the runtime.
-    let meta = blocking(move || {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| MetaError::Unavailable(format!("creating {}: {e}", dir.display())))?;
-        let store = Arc::new(RocksStore::open(&dir.join("meta.db"))?);
-        Meta::open(store, options)
-    })
-    .await?;
+    let meta = blocking(move || Meta::open(spec.open()?, options)).await?;
     let meta = Arc::new(meta);
     let tasks = [
         tokio::spawn(crate::gc::collect_forever(

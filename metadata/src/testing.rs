@@ -15,12 +15,14 @@ use crate::{
     Meta, MetaOptions, Result,
 };
 
-/// Runs `test` over every backend: in memory, and RocksDB in a temporary
-/// directory (their scans and conflicts are not the same code).
+/// Runs `test` over every backend: in memory, RocksDB in a temporary
+/// directory, and a real etcd member (their scans and conflicts are not
+/// the same code).
 pub fn each_store(test: impl Fn(Arc<dyn MetaStore>)) {
     test(Arc::new(MemoryStore::new()));
     let dir = tempfile::tempdir().unwrap();
     test(Arc::new(RocksStore::open(dir.path()).unwrap()));
+    test(Arc::new(crate::store::test_etcd::store()));
 }
 
 /// A service over `store` with six nodes registered (one host each).

@@ -6,6 +6,7 @@ mod data;
 mod database;
 mod deferred;
 mod docker;
+mod etcd;
 mod faults;
 mod fio;
 mod full;

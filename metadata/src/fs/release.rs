@@ -44,12 +44,17 @@ const STEP_BYTES: usize = 1 << 20;
 /// 1,000 slices): more is left to the background, so the removal of a
 /// large file answers at once.
 const FIRST_STEP_BYTES: usize = 64 << 10;
+/// Most rows one `delete_rows` deletes, whatever their size: a step is
+/// one transaction, which etcd bounds by operations (`etcd_member.rs`).
+/// A step deletes slices, xattrs and locks, and up to two block records
+/// per slice: at most 5 × 2,048 writes.
+const STEP_ROWS: usize = 2048;
 /// Rows one scan of a step returns at most.
 const SCAN_ROWS: usize = 1024;
 
 /// Deletes the rows in `[start, end)` (slices when `slices`, dropping
 /// their block references) up to `budget` bytes of them, or a step's
-/// worth when `None`. Returns whether rows are left.
+/// worth when `None`, and at most [`STEP_ROWS`] rows. Returns whether rows are left.
 pub(crate) fn delete_rows(
     txn: &mut dyn Txn,
     start: &[u8],
@@ -59,16 +64,17 @@ pub(crate) fn delete_rows(
 ) -> Result<bool> {
     let budget = budget.unwrap_or(STEP_BYTES);
     let mut from = start.to_vec();
-    let mut bytes = 0;
+    let (mut bytes, mut deleted) = (0, 0);
     let mut dropped: Vec<Slice> = Vec::new();
     let more = loop {
-        let rows = txn.scan(&from, end, SCAN_ROWS)?;
+        let ask = SCAN_ROWS.min(STEP_ROWS - deleted);
+        let rows = txn.scan(&from, end, ask)?;
         let Some(last) = rows.last() else {
             break false;
         };
         from = last.0.clone();
         from.push(0);
-        let full = rows.len() == SCAN_ROWS;
+        let full = rows.len() == ask;
         for (k, v) in &rows {
             if slices {
                 dropped.push(decode::<Slice>(k, v)?);
@@ -76,10 +82,11 @@ pub(crate) fn delete_rows(
             txn.delete(k)?;
             bytes += k.len() + v.len();
         }
+        deleted += rows.len();
         if !full {
             break false;
         }
-        if bytes >= budget {
+        if bytes >= budget || deleted >= STEP_ROWS {
             break true;
         }
     };

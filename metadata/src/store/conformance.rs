@@ -2,10 +2,13 @@
 
 use super::*;
 
+/// Runs `test` on every backend: in memory, RocksDB in a temporary
+/// directory, and a real etcd member (`test_etcd.rs`).
 fn both(test: impl Fn(&dyn MetaStore)) {
     test(&MemoryStore::new());
     let dir = tempfile::tempdir().unwrap();
     test(&RocksStore::open(dir.path()).unwrap());
+    test(&super::test_etcd::store());
 }
 
 fn put(store: &dyn MetaStore, k: &[u8], v: &[u8]) {
@@ -262,14 +265,19 @@ fn rocks_sync_fsyncs_only_what_needs_it() {
     );
 }
 
-/// A RocksDB transaction's reads all see the moment it began (its own
-/// writes on top): what it reads together belongs together.
+/// A transaction's reads on RocksDB and etcd all see one moment (its
+/// own writes on top): what it reads together belongs together. (The
+/// in-memory store fails such a read as a conflict instead.)
 #[test]
-fn rocks_reads_of_a_transaction_see_one_moment() {
+fn reads_of_a_transaction_see_one_moment() {
     let dir = tempfile::tempdir().unwrap();
-    let s = RocksStore::open(dir.path()).unwrap();
-    put(&s, b"k1", b"old");
-    put(&s, b"k2", b"old");
+    reads_see_one_moment(&RocksStore::open(dir.path()).unwrap());
+    reads_see_one_moment(&super::test_etcd::store());
+}
+
+fn reads_see_one_moment(s: &dyn MetaStore) {
+    put(s, b"k1", b"old");
+    put(s, b"k2", b"old");
     let mut t = s.begin();
     assert_eq!(t.get(b"k1").unwrap(), Some(b"old".to_vec()));
     let mut other = s.begin();
@@ -339,4 +347,242 @@ fn rocks_a_range_that_lost_many_keys_is_compacted_and_reads_the_same() {
         s.begin().scan(b"k/", b"k0", usize::MAX).unwrap().len(),
         survivors.len()
     );
+}
+
+/// Scans with limits, from either end, over a transaction's own puts and
+/// deletes: every backend answers what the in-memory model does.
+#[test]
+fn scans_over_own_writes_match_the_model_on_every_backend() {
+    model_and_backends(scans_over_own_writes);
+}
+
+/// Runs `test` with the in-memory model first, then RocksDB and etcd.
+fn model_and_backends(test: impl FnOnce([&dyn MetaStore; 3])) {
+    let model = MemoryStore::new();
+    let dir = tempfile::tempdir().unwrap();
+    let rocks = RocksStore::open(dir.path()).unwrap();
+    let etcd = super::test_etcd::store();
+    test([&model, &rocks, &etcd]);
+}
+
+/// Pseudo-random numbers below `n`, the same every run.
+fn numbers(mut seed: u64) -> impl FnMut(u64) -> u64 {
+    move |n| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    }
+}
+
+fn scans_over_own_writes(stores: [&dyn MetaStore; 3]) {
+    for s in stores {
+        for i in (0..60).step_by(2) {
+            put(s, format!("k{i:02}").as_bytes(), b"stored");
+        }
+    }
+    let mut next = numbers(7);
+    for round in 0..20 {
+        let mut txns: Vec<Box<dyn Txn + '_>> = stores.iter().map(|s| s.begin()).collect();
+        for _ in 0..12 {
+            let k = format!("k{:02}", next(60));
+            let put = next(2) == 0;
+            for t in txns.iter_mut() {
+                if put {
+                    t.put(k.as_bytes(), b"mine").unwrap();
+                } else {
+                    t.delete(k.as_bytes()).unwrap();
+                }
+            }
+        }
+        for _ in 0..10 {
+            let (a, b) = (next(62), next(62));
+            let (start, end) = (format!("k{:02}", a.min(b)), format!("k{:02}", a.max(b)));
+            let limit = [1, 2, 3, 5, 8, usize::MAX][next(6) as usize];
+            let back = next(2) == 0;
+            let answers: Vec<Vec<KeyValue>> = txns
+                .iter_mut()
+                .map(|t| match back {
+                    true => t.scan_back(start.as_bytes(), end.as_bytes(), limit),
+                    false => t.scan(start.as_bytes(), end.as_bytes(), limit),
+                })
+                .map(Result::unwrap)
+                .collect();
+            for (i, a) in answers.iter().enumerate().skip(1) {
+                assert_eq!(
+                    a, &answers[0],
+                    "round {round}: store {i}, [{start}, {end}) limit {limit} back {back}"
+                );
+            }
+        }
+        if round % 2 == 0 {
+            for t in txns {
+                t.commit().unwrap();
+            }
+        }
+    }
+}
+
+/// Every key of an etcd store lives under its prefix: two stores with
+/// their own prefixes on one cluster never see each other's keys.
+#[test]
+fn etcd_stores_under_two_prefixes_never_see_each_other() {
+    let (a, b) = (super::test_etcd::store(), super::test_etcd::store());
+    put(&a, b"shared-name", b"a");
+    put(&b, b"shared-name", b"b");
+    put(&b, b"\xff\xff", b"b");
+    let mut t = a.begin();
+    assert_eq!(t.get(b"shared-name").unwrap(), Some(b"a".to_vec()));
+    let all = t.scan(b"", &[0xff; 8], usize::MAX).unwrap();
+    assert_eq!(all, vec![(b"shared-name".to_vec(), b"a".to_vec())]);
+    assert_eq!(t.scan_back(b"", &[0xff; 8], 10).unwrap(), all);
+}
+
+/// A commit larger than etcd takes in one transaction (`--max-txn-ops`)
+/// fails with an error that says what was refused, and applies nothing.
+#[test]
+fn etcd_a_commit_over_the_members_limit_fails_clearly_and_changes_nothing() {
+    let s = super::test_etcd::store();
+    let mut t = s.begin();
+    let n = super::etcd_member::MAX_TXN_OPS as u32 + 1;
+    for i in 0..n {
+        t.put(&i.to_be_bytes(), b"v").unwrap();
+    }
+    match t.commit() {
+        Err(StoreError::Backend(why)) => {
+            assert!(
+                why.contains(&format!("{n} writes")) && why.contains("too many"),
+                "{why}"
+            )
+        }
+        other => panic!("a commit of {n} writes gave {other:?}"),
+    }
+    assert!(s.begin().scan(b"", &[0xff; 8], 10).unwrap().is_empty());
+}
+
+/// A cluster no member of which answers fails `open` with an error that
+/// names etcd and the addresses.
+#[test]
+fn etcd_an_unreachable_cluster_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = EtcdTarget::parse(&format!("etcd://127.0.0.1:{port}/x")).unwrap();
+    match EtcdStore::open(&target) {
+        Err(StoreError::Backend(why)) => {
+            assert!(
+                why.contains(&format!("etcd at http://127.0.0.1:{port}")),
+                "{why}"
+            )
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a store with no member opened"),
+    }
+}
+
+/// Back scans and scans around ranges over keys that are wide big-endian
+/// numbers (as a file's extents are), where etcd looks in windows below
+/// a scan's end first: every backend answers what the model does, with
+/// the transaction's own puts and deletes over the store's keys.
+#[test]
+fn back_scans_over_numeric_keys_match_the_model_on_every_backend() {
+    model_and_backends(back_scans_over_numeric_keys);
+}
+
+fn back_scans_over_numeric_keys(stores: [&dyn MetaStore; 3]) {
+    let key = |n: u64| [&b"e"[..], &n.to_be_bytes()].concat();
+    // Dense near the start, then ever sparser: windows of 256^2 and up
+    // hold many keys, one, or none.
+    let stored: Vec<u64> = (0..40u64)
+        .map(|i| i * 3000)
+        .chain((1..12).map(|i| 1 << (i * 3 + 20)))
+        .collect();
+    for s in stores {
+        for &n in &stored {
+            put(s, &key(n), &n.to_be_bytes());
+        }
+    }
+    let mut next = numbers(11);
+    let spot = |r: u64| match r % 3 {
+        0 => r % 130_000,
+        1 => r % (1 << 40),
+        _ => r,
+    };
+    for round in 0..15 {
+        let mut txns: Vec<Box<dyn Txn + '_>> = stores.iter().map(|s| s.begin()).collect();
+        for _ in 0..8 {
+            let n = match next(2) {
+                0 => stored[next(stored.len() as u64) as usize],
+                _ => spot(next(u64::MAX >> 1)),
+            };
+            let del = next(2) == 0;
+            for t in txns.iter_mut() {
+                match del {
+                    true => t.delete(&key(n)).unwrap(),
+                    false => t.put(&key(n), b"mine").unwrap(),
+                }
+            }
+        }
+        for _ in 0..10 {
+            let end = key(spot(next(u64::MAX >> 1)));
+            let limit = [1, 2, 3, 16, 17][next(5) as usize];
+            let back: Vec<Vec<KeyValue>> = txns
+                .iter_mut()
+                .map(|t| t.scan_back(b"e", &end, limit).unwrap())
+                .collect();
+            let mut starts: Vec<u64> = (0..6).map(|_| spot(next(u64::MAX >> 1))).collect();
+            starts.sort();
+            starts.dedup();
+            let ranges: Vec<(Vec<u8>, Vec<u8>)> =
+                starts.iter().map(|&n| (key(n), key(n + 5000))).collect();
+            // Ranges must not overlap.
+            if ranges.windows(2).any(|w| w[0].1 > w[1].0) {
+                continue;
+            }
+            let around: Vec<Vec<KeyValue>> = txns
+                .iter_mut()
+                .map(|t| t.scan_around(b"e", &ranges).unwrap())
+                .collect();
+            for i in 1..stores.len() {
+                assert_eq!(
+                    back[i], back[0],
+                    "round {round}: store {i}, back from {end:?} limit {limit}"
+                );
+                assert_eq!(
+                    around[i], around[0],
+                    "round {round}: store {i}, around {starts:?}"
+                );
+            }
+        }
+        if round % 2 == 0 {
+            for t in txns {
+                t.commit().unwrap();
+            }
+        }
+    }
+}
+
+/// A transaction whose revision etcd compacted away before its next read
+/// conflicts (and `transact` runs it again): it never reads a mix.
+#[test]
+fn etcd_a_read_at_a_compacted_revision_conflicts() {
+    // Its own member: a compaction drops other tests' revisions too.
+    let (s, _member, _dir) = super::test_etcd::private_store();
+    put(&s, b"a", b"1");
+    put(&s, b"b", b"1");
+    let mut t = s.begin();
+    assert_eq!(t.get(b"a").unwrap(), Some(b"1".to_vec()));
+    put(&s, b"b", b"2");
+    s.compact_all();
+    assert!(matches!(t.get(b"b"), Err(StoreError::Conflict)));
+    let mut runs = 0;
+    let got = transact(&s, |t| {
+        runs += 1;
+        Ok((t.get(b"a")?, t.get(b"b")?))
+    })
+    .unwrap();
+    assert_eq!(got, (Some(b"1".to_vec()), Some(b"2".to_vec())));
+    assert_eq!(runs, 1);
 }

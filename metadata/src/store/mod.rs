@@ -8,14 +8,21 @@
 //! so code that depends on a range being empty also reads a guard key that
 //! every writer to that range writes (for directories: the parent inode).
 
+mod etcd;
+pub mod etcd_member;
 mod memory;
 mod rocks;
 
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+pub(crate) mod test_etcd;
 
+pub use etcd::{EtcdStore, EtcdTarget};
 pub use memory::MemoryStore;
 pub use rocks::RocksStore;
+
+use std::{path::PathBuf, sync::Arc};
 
 use crate::MetaError;
 
@@ -28,6 +35,39 @@ pub enum StoreError {
 }
 
 pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// Which store a metadata service keeps its state in.
+#[derive(Clone, Debug)]
+pub enum StoreSpec {
+    /// Embedded RocksDB in this directory: one machine.
+    Rocks(PathBuf),
+    /// An etcd cluster: the metadata outlives any one machine.
+    Etcd(EtcdTarget),
+}
+
+impl StoreSpec {
+    /// Opens the store (RocksDB: creating its directory; etcd: connecting
+    /// and reading once). Blocks: call it off any async runtime's workers.
+    pub fn open(&self) -> Result<Arc<dyn MetaStore>, StoreError> {
+        Ok(match self {
+            StoreSpec::Rocks(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
+                Arc::new(RocksStore::open(dir)?)
+            }
+            StoreSpec::Etcd(target) => Arc::new(EtcdStore::open(target)?),
+        })
+    }
+}
+
+impl std::fmt::Display for StoreSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreSpec::Rocks(dir) => write!(f, "RocksDB at {}", dir.display()),
+            StoreSpec::Etcd(t) => write!(f, "etcd at {} under {}", t.endpoints.join(","), t.prefix),
+        }
+    }
+}
 
 pub trait MetaStore: Send + Sync + 'static {
     /// Starts a transaction. Its commit is durable before it returns.
@@ -81,21 +121,30 @@ pub trait Txn {
         floor: &[u8],
         ranges: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<Vec<KeyValue>, StoreError> {
-        let mut out: Vec<KeyValue> = Vec::new();
-        for (start, end) in ranges {
-            let before = self.scan_back(floor, start, 1)?;
-            for kv in before.into_iter().chain(self.scan(start, end, usize::MAX)?) {
-                if out.last().is_none_or(|(last, _)| *last < kv.0) {
-                    out.push(kv);
-                }
-            }
-        }
-        Ok(out)
+        scan_around_each(self, floor, ranges)
     }
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
     fn delete(&mut self, key: &[u8]) -> Result<(), StoreError>;
     /// Applies every write atomically and durably, or none.
     fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// [`Txn::scan_around`] a range at a time: a back scan and a scan each.
+fn scan_around_each<T: Txn + ?Sized>(
+    txn: &mut T,
+    floor: &[u8],
+    ranges: &[(Vec<u8>, Vec<u8>)],
+) -> Result<Vec<KeyValue>, StoreError> {
+    let mut out: Vec<KeyValue> = Vec::new();
+    for (start, end) in ranges {
+        let before = txn.scan_back(floor, start, 1)?;
+        for kv in before.into_iter().chain(txn.scan(start, end, usize::MAX)?) {
+            if out.last().is_none_or(|(last, _)| *last < kv.0) {
+                out.push(kv);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Runs `f` in a transaction, retrying it on conflicts. `f` may run several

@@ -148,10 +148,16 @@ impl Cluster {
     }
 
     pub fn start_meta(&mut self) {
+        // A `--store` among the extra flags (etcd) replaces the directory.
+        let store = match self.meta_args.iter().any(|a| a == "--store") {
+            true => vec![],
+            false => vec![
+                "--data".into(),
+                self.dir.path().join("meta").display().to_string(),
+            ],
+        };
         let args = vec![
             "meta".into(),
-            "--data".into(),
-            self.dir.path().join("meta").display().to_string(),
             "--listen".into(),
             self.meta_addr.clone(),
             "--gc-interval-ms".into(),
@@ -159,7 +165,7 @@ impl Cluster {
             "--repair-interval-ms".into(),
             "500".into(),
         ];
-        let args = [args, self.meta_args.clone()].concat();
+        let args = [args, store, self.meta_args.clone()].concat();
         self.meta = Some(spawn(&args, &self.log("meta")));
     }
 
@@ -457,7 +463,7 @@ impl Drop for Cluster {
 }
 
 /// Where test clusters keep their data: a real disk, not /tmp's tmpfs.
-fn test_root() -> PathBuf {
+pub fn test_root() -> PathBuf {
     let root = std::env::var_os("TESSERA_TEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
@@ -484,12 +490,18 @@ impl Mount {
     fn start(c: &Cluster, volume: &str, dir: PathBuf) -> Mount {
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
         let log = c.log(&format!("mount-{volume}-{}", name.unwrap_or_default()));
+        Mount::start_on(&c.meta_addr, log, volume, dir)
+    }
+
+    /// A mount of `volume` at `dir` through the metadata service at
+    /// `meta` (a cluster the harness did not start), logging to `log`.
+    pub fn start_on(meta: &str, log: PathBuf, volume: &str, dir: PathBuf) -> Mount {
         let args = vec![
             "mount".into(),
             volume.into(),
             dir.display().to_string(),
             "--meta".into(),
-            c.meta_addr.clone(),
+            meta.to_string(),
         ];
         let mut child = spawn(&args, &log);
         let deadline = Instant::now() + Duration::from_secs(30);
