@@ -569,7 +569,7 @@ fn back_scans_over_numeric_keys(stores: [&dyn MetaStore; 3]) {
 #[test]
 fn etcd_a_read_at_a_compacted_revision_conflicts() {
     // Its own member: a compaction drops other tests' revisions too.
-    let (s, _member, _dir) = super::test_etcd::private_store();
+    let (_dir, _member, s) = super::test_etcd::private_store();
     put(&s, b"a", b"1");
     put(&s, b"b", b"1");
     let mut t = s.begin();

@@ -23,37 +23,45 @@ fn free_ports() -> (u16, u16) {
     )
 }
 
+/// A one-member cluster named `name` on free ports, its data in a new
+/// temporary directory.
+fn start_member(
+    name: &str,
+    die_with_parent: bool,
+) -> std::io::Result<(EtcdMember, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let (client_port, peer_port) = free_ports();
+    let addr = MemberAddr {
+        name: name.into(),
+        client_port,
+        peer_port,
+    };
+    let log = dir.path().join("etcd.log");
+    let m = EtcdMember::start(
+        std::slice::from_ref(&addr),
+        0,
+        dir.path(),
+        &log,
+        die_with_parent,
+    )?;
+    Ok((m, dir))
+}
+
 /// The member's address. It is started on a thread that never ends, so
 /// that its parent-death signal comes only when the process exits.
 fn member() -> &'static MemberAddr {
     static MEMBER: OnceLock<MemberAddr> = OnceLock::new();
     MEMBER.get_or_init(|| {
         let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let dir = tempfile::tempdir().unwrap();
-            let (client_port, peer_port) = free_ports();
-            let addr = MemberAddr {
-                name: "test".into(),
-                client_port,
-                peer_port,
-            };
-            let m = EtcdMember::start(
-                std::slice::from_ref(&addr),
-                0,
-                dir.path(),
-                &dir.path().join("etcd.log"),
-                true,
-            );
-            match m {
-                Ok(m) => {
-                    tx.send(Ok(m.addr.clone())).unwrap();
-                    let _keep = (m, dir);
-                    loop {
-                        std::thread::park();
-                    }
+        std::thread::spawn(move || match start_member("test", true) {
+            Ok(kept) => {
+                tx.send(Ok(kept.0.addr.clone())).unwrap();
+                let _kept = kept;
+                loop {
+                    std::thread::park();
                 }
-                Err(e) => tx.send(Err(e.to_string())).unwrap(),
             }
+            Err(e) => tx.send(Err(e.to_string())).unwrap(),
         });
         rx.recv().unwrap().expect("starting the test etcd member")
     })
@@ -73,24 +81,11 @@ pub(crate) fn store() -> EtcdStore {
 
 /// A store on a member of its own, for a test that changes the whole
 /// cluster (a compaction drops every prefix's old revisions): the member
-/// lives as long as the guard.
-pub(crate) fn private_store() -> (EtcdStore, EtcdMember, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let (client_port, peer_port) = free_ports();
-    let addr = MemberAddr {
-        name: "private".into(),
-        client_port,
-        peer_port,
-    };
-    let m = EtcdMember::start(
-        std::slice::from_ref(&addr),
-        0,
-        dir.path(),
-        &dir.path().join("etcd.log"),
-        false,
-    )
-    .unwrap();
-    let url = store_url(std::slice::from_ref(&addr), "private");
+/// lives as long as the guard. Bound as `let (_dir, _member, s)`, they
+/// go in the right order: the store, the member, its directory.
+pub(crate) fn private_store() -> (tempfile::TempDir, EtcdMember, EtcdStore) {
+    let (m, dir) = start_member("private", false).unwrap();
+    let url = store_url(std::slice::from_ref(&m.addr), "private");
     let s = EtcdStore::open(&EtcdTarget::parse(&url).unwrap()).unwrap();
-    (s, m, dir)
+    (dir, m, s)
 }
