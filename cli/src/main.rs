@@ -19,8 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the metadata service.
-    Meta(servers::MetaArgs),
+    /// Run the metadata service, or move its store (`meta migrate`).
+    Meta(servers::MetaCommand),
     /// Run a storage node, or list the cluster's nodes (`node ls`).
     Node(servers::NodeCommand),
     /// Create, list, inspect and remove volumes.

@@ -13,9 +13,34 @@ use tessera_storage_node::NodeConfig;
 use crate::{admin, runtime, signalled, MetaAddr};
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct MetaCommand {
+    #[command(subcommand)]
+    sub: Option<MetaSub>,
+    #[command(flatten)]
+    run: MetaArgs,
+}
+
+#[derive(Subcommand)]
+enum MetaSub {
+    /// Copy a stopped cluster's whole metadata into an empty store of
+    /// either kind (RocksDB onto etcd, or back), then check the copy.
+    Migrate {
+        /// Where it is now: the metadata service's `--data` directory, or
+        /// etcd://HOST:PORT[,...]/PREFIX.
+        #[arg(long)]
+        from: String,
+        /// Where it goes (must hold nothing): a directory, or
+        /// etcd://HOST:PORT[,...]/PREFIX.
+        #[arg(long)]
+        to: String,
+    },
+}
+
+#[derive(Args)]
 pub struct MetaArgs {
     /// Directory of the embedded metadata store (RocksDB, in `meta.db`).
-    #[arg(long, env = "TESSERA_META_DATA", required_unless_present = "store")]
+    #[arg(long, env = "TESSERA_META_DATA")]
     data: Option<PathBuf>,
     /// Keep the metadata in etcd instead (`--data` is then unused):
     /// `etcd://HOST:PORT[,HOST:PORT...]/PREFIX` (every key under PREFIX).
@@ -55,7 +80,35 @@ pub struct MetaArgs {
     lock_lease_secs: u64,
 }
 
-pub fn meta(a: MetaArgs) -> anyhow::Result<()> {
+pub fn meta(c: MetaCommand) -> anyhow::Result<()> {
+    match c.sub {
+        Some(MetaSub::Migrate { from, to }) => migrate(&from, &to),
+        None => serve_meta(c.run),
+    }
+}
+
+fn migrate(from: &str, to: &str) -> anyhow::Result<()> {
+    let parse = |s: &str| StoreSpec::parse(s).map_err(|e| anyhow::anyhow!(e));
+    let (from, to) = (parse(from)?, parse(to)?);
+    if let StoreSpec::Rocks(dir) = &from {
+        if !dir.exists() {
+            bail!("{} holds no metadata store", dir.display());
+        }
+    }
+    let source = from
+        .open()
+        .with_context(|| format!("opening {from} (is a metadata service running on it?)"))?;
+    let dest = to.open().with_context(|| format!("opening {to}"))?;
+    let copied = tessera_metadata::store::copy::copy_all(source.as_ref(), dest.as_ref())
+        .with_context(|| format!("copying {from} into {to}"))?;
+    println!(
+        "copied {} keys ({} bytes, CRC32 {:08x}) from {from} into {to}, and read them back the same",
+        copied.keys, copied.bytes, copied.crc
+    );
+    Ok(())
+}
+
+fn serve_meta(a: MetaArgs) -> anyhow::Result<()> {
     let store = match (a.store, a.data) {
         (Some(url), _) => {
             StoreSpec::Etcd(EtcdTarget::parse(&url).map_err(|e| anyhow::anyhow!("--store: {e}"))?)

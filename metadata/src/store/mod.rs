@@ -8,6 +8,7 @@
 //! so code that depends on a range being empty also reads a guard key that
 //! every writer to that range writes (for directories: the parent inode).
 
+pub mod copy;
 mod etcd;
 pub mod etcd_member;
 mod memory;
@@ -46,6 +47,20 @@ pub enum StoreSpec {
 }
 
 impl StoreSpec {
+    /// `etcd://...`, or the directory a metadata service is given as
+    /// `--data` (its RocksDB is `meta.db` in it).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.starts_with("etcd://") {
+            return EtcdTarget::parse(s).map(StoreSpec::Etcd);
+        }
+        if s.contains("://") {
+            return Err(format!(
+                "{s:?} is neither etcd://HOST:PORT/PREFIX nor a directory"
+            ));
+        }
+        Ok(StoreSpec::Rocks(PathBuf::from(s).join("meta.db")))
+    }
+
     /// Opens the store (RocksDB: creating its directory; etcd: connecting
     /// and reading once). Blocks: call it off any async runtime's workers.
     pub fn open(&self) -> Result<Arc<dyn MetaStore>, StoreError> {

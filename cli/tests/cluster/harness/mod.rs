@@ -147,6 +147,11 @@ impl Cluster {
         self.dir.path().join("logs").join(format!("{name}.log"))
     }
 
+    /// The extra `tessera meta` flags of its next start (another store).
+    pub fn set_meta_args(&mut self, args: &[&str]) {
+        self.meta_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
     pub fn start_meta(&mut self) {
         // A `--store` among the extra flags (etcd) replaces the directory.
         let store = match self.meta_args.iter().any(|a| a == "--store") {

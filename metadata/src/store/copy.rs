@@ -1,0 +1,166 @@
+//! Copying a whole metadata store into another, of any backend: what
+//! `tessera meta migrate` does to move a cluster that outgrew one machine
+//! from RocksDB onto etcd (or back).
+//!
+//! The source is read in one transaction, so the copy is of one moment;
+//! the destination must be empty, and is written in batches that fit
+//! etcd's default limits (128 operations, 1.5 MiB a request). Afterwards
+//! both sides are read again and their keys counted and checksummed: a
+//! copy that differs is an error, not a report.
+
+use super::{MetaStore, StoreError};
+
+/// Keys read per scan of the source.
+const PAGE: usize = 1024;
+/// Most keys and bytes one write transaction of the destination holds.
+const BATCH_KEYS: usize = 100;
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Past every key of every table (keys begin with an ASCII letter).
+const END: [u8; 1] = [0xff];
+
+/// What a store holds, summed up: its number of keys, their bytes, and a
+/// CRC32 over every key and value in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub keys: u64,
+    pub bytes: u64,
+    pub crc: u32,
+}
+
+/// Calls `each` with every key and value of `store`, in order, all read
+/// in one transaction.
+fn walk(
+    store: &dyn MetaStore,
+    mut each: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut t = store.begin();
+    let mut from = Vec::new();
+    loop {
+        let page = t.scan(&from, &END, PAGE)?;
+        for (k, v) in &page {
+            each(k, v)?;
+        }
+        match page.last() {
+            Some((k, _)) if page.len() == PAGE => {
+                from = k.clone();
+                from.push(0);
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Counts and checksums every key of `store`.
+pub fn summarize(store: &dyn MetaStore) -> Result<Summary, StoreError> {
+    let mut h = crc32fast::Hasher::new();
+    let (mut keys, mut bytes) = (0u64, 0u64);
+    walk(store, |k, v| {
+        for part in [k, v] {
+            h.update(&(part.len() as u32).to_be_bytes());
+            h.update(part);
+        }
+        keys += 1;
+        bytes += (k.len() + v.len()) as u64;
+        Ok(())
+    })?;
+    Ok(Summary {
+        keys,
+        bytes,
+        crc: h.finalize(),
+    })
+}
+
+/// Copies every key of `from` into `to`, which must hold no key, and
+/// checks that `to` then holds exactly what `from` did.
+pub fn copy_all(from: &dyn MetaStore, to: &dyn MetaStore) -> Result<Summary, StoreError> {
+    if !to.begin().scan(&[], &END, 1)?.is_empty() {
+        return Err(StoreError::Backend(
+            "the destination already holds metadata; copy only into an empty store".into(),
+        ));
+    }
+    let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut batch_bytes = 0;
+    let flush = |batch: &mut Vec<(Vec<u8>, Vec<u8>)>| -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut t = to.begin();
+        for (k, v) in batch.iter() {
+            t.put(k, v)?;
+        }
+        t.commit()?;
+        batch.clear();
+        Ok(())
+    };
+    walk(from, |k, v| {
+        if batch.len() == BATCH_KEYS || batch_bytes + k.len() + v.len() > BATCH_BYTES {
+            flush(&mut batch)?;
+            batch_bytes = 0;
+        }
+        batch_bytes += k.len() + v.len();
+        batch.push((k.to_vec(), v.to_vec()));
+        Ok(())
+    })?;
+    flush(&mut batch)?;
+    to.sync()?;
+    let (was, is) = (summarize(from)?, summarize(to)?);
+    if was != is {
+        return Err(StoreError::Backend(format!(
+            "the copy differs from its source: {} keys (CRC {:08x}) copied, {} (CRC {:08x}) read back",
+            was.keys, was.crc, is.keys, is.crc
+        )));
+    }
+    Ok(is)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MemoryStore, RocksStore};
+
+    fn fill(s: &dyn MetaStore, n: u32) {
+        for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+            let mut t = s.begin();
+            for i in chunk {
+                // Some values large enough to fill a batch by bytes.
+                let v = vec![*i as u8; if i % 97 == 0 { 60_000 } else { 40 }];
+                t.put(&[b"E", &i.to_be_bytes()[..]].concat(), &v).unwrap();
+            }
+            t.commit().unwrap();
+        }
+    }
+
+    /// RocksDB into etcd and etcd into memory: every key arrives, the
+    /// summaries agree, and a second copy into the now full store is
+    /// refused and changes nothing.
+    #[test]
+    fn a_store_copies_whole_into_an_empty_one_of_another_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let rocks = RocksStore::open(dir.path()).unwrap();
+        fill(&rocks, 3000);
+        let etcd = crate::store::test_etcd::store();
+        let copied = copy_all(&rocks, &etcd).unwrap();
+        assert_eq!(copied.keys, 3000);
+        assert_eq!(summarize(&rocks).unwrap(), copied);
+        let mem = MemoryStore::new();
+        assert_eq!(copy_all(&etcd, &mem).unwrap(), copied);
+        let again = copy_all(&rocks, &etcd);
+        assert!(matches!(again, Err(StoreError::Backend(why)) if why.contains("already holds")));
+        assert_eq!(summarize(&etcd).unwrap(), copied);
+    }
+
+    /// The summary sees a changed byte.
+    #[test]
+    fn a_summary_changes_with_any_byte() {
+        let (a, b) = (MemoryStore::new(), MemoryStore::new());
+        fill(&a, 50);
+        fill(&b, 50);
+        assert_eq!(summarize(&a).unwrap(), summarize(&b).unwrap());
+        let mut t = b.begin();
+        t.put(&[b"E", &7u32.to_be_bytes()[..]].concat(), &[8u8; 40])
+            .unwrap();
+        t.commit().unwrap();
+        assert_ne!(summarize(&a).unwrap().crc, summarize(&b).unwrap().crc);
+    }
+}
