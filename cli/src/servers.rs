@@ -90,8 +90,10 @@ pub fn meta(c: MetaCommand) -> anyhow::Result<()> {
 fn migrate(from: &str, to: &str) -> anyhow::Result<()> {
     let parse = |s: &str| StoreSpec::parse(s).map_err(|e| anyhow::anyhow!(e));
     let (from, to) = (parse(from)?, parse(to)?);
+    // Opening a RocksDB directory creates a store there: the source must
+    // be one already.
     if let StoreSpec::Rocks(dir) = &from {
-        if !dir.exists() {
+        if !dir.join("CURRENT").exists() {
             bail!("{} holds no metadata store", dir.display());
         }
     }

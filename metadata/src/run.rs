@@ -29,7 +29,16 @@ pub async fn run(
     let (spec, options) = (config.store.clone(), config.options.clone());
     info!(store = %spec, "opening the metadata store");
     // Opening finishes what a crash cut short: store work, off the runtime.
-    let meta = blocking(move || Meta::open(spec.open()?, options)).await?;
+    let meta = blocking(move || {
+        let store = spec.open()?;
+        if crate::store::copy::unfinished(store.as_ref())? {
+            return Err(MetaError::Unavailable(format!(
+                "{spec} holds a `tessera meta migrate` that did not finish: empty it and migrate again"
+            )));
+        }
+        Meta::open(store, options)
+    })
+    .await?;
     let meta = Arc::new(meta);
     let tasks = [
         tokio::spawn(crate::gc::collect_forever(
@@ -71,6 +80,35 @@ async fn mark_out_forever(meta: Arc<Meta>, out_after: Duration) {
         let m = meta.clone();
         if let Err(e) = blocking(move || m.cluster().mark_out(out_after)).await {
             warn!(error = %e, "marking nodes out failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MetaStore, RocksStore};
+
+    /// A store a migration did not finish is refused at start, with the
+    /// reason, and nothing is served.
+    #[tokio::test]
+    async fn a_store_holding_an_unfinished_copy_is_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = RocksStore::open(dir.path()).unwrap();
+            let mut t = s.begin();
+            t.put(crate::store::copy::COPYING, b"").unwrap();
+            t.commit().unwrap();
+        }
+        let config = MetaConfig {
+            store: StoreSpec::Rocks(dir.path().to_path_buf()),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            options: MetaOptions::default(),
+        };
+        let r = run(config, std::future::pending()).await;
+        match r {
+            Err(e) => assert!(e.to_string().contains("did not finish"), "{e}"),
+            Ok(()) => panic!("a store with an unfinished copy was served"),
         }
     }
 }

@@ -2,11 +2,14 @@
 //! `tessera meta migrate` does to move a cluster that outgrew one machine
 //! from RocksDB onto etcd (or back).
 //!
-//! The source is read in one transaction, so the copy is of one moment;
-//! the destination must be empty, and is written in batches that fit
-//! etcd's default limits (128 operations, 1.5 MiB a request). Afterwards
-//! both sides are read again and their keys counted and checksummed: a
-//! copy that differs is an error, not a report.
+//! The source is read in one transaction, so the copy is of one moment
+//! (no metadata service may be running on it); the destination must be
+//! empty, and is written in batches that fit etcd's default limits (128
+//! operations, 1.5 MiB a request). A marker key is written first and
+//! removed last, once both sides have been read again and their keys
+//! counted and checksummed alike: a metadata service refuses to start on
+//! a store with the marker (a copy cut short would be missing keys, the
+//! id allocators' among them).
 
 use super::{MetaStore, StoreError};
 
@@ -18,6 +21,16 @@ const BATCH_BYTES: usize = 1 << 20;
 
 /// Past every key of every table (keys begin with an ASCII letter).
 const END: [u8; 1] = [0xff];
+
+/// Present while a copy into the store is unfinished. `~` is no table's
+/// prefix (`keys.rs`).
+pub(crate) const COPYING: &[u8] = b"~copy-unfinished";
+
+/// Whether `store` holds a copy cut short: a metadata service must not
+/// start on it.
+pub fn unfinished(store: &dyn MetaStore) -> Result<bool, StoreError> {
+    Ok(store.begin().get(COPYING)?.is_some())
+}
 
 /// What a store holds, summed up: its number of keys, their bytes, and a
 /// CRC32 over every key and value in order.
@@ -56,6 +69,9 @@ pub fn summarize(store: &dyn MetaStore) -> Result<Summary, StoreError> {
     let mut h = crc32fast::Hasher::new();
     let (mut keys, mut bytes) = (0u64, 0u64);
     walk(store, |k, v| {
+        if k == COPYING {
+            return Ok(());
+        }
         for part in [k, v] {
             h.update(&(part.len() as u32).to_be_bytes());
             h.update(part);
@@ -74,11 +90,24 @@ pub fn summarize(store: &dyn MetaStore) -> Result<Summary, StoreError> {
 /// Copies every key of `from` into `to`, which must hold no key, and
 /// checks that `to` then holds exactly what `from` did.
 pub fn copy_all(from: &dyn MetaStore, to: &dyn MetaStore) -> Result<Summary, StoreError> {
+    if unfinished(to)? {
+        return Err(StoreError::Backend(
+            "an earlier copy into the destination did not finish: empty it and copy again".into(),
+        ));
+    }
     if !to.begin().scan(&[], &END, 1)?.is_empty() {
         return Err(StoreError::Backend(
             "the destination already holds metadata; copy only into an empty store".into(),
         ));
     }
+    if from.begin().scan(&[], &END, 1)?.is_empty() {
+        return Err(StoreError::Backend(
+            "the source holds no metadata (a wrong directory or prefix?)".into(),
+        ));
+    }
+    let mut t = to.begin();
+    t.put(COPYING, b"")?;
+    t.commit()?;
     let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut batch_bytes = 0;
     let flush = |batch: &mut Vec<(Vec<u8>, Vec<u8>)>| -> Result<(), StoreError> {
@@ -111,6 +140,10 @@ pub fn copy_all(from: &dyn MetaStore, to: &dyn MetaStore) -> Result<Summary, Sto
             was.keys, was.crc, is.keys, is.crc
         )));
     }
+    let mut t = to.begin();
+    t.delete(COPYING)?;
+    t.commit()?;
+    to.sync()?;
     Ok(is)
 }
 
@@ -148,6 +181,28 @@ mod tests {
         let again = copy_all(&rocks, &etcd);
         assert!(matches!(again, Err(StoreError::Backend(why)) if why.contains("already holds")));
         assert_eq!(summarize(&etcd).unwrap(), copied);
+    }
+
+    /// A copy cut short leaves its marker, which the service checks; an
+    /// empty source is refused before anything is written.
+    #[test]
+    fn a_copy_cut_short_is_marked_and_an_empty_source_refused() {
+        let (a, b) = (MemoryStore::new(), MemoryStore::new());
+        let empty = copy_all(&a, &b);
+        assert!(matches!(empty, Err(StoreError::Backend(why)) if why.contains("no metadata")));
+        assert!(b.begin().scan(&[], &END, 1).unwrap().is_empty());
+        fill(&a, 10);
+        copy_all(&a, &b).unwrap();
+        assert!(!unfinished(&b).unwrap());
+        // As a copy that stopped after its first batch leaves it.
+        let c = MemoryStore::new();
+        let mut t = c.begin();
+        t.put(COPYING, b"").unwrap();
+        t.put(b"E1", b"x").unwrap();
+        t.commit().unwrap();
+        assert!(unfinished(&c).unwrap());
+        let again = copy_all(&a, &c);
+        assert!(matches!(again, Err(StoreError::Backend(why)) if why.contains("did not finish")));
     }
 
     /// The summary sees a changed byte.
