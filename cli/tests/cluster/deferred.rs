@@ -9,7 +9,7 @@ use tessera_client::MetaClient;
 use tessera_common::FileSlices;
 use tracing::info;
 
-use crate::harness::{pattern, Cluster};
+use crate::harness::{pattern, Cluster, Mount};
 
 const MIB: u64 = 1 << 20;
 const PAGE: usize = 8192;
@@ -32,6 +32,24 @@ fn commit(f: &fs::File, seed: u64, at: u64, want: &mut [u8]) {
     want[at..at + PAGE].copy_from_slice(&p);
 }
 
+/// `wal` on `m`: `size` bytes of pattern `seed`, written and fsynced,
+/// open for reading and writing; its bytes and inode number.
+fn synced_file(m: &Mount, seed: u64, size: u64) -> (fs::File, Vec<u8>, u64) {
+    let mut want = vec![0u8; size as usize];
+    pattern(seed, 0, &mut want);
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(m.path("wal"))
+        .unwrap();
+    f.write_all_at(&want, 0).unwrap();
+    f.sync_data().unwrap();
+    let ino = f.metadata().unwrap().ino();
+    (f, want, ino)
+}
+
 /// A page of bytes from `n`.
 fn page(n: u64) -> Vec<u8> {
     let mut p = vec![0u8; PAGE];
@@ -46,18 +64,7 @@ fn small_fsyncs_into_a_large_file_are_deferred_durable_and_moved_to_the_nodes() 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let m = c.mount("db");
     let size = 16 * MIB;
-    let mut want = vec![0u8; size as usize];
-    pattern(1, 0, &mut want);
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(m.path("wal"))
-        .unwrap();
-    f.write_all_at(&want, 0).unwrap();
-    f.sync_data().unwrap();
-    let ino = f.metadata().unwrap().ino();
+    let (f, mut want, ino) = synced_file(&m, 1, size);
     let shards = c.stored_shards();
 
     // 12 commits of a page each, here and there (a few in each 4 MiB
@@ -162,18 +169,7 @@ fn deferred_writes_wait_inline_while_too_many_nodes_are_down() {
     c.create_volume("db", "1GiB", "ec:4+2");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let m = c.mount("db");
-    let mut want = vec![0u8; 4 * MIB as usize];
-    pattern(2, 0, &mut want);
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(m.path("wal"))
-        .unwrap();
-    f.write_all_at(&want, 0).unwrap();
-    f.sync_data().unwrap();
-    let ino = f.metadata().unwrap().ino();
+    let (f, mut want, ino) = synced_file(&m, 2, 4 * MIB);
 
     for i in 0..3 {
         c.kill_node(i);

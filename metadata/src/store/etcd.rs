@@ -203,7 +203,9 @@ impl EtcdStore {
     /// Compacts away every revision but the newest.
     #[cfg(test)]
     pub(crate) fn compact_all(&self) {
-        let rev = self.begin_read_revision();
+        let mut t = self.txn();
+        t.get(b"\0").unwrap();
+        let rev = t.revision;
         self.call(
             true,
             move |mut kv| async move { kv.compact(rev, None).await },
@@ -211,16 +213,13 @@ impl EtcdStore {
         .unwrap();
     }
 
-    #[cfg(test)]
-    fn begin_read_revision(&self) -> i64 {
-        let mut t = EtcdTxn {
+    fn txn(&self) -> EtcdTxn<'_> {
+        EtcdTxn {
             store: self,
             revision: 0,
             reads: HashMap::new(),
             writes: BTreeMap::new(),
-        };
-        t.get(b"\0").unwrap();
-        t.revision
+        }
     }
 
     fn key(&self, k: &[u8]) -> Vec<u8> {
@@ -283,12 +282,7 @@ impl Drop for EtcdStore {
 
 impl MetaStore for EtcdStore {
     fn begin(&self) -> Box<dyn Txn + '_> {
-        Box::new(EtcdTxn {
-            store: self,
-            revision: 0,
-            reads: HashMap::new(),
-            writes: BTreeMap::new(),
-        })
+        Box::new(self.txn())
     }
 }
 
@@ -301,12 +295,9 @@ struct EtcdTxn<'a> {
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
-/// One range read's answer: its keys (prefix removed) and the revision it
-/// was made at.
-struct Read {
-    revision: i64,
-    kvs: Vec<(Vec<u8>, Vec<u8>, i64)>,
-}
+/// One range read's answer: its keys (prefix removed), values and mod
+/// revisions.
+type Read = Vec<(Vec<u8>, Vec<u8>, i64)>;
 
 impl EtcdTxn<'_> {
     fn read(&mut self, key: Vec<u8>, options: GetOptions) -> Result<Read, StoreError> {
@@ -324,12 +315,11 @@ impl EtcdTxn<'_> {
             let (key, options) = (key.clone(), options.clone());
             async move { kv.get(key, Some(options)).await }
         })?;
-        let revision = got.header().map_or(0, |h| h.revision());
         if self.revision == 0 {
-            self.revision = revision;
+            self.revision = got.header().map_or(0, |h| h.revision());
         }
         let strip = s.target.prefix.len();
-        let kvs = got
+        Ok(got
             .kvs()
             .iter()
             .map(|kv| {
@@ -339,8 +329,7 @@ impl EtcdTxn<'_> {
                     kv.mod_revision(),
                 )
             })
-            .collect();
-        Ok(Read { revision, kvs })
+            .collect())
     }
 
     /// The last `limit` keys of `[start, end)`, found in windows that end
@@ -401,9 +390,8 @@ impl EtcdTxn<'_> {
             options = options.with_sort(SortTarget::Key, SortOrder::Descend);
         }
         let read = self.read(self.store.key(start), options)?;
-        debug_assert!(read.revision > 0);
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
-            read.kvs.into_iter().map(|(k, v, _)| (k, v)).collect();
+            read.into_iter().map(|(k, v, _)| (k, v)).collect();
         // The store's keys come only as far as its limit reached: own
         // writes beyond the last of them may not be placed yet.
         let reached = if merged.len() >= ask {
@@ -444,7 +432,7 @@ impl Txn for EtcdTxn<'_> {
             return Ok(w.clone());
         }
         let read = self.read(self.store.key(key), GetOptions::new())?;
-        let (value, revision) = match read.kvs.into_iter().next() {
+        let (value, revision) = match read.into_iter().next() {
             Some((_, v, r)) => (Some(v), r),
             None => (None, 0),
         };
