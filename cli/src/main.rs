@@ -2,6 +2,7 @@
 //! parses flags and wires the library crates together.
 
 mod admin;
+mod backup;
 mod dev;
 mod mount;
 mod plugin;
@@ -19,7 +20,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the metadata service, or move its store (`meta migrate`).
+    /// Run the metadata service, or back up, restore or move its store.
     Meta(servers::MetaCommand),
     /// Run a storage node, or list the cluster's nodes (`node ls`).
     Node(servers::NodeCommand),

@@ -35,6 +35,30 @@ enum MetaSub {
         #[arg(long)]
         to: String,
     },
+    /// Copy the running metadata service's whole store, as of one moment,
+    /// into a new directory (with a manifest: cluster id, time, key
+    /// count, checksum). Writers carry on meanwhile.
+    Backup {
+        /// A directory that does not exist yet, or is empty.
+        #[arg(long)]
+        to: PathBuf,
+        #[command(flatten)]
+        meta: MetaAddr,
+    },
+    /// Load a backup into an empty store; start the metadata service on
+    /// it afterwards. A damaged or foreign backup is refused before
+    /// anything is written.
+    Restore {
+        /// The backup's directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// The new store: an embedded one in this directory ...
+        #[arg(long, conflicts_with = "store")]
+        data: Option<PathBuf>,
+        /// ... or etcd://HOST:PORT[,...]/PREFIX.
+        #[arg(long)]
+        store: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -56,6 +80,12 @@ pub struct MetaArgs {
     /// removed volumes).
     #[arg(long, default_value_t = 5000)]
     gc_interval_ms: u64,
+    /// Seconds a freed block's shards are kept before garbage collection
+    /// deletes them. Set it longer than the time between metadata backups:
+    /// a restore then finds every block its files name, even of files
+    /// deleted or rewritten after the backup.
+    #[arg(long, default_value_t = 0)]
+    gc_delay_secs: u64,
     /// Milliseconds between repair rounds (rebuilding shards that writes
     /// could not store, once their node is up).
     #[arg(long, default_value_t = 2000)]
@@ -83,6 +113,10 @@ pub struct MetaArgs {
 pub fn meta(c: MetaCommand) -> anyhow::Result<()> {
     match c.sub {
         Some(MetaSub::Migrate { from, to }) => migrate(&from, &to),
+        Some(MetaSub::Backup { to, meta }) => crate::backup::backup(&to, &meta),
+        Some(MetaSub::Restore { from, data, store }) => {
+            crate::backup::restore(&from, &store_spec(store, data)?)
+        }
         None => serve_meta(c.run),
     }
 }
@@ -110,20 +144,25 @@ fn migrate(from: &str, to: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve_meta(a: MetaArgs) -> anyhow::Result<()> {
-    let store = match (a.store, a.data) {
+/// The store `--store` or `--data` names.
+fn store_spec(store: Option<String>, data: Option<PathBuf>) -> anyhow::Result<StoreSpec> {
+    Ok(match (store, data) {
         (Some(url), _) => {
             StoreSpec::Etcd(EtcdTarget::parse(&url).map_err(|e| anyhow::anyhow!("--store: {e}"))?)
         }
         (None, Some(dir)) => StoreSpec::Rocks(dir.join("meta.db")),
         (None, None) => bail!("give --data DIR or --store etcd://..."),
-    };
+    })
+}
+
+fn serve_meta(a: MetaArgs) -> anyhow::Result<()> {
     let config = MetaConfig {
-        store,
+        store: store_spec(a.store, a.data)?,
         listen: a.listen,
         options: MetaOptions {
             down_after: std::time::Duration::from_secs(a.down_after_secs),
             gc_interval: std::time::Duration::from_millis(a.gc_interval_ms),
+            gc_delay: std::time::Duration::from_secs(a.gc_delay_secs),
             repair: tessera_metadata::repair::RepairOptions {
                 interval: std::time::Duration::from_millis(a.repair_interval_ms),
                 concurrency: a.repair_concurrency,

@@ -16,5 +16,5 @@ mod volume;
 mod write;
 
 pub use error::{ClientError, Result};
-pub use meta::{names::Made, MetaClient};
+pub use meta::{names::Made, BackupEnd, BackupPage, MetaClient};
 pub use volume::{LockAsk, Locked, PageDropper, Volume, VolumeOptions};

@@ -10,6 +10,9 @@ use crate::{
     Result,
 };
 
+/// The counter of block ids (a restore moves it: `backup/`).
+pub(crate) const BLOCK: &str = "block";
+
 pub struct IdAllocator {
     key: Vec<u8>,
     batch: u64,

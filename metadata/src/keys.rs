@@ -60,6 +60,9 @@ pub const LOCK: u8 = b'K';
 /// Mounts holding locks, and when their locks lapse unless renewed:
 /// `Y` + session -> SessionRecord.
 pub const LOCK_SESSION: u8 = b'Y';
+/// The cluster's identity: `U` + "id" -> a random id, written when the
+/// store is first opened; backups carry it (`backup/`).
+pub const CLUSTER: u8 = b'U';
 
 /// Every prefix keyed by volume first: what a volume's deletion deletes.
 pub const VOLUME_TREE: [u8; 8] = [SLICE, INODE, DENTRY, XATTR, ORPHAN, RELEASE, TRIM, LOCK];
@@ -71,6 +74,10 @@ fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
         k.extend_from_slice(p);
     }
     k
+}
+
+pub fn cluster_id() -> Vec<u8> {
+    key(CLUSTER, &[b"id"])
 }
 
 pub fn counter(name: &str) -> Vec<u8> {

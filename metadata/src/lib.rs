@@ -11,6 +11,7 @@
 //! storage-node crates.
 
 mod background;
+pub mod backup;
 pub mod blocks;
 pub mod cluster;
 pub mod data;

@@ -27,9 +27,9 @@ use crate::{
     gc::GcQueue,
     ids::IdAllocator,
     repair::{RepairOptions, RepairQueue, RepairStats},
-    store::MetaStore,
+    store::{transact, MetaStore},
     volumes::{usage::Usage, Volumes},
-    Result,
+    MetaError, Result,
 };
 
 /// Tunables of the metadata service.
@@ -39,6 +39,10 @@ pub struct MetaOptions {
     pub down_after: Duration,
     /// Pause between garbage collection rounds.
     pub gc_interval: Duration,
+    /// How long a freed block's shards are kept before garbage collection
+    /// deletes them: longer than the time between metadata backups, and a
+    /// restore finds every block its files name (`backup/`).
+    pub gc_delay: Duration,
     /// How repair runs: pause, concurrency, bandwidth limit.
     pub repair: RepairOptions,
     /// A node not heard from for this long is `out`: its placement groups
@@ -57,6 +61,7 @@ impl Default for MetaOptions {
         MetaOptions {
             down_after: Duration::from_secs(10),
             gc_interval: Duration::from_secs(5),
+            gc_delay: Duration::ZERO,
             repair: RepairOptions::default(),
             out_after: Duration::from_secs(600),
             orphan_lease: Duration::from_secs(600),
@@ -92,6 +97,10 @@ pub struct Meta {
     /// session's locks count as alive, so that mounts renew them after a
     /// restart (`fs/locks.rs`).
     pub(crate) started_ns: i64,
+    /// Online backups being read (`backup/`).
+    pub(crate) backups: crate::backup::Backups,
+    /// The cluster's identity, made when its store was first opened.
+    pub(crate) cluster_id: String,
 }
 
 impl Meta {
@@ -101,7 +110,7 @@ impl Meta {
         let meta = Meta {
             ids: Ids {
                 inode: IdAllocator::new("inode", 2, 4096),
-                block: IdAllocator::new("block", 1, 1 << 16),
+                block: IdAllocator::new(crate::ids::BLOCK, 1, 1 << 16),
                 volume: IdAllocator::new("volume", 1, 16),
                 node: IdAllocator::new("node", 1, 1),
             },
@@ -112,6 +121,8 @@ impl Meta {
             repair_queued: tokio::sync::Notify::new(),
             gc_wanted: tokio::sync::Notify::new(),
             started_ns: now_ns(),
+            backups: Default::default(),
+            cluster_id: cluster_id(store.as_ref())?,
             options,
             store,
         };
@@ -156,6 +167,34 @@ impl Meta {
     pub fn gc(&self) -> GcQueue<'_> {
         GcQueue { meta: self }
     }
+
+    /// The cluster's identity, which its backups carry.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// The next page of an online backup (`backup/`): session 0 starts
+    /// one.
+    pub fn backup_page(&self, session: u64, page: u64) -> Result<(u64, crate::backup::Page)> {
+        self.backups.page(&self.store, session, page)
+    }
+}
+
+/// The cluster id in `store`, made (random) when there is none yet.
+fn cluster_id(store: &dyn MetaStore) -> Result<String> {
+    let key = crate::keys::cluster_id();
+    let made = format!("{:032x}", rand::random::<u128>());
+    let id = transact(store, |t| match t.get(&key)? {
+        Some(id) => Ok(id),
+        None => {
+            t.put(&key, made.as_bytes())?;
+            Ok(made.clone().into_bytes())
+        }
+    })?;
+    String::from_utf8(id).map_err(|_| MetaError::Corrupt {
+        key,
+        why: "the cluster id is not text".into(),
+    })
 }
 
 pub(crate) fn now_ns() -> i64 {

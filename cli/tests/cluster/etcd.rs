@@ -289,7 +289,8 @@ fn tessera_dev_with_store_etcd_runs_and_resumes_a_cluster() {
 /// onto etcd: 10,000 files and 1 GiB of data written on RocksDB read back
 /// identical through a mount of the same cluster on etcd. A second
 /// migration into the now full prefix, or from a directory that holds no
-/// store, is refused with a clear error.
+/// store, is refused with a clear error. A backup of the cluster on etcd
+/// restores whole under another prefix.
 #[test]
 fn a_cluster_moves_from_rocksdb_onto_etcd_with_every_file_intact() {
     let mut c = Cluster::start(6);
@@ -372,4 +373,26 @@ fn a_cluster_moves_from_rocksdb_onto_etcd_with_every_file_intact() {
     fs::write(d.join("new-on-etcd"), b"yes").unwrap();
     assert_eq!(fs::read(d.join("new-on-etcd")).unwrap(), b"yes");
     m.unmount();
+
+    info!("--- a backup of the cluster on etcd, restored under another prefix");
+    let backup = c.dir.path().join("backup").display().to_string();
+    let saved = c.cli_ok(&["meta", "backup", "--to", &backup]);
+    let keys = |out: &str| -> String {
+        let words: Vec<&str> = out.split_whitespace().collect();
+        let at = words
+            .iter()
+            .position(|w| *w == "keys")
+            .expect("a key count");
+        words[at - 1].to_string()
+    };
+    let restored = c.cli_ok(&[
+        "meta",
+        "restore",
+        "--from",
+        &backup,
+        "--store",
+        &store_url(&addrs, "restored"),
+    ]);
+    assert_eq!(keys(&saved), keys(&restored), "{saved}\n{restored}");
+    assert!(keys(&saved).parse::<u64>().unwrap() > 10_000);
 }

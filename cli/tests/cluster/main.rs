@@ -1,6 +1,7 @@
 //! Integration tests: the real `tessera` binary as processes, real RocksDB,
 //! real FUSE mounts, real SIGKILLs. One test binary, a module per area.
 
+mod backup;
 mod busy;
 mod data;
 mod database;

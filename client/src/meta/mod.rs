@@ -47,6 +47,21 @@ pub struct MetaClient {
     timeout: Option<Duration>,
 }
 
+/// A page of an online backup of the metadata store.
+pub struct BackupPage {
+    pub session: u64,
+    pub records: Vec<(Vec<u8>, Vec<u8>)>,
+    /// On the last page: the whole snapshot summed up.
+    pub end: Option<BackupEnd>,
+}
+
+pub struct BackupEnd {
+    pub keys: u64,
+    pub bytes: u64,
+    pub crc32: u32,
+    pub cluster_id: String,
+}
+
 /// Converts an answer, or calls it malformed.
 fn answer<A, B: TryFrom<A, Error = tessera_common::Error>>(a: A) -> Result<B> {
     B::try_from(a).map_err(malformed)
@@ -170,6 +185,30 @@ impl MetaClient {
             .cluster_status(pb::ClusterStatusRequest {})
             .await?;
         Ok(r.into_inner().into())
+    }
+
+    /// Page `page` of online backup `session` (0: start one). Whole
+    /// pages of key/value records, the last with the snapshot summed up.
+    pub async fn backup_page(&self, session: u64, page: u64) -> Result<BackupPage> {
+        let r = self
+            .rpc()
+            .backup_page(pb::BackupPageRequest { session, page })
+            .await?
+            .into_inner();
+        Ok(BackupPage {
+            session: r.session,
+            records: r
+                .records
+                .into_iter()
+                .map(|kv| (kv.key.to_vec(), kv.value.to_vec()))
+                .collect(),
+            end: r.last.then_some(BackupEnd {
+                keys: r.keys,
+                bytes: r.bytes,
+                crc32: r.crc32,
+                cluster_id: r.cluster_id,
+            }),
+        })
     }
 
     /// The placement table of a class, checked: every placement group

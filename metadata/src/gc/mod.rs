@@ -65,6 +65,16 @@ impl GcQueue<'_> {
             .collect()
     }
 
+    /// [`GcQueue::pending`] blocks queued at least the garbage
+    /// collection delay ago: those whose shards may go.
+    pub fn due(&self, limit: usize) -> Result<Vec<(BlockId, GcRecord)>> {
+        let delay = self.meta.options.gc_delay.as_nanos() as i64;
+        let before = now_ns().saturating_sub(delay);
+        let mut due = self.pending(limit)?;
+        due.retain(|(_, rec)| rec.queued_ns <= before);
+        Ok(due)
+    }
+
     /// Forgets blocks whose shards are all deleted.
     pub fn forget(&self, blocks: &[BlockId]) -> Result<()> {
         for batch in blocks.chunks(FORGET_BATCH) {
@@ -106,5 +116,33 @@ impl GcQueue<'_> {
         let (start, end) = keys::prefix_range(&[prefix]);
         let rows = self.meta.store().begin().scan(&start, &end, usize::MAX)?;
         Ok(rows.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use crate::{
+        store::MemoryStore,
+        testing::{slice, Fx},
+        MetaOptions,
+    };
+
+    /// A freed block waits out the delay before its shards may go.
+    #[test]
+    fn a_freed_block_is_due_only_after_the_gc_delay() {
+        for (delay, due) in [(Duration::ZERO, 1), (Duration::from_secs(3600), 0)] {
+            let options = MetaOptions {
+                gc_delay: delay,
+                ..Default::default()
+            };
+            let t = Fx::with(Arc::new(MemoryStore::new()), 1 << 30, options);
+            let f = t.file(1, b"f");
+            t.commit(f.ino, vec![slice(0, 100, 5)]).unwrap();
+            t.unlink(1, b"f", false).unwrap();
+            assert_eq!(t.m.gc().pending(10).unwrap().len(), 1);
+            assert_eq!(t.m.gc().due(10).unwrap().len(), due, "delay {delay:?}");
+        }
     }
 }

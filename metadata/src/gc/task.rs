@@ -53,7 +53,7 @@ pub async fn collect_forever(meta: Arc<Meta>, interval: Duration) {
 /// how many blocks were freed for good.
 pub async fn collect_once(meta: &Arc<Meta>, clients: &NodeClients, limit: usize) -> Result<usize> {
     let m = meta.clone();
-    let pending = blocking(move || m.gc().pending(limit)).await?;
+    let pending = blocking(move || m.gc().due(limit)).await?;
     if pending.is_empty() {
         return Ok(0);
     }

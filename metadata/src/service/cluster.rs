@@ -78,3 +78,25 @@ pub(super) fn report_corrupt(m: &Meta, r: pb::ReportCorruptRequest) -> Result<pb
     m.repair().report_corrupt(r.node, &keys)?;
     Ok(pb::Empty {})
 }
+
+pub(super) fn backup_page(m: &Meta, r: pb::BackupPageRequest) -> Result<pb::BackupPageResponse> {
+    let (session, page) = m.backup_page(r.session, r.page)?;
+    let last = page.end.is_some();
+    let end = page.end.unwrap_or_default();
+    Ok(pb::BackupPageResponse {
+        session,
+        records: page
+            .records
+            .into_iter()
+            .map(|(key, value)| pb::BackupRecord {
+                key: key.into(),
+                value: value.into(),
+            })
+            .collect(),
+        last,
+        keys: end.summary.keys,
+        bytes: end.summary.bytes,
+        crc32: end.summary.crc,
+        cluster_id: end.cluster_id,
+    })
+}

@@ -115,6 +115,7 @@ meta_service! {
     drain_node: cluster::drain_node, pb::NodeIdRequest => pb::DrainNodeResponse, DRAIN_NODE;
     remove_node: cluster::remove_node, pb::NodeIdRequest => pb::Empty, REMOVE_NODE;
     report_corrupt: cluster::report_corrupt, pb::ReportCorruptRequest => pb::Empty, REPORT_CORRUPT;
+    backup_page: cluster::backup_page, pb::BackupPageRequest => pb::BackupPageResponse, BACKUP_PAGE;
     create_volume: volumes::create_volume, pb::CreateVolumeRequest => pb::Volume, CREATE_VOLUME;
     get_volume: volumes::get_volume, pb::GetVolumeRequest => pb::Volume, GET_VOLUME;
     list_volumes: volumes::list_volumes, pb::ListVolumesRequest => pb::ListVolumesResponse, LIST_VOLUMES;

@@ -11,7 +11,7 @@
 //! a store with the marker (a copy cut short would be missing keys, the
 //! id allocators' among them).
 
-use super::{MetaStore, StoreError};
+use super::{MetaStore, StoreError, Txn};
 
 /// Keys read per scan of the source.
 const PAGE: usize = 1024;
@@ -34,16 +34,43 @@ pub fn unfinished(store: &dyn MetaStore) -> Result<bool, StoreError> {
 
 /// What a store holds, summed up: its number of keys, their bytes, and a
 /// CRC32 over every key and value in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
     pub keys: u64,
     pub bytes: u64,
     pub crc: u32,
 }
 
-/// Calls `each` with every key and value of `store`, in order, all read
-/// in one transaction.
-fn walk(
+/// Sums up keys and values given in order into a [`Summary`].
+#[derive(Clone, Default)]
+pub struct Summer {
+    crc: crc32fast::Hasher,
+    keys: u64,
+    bytes: u64,
+}
+
+impl Summer {
+    pub fn add(&mut self, key: &[u8], value: &[u8]) {
+        for part in [key, value] {
+            self.crc.update(&(part.len() as u32).to_be_bytes());
+            self.crc.update(part);
+        }
+        self.keys += 1;
+        self.bytes += (key.len() + value.len()) as u64;
+    }
+
+    pub fn finish(self) -> Summary {
+        Summary {
+            keys: self.keys,
+            bytes: self.bytes,
+            crc: self.crc.finalize(),
+        }
+    }
+}
+
+/// Calls `each` with every key and value of `store` but the copy marker,
+/// in order, all read in one transaction: one moment of the store.
+pub(crate) fn walk(
     store: &dyn MetaStore,
     mut each: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
@@ -52,7 +79,9 @@ fn walk(
     loop {
         let page = t.scan(&from, &END, PAGE)?;
         for (k, v) in &page {
-            each(k, v)?;
+            if k != COPYING {
+                each(k, v)?;
+            }
         }
         match page.last() {
             Some((k, _)) if page.len() == PAGE => {
@@ -66,85 +95,108 @@ fn walk(
 
 /// Counts and checksums every key of `store`.
 pub fn summarize(store: &dyn MetaStore) -> Result<Summary, StoreError> {
-    let mut h = crc32fast::Hasher::new();
-    let (mut keys, mut bytes) = (0u64, 0u64);
+    let mut sum = Summer::default();
     walk(store, |k, v| {
-        if k == COPYING {
-            return Ok(());
-        }
-        for part in [k, v] {
-            h.update(&(part.len() as u32).to_be_bytes());
-            h.update(part);
-        }
-        keys += 1;
-        bytes += (k.len() + v.len()) as u64;
+        sum.add(k, v);
         Ok(())
     })?;
-    Ok(Summary {
-        keys,
-        bytes,
-        crc: h.finalize(),
-    })
+    Ok(sum.finish())
+}
+
+/// Writes a whole store's keys into an empty one: [`Loader::start`]
+/// checks that it is empty and marks it unfinished, [`Loader::put`] adds
+/// keys in batches, [`Loader::finish`] checks what arrived and removes
+/// the mark.
+pub(crate) struct Loader<'a> {
+    to: &'a dyn MetaStore,
+    batch: Vec<(Vec<u8>, Vec<u8>)>,
+    batch_bytes: usize,
+}
+
+impl<'a> Loader<'a> {
+    pub(crate) fn start(to: &'a dyn MetaStore) -> Result<Self, StoreError> {
+        if unfinished(to)? {
+            return Err(StoreError::Backend(
+                "an earlier copy into the destination did not finish: empty it and copy again"
+                    .into(),
+            ));
+        }
+        if !to.begin().scan(&[], &END, 1)?.is_empty() {
+            return Err(StoreError::Backend(
+                "the destination already holds metadata; copy only into an empty store".into(),
+            ));
+        }
+        let mut t = to.begin();
+        t.put(COPYING, b"")?;
+        t.commit()?;
+        Ok(Loader {
+            to,
+            batch: Vec::new(),
+            batch_bytes: 0,
+        })
+    }
+
+    pub(crate) fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        if self.batch.len() == BATCH_KEYS
+            || self.batch_bytes + key.len() + value.len() > BATCH_BYTES
+        {
+            self.flush()?;
+        }
+        self.batch_bytes += key.len() + value.len();
+        self.batch.push((key.to_vec(), value.to_vec()));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let mut t = self.to.begin();
+        for (k, v) in &self.batch {
+            t.put(k, v)?;
+        }
+        t.commit()?;
+        self.batch.clear();
+        self.batch_bytes = 0;
+        Ok(())
+    }
+
+    /// Checks that the destination holds exactly `expected`, then, in one
+    /// transaction, applies `last` and removes the mark.
+    pub(crate) fn finish(
+        mut self,
+        expected: Summary,
+        last: impl FnOnce(&mut dyn Txn) -> Result<(), StoreError>,
+    ) -> Result<Summary, StoreError> {
+        self.flush()?;
+        self.to.sync()?;
+        let is = summarize(self.to)?;
+        if is != expected {
+            return Err(StoreError::Backend(format!(
+                "the copy differs from its source: {} keys (CRC {:08x}) expected, {} (CRC {:08x}) read back",
+                expected.keys, expected.crc, is.keys, is.crc
+            )));
+        }
+        let mut t = self.to.begin();
+        last(t.as_mut())?;
+        t.delete(COPYING)?;
+        t.commit()?;
+        self.to.sync()?;
+        Ok(is)
+    }
 }
 
 /// Copies every key of `from` into `to`, which must hold no key, and
 /// checks that `to` then holds exactly what `from` did.
 pub fn copy_all(from: &dyn MetaStore, to: &dyn MetaStore) -> Result<Summary, StoreError> {
-    if unfinished(to)? {
-        return Err(StoreError::Backend(
-            "an earlier copy into the destination did not finish: empty it and copy again".into(),
-        ));
-    }
-    if !to.begin().scan(&[], &END, 1)?.is_empty() {
-        return Err(StoreError::Backend(
-            "the destination already holds metadata; copy only into an empty store".into(),
-        ));
-    }
     if from.begin().scan(&[], &END, 1)?.is_empty() {
         return Err(StoreError::Backend(
             "the source holds no metadata (a wrong directory or prefix?)".into(),
         ));
     }
-    let mut t = to.begin();
-    t.put(COPYING, b"")?;
-    t.commit()?;
-    let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    let mut batch_bytes = 0;
-    let flush = |batch: &mut Vec<(Vec<u8>, Vec<u8>)>| -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut t = to.begin();
-        for (k, v) in batch.iter() {
-            t.put(k, v)?;
-        }
-        t.commit()?;
-        batch.clear();
-        Ok(())
-    };
-    walk(from, |k, v| {
-        if batch.len() == BATCH_KEYS || batch_bytes + k.len() + v.len() > BATCH_BYTES {
-            flush(&mut batch)?;
-            batch_bytes = 0;
-        }
-        batch_bytes += k.len() + v.len();
-        batch.push((k.to_vec(), v.to_vec()));
-        Ok(())
-    })?;
-    flush(&mut batch)?;
-    to.sync()?;
-    let (was, is) = (summarize(from)?, summarize(to)?);
-    if was != is {
-        return Err(StoreError::Backend(format!(
-            "the copy differs from its source: {} keys (CRC {:08x}) copied, {} (CRC {:08x}) read back",
-            was.keys, was.crc, is.keys, is.crc
-        )));
-    }
-    let mut t = to.begin();
-    t.delete(COPYING)?;
-    t.commit()?;
-    to.sync()?;
-    Ok(is)
+    let mut load = Loader::start(to)?;
+    walk(from, |k, v| load.put(k, v))?;
+    load.finish(summarize(from)?, |_| Ok(()))
 }
 
 #[cfg(test)]

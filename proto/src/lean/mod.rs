@@ -61,6 +61,7 @@ pub mod meta {
     pub const DRAIN_NODE: &str = "/tessera.v1.Meta/DrainNode";
     pub const REMOVE_NODE: &str = "/tessera.v1.Meta/RemoveNode";
     pub const REPORT_CORRUPT: &str = "/tessera.v1.Meta/ReportCorrupt";
+    pub const BACKUP_PAGE: &str = "/tessera.v1.Meta/BackupPage";
     pub const CREATE_VOLUME: &str = "/tessera.v1.Meta/CreateVolume";
     pub const GET_VOLUME: &str = "/tessera.v1.Meta/GetVolume";
     pub const LIST_VOLUMES: &str = "/tessera.v1.Meta/ListVolumes";
