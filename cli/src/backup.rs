@@ -60,7 +60,9 @@ pub fn backup(to: &Path, meta: &MetaAddr) -> anyhow::Result<()> {
         Ok(m) => m,
         Err(e) => {
             // What was written is no backup: leave nothing that looks like one.
-            let _ = std::fs::remove_file(to.join(backup::RECORDS));
+            for name in [backup::MANIFEST, backup::RECORDS] {
+                let _ = std::fs::remove_file(to.join(name));
+            }
             return Err(e.context(format!("backing up into {}", to.display())));
         }
     };
@@ -84,7 +86,12 @@ pub fn restore(from: &Path, to: &StoreSpec) -> anyhow::Result<()> {
         .open()
         .with_context(|| format!("opening {to} (is a metadata service running on it?)"))?;
     backup::restore(from, &manifest, store.as_ref())
-        .with_context(|| format!("restoring {} into {to}", from.display()))?;
+        .with_context(|| {
+            format!(
+                "restoring {} into {to} (a restore that wrote anything leaves it marked unfinished: empty it before trying again)",
+                from.display()
+            )
+        })?;
     println!(
         "restored {} keys ({} bytes, CRC32 {:08x}) of cluster {}, backed up at {} (Unix time) from the {}, into {to}",
         manifest.summary.keys,

@@ -194,7 +194,9 @@ impl NodeLink {
             {
                 Ok(answer) => answer,
                 Err(CallError::NotLean(_)) => return None,
-                Err(CallError::Io(e)) => return Some(Err(self.unavailable(e))),
+                Err(CallError::Io(e) | CallError::Unsent(e)) => {
+                    return Some(Err(self.unavailable(e)))
+                }
             };
         Some(match answer {
             Ok(a) => pb::GetShardResponse::decode(a)
@@ -269,7 +271,7 @@ impl NodeLink {
         {
             Ok(answer) => Ok(answer),
             Err(CallError::NotLean(why)) => Err(why),
-            Err(CallError::Io(e)) => Ok(Err(self.unavailable(e))),
+            Err(CallError::Io(e) | CallError::Unsent(e)) => Ok(Err(self.unavailable(e))),
         }
     }
 }

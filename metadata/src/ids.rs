@@ -10,8 +10,9 @@ use crate::{
     Result,
 };
 
-/// The counter of block ids (a restore moves it: `backup/`).
+/// The counters of block and inode ids (a restore moves them: `backup/`).
 pub(crate) const BLOCK: &str = "block";
+pub(crate) const INODE: &str = "inode";
 
 pub struct IdAllocator {
     key: Vec<u8>,
@@ -29,6 +30,31 @@ impl IdAllocator {
         }
     }
 
+    /// Makes sure `id`, taken from elsewhere (a node that kept its id
+    /// across a metadata restore), is never handed out: the high-water
+    /// mark moves past it.
+    pub fn past(&self, store: &dyn MetaStore, id: u64) -> Result<()> {
+        transact(store, |txn| {
+            let hwm = self.hwm(txn)?;
+            if hwm <= id {
+                txn.put(&self.key, &(id + 1).to_be_bytes())?;
+            }
+            Ok(())
+        })
+    }
+
+    fn hwm(&self, txn: &mut dyn crate::store::Txn) -> Result<u64> {
+        Ok(match txn.get(&self.key)? {
+            Some(v) => u64::from_be_bytes(v.as_slice().try_into().map_err(|_| {
+                crate::MetaError::Corrupt {
+                    key: self.key.clone(),
+                    why: "counter is not 8 bytes".into(),
+                }
+            })?),
+            None => 0,
+        })
+    }
+
     /// Returns the first of `count` consecutive fresh ids.
     pub fn alloc(&self, store: &dyn MetaStore, count: u64) -> Result<u64> {
         let mut range = self.range.lock().expect("id allocator lock");
@@ -36,15 +62,7 @@ impl IdAllocator {
             let want = count.max(self.batch);
             let floor = range.0;
             let (start, end) = transact(store, |txn| {
-                let hwm = match txn.get(&self.key)? {
-                    Some(v) => u64::from_be_bytes(v.as_slice().try_into().map_err(|_| {
-                        crate::MetaError::Corrupt {
-                            key: self.key.clone(),
-                            why: "counter is not 8 bytes".into(),
-                        }
-                    })?),
-                    None => 0,
-                };
+                let hwm = self.hwm(txn)?;
                 let start = hwm.max(floor);
                 txn.put(&self.key, &(start + want).to_be_bytes())?;
                 Ok((start, start + want))

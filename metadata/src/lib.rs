@@ -34,4 +34,4 @@ pub mod volumes;
 pub use error::{MetaError, Result};
 pub use meta::{Meta, MetaOptions};
 pub use run::{run, MetaConfig};
-pub use service::MetaService;
+pub use service::{MetaService, Serving};

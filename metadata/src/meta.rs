@@ -101,6 +101,8 @@ pub struct Meta {
     pub(crate) backups: crate::backup::Backups,
     /// The cluster's identity, made when its store was first opened.
     pub(crate) cluster_id: String,
+    /// Where garbage collection with a delay reads its queue on from.
+    pub(crate) gc_cursor: Mutex<Vec<u8>>,
 }
 
 impl Meta {
@@ -109,7 +111,7 @@ impl Meta {
     pub fn open(store: Arc<dyn MetaStore>, options: MetaOptions) -> Result<Self> {
         let meta = Meta {
             ids: Ids {
-                inode: IdAllocator::new("inode", 2, 4096),
+                inode: IdAllocator::new(crate::ids::INODE, 2, 4096),
                 block: IdAllocator::new(crate::ids::BLOCK, 1, 1 << 16),
                 volume: IdAllocator::new("volume", 1, 16),
                 node: IdAllocator::new("node", 1, 1),
@@ -122,6 +124,7 @@ impl Meta {
             gc_wanted: tokio::sync::Notify::new(),
             started_ns: now_ns(),
             backups: Default::default(),
+            gc_cursor: Mutex::new(Vec::new()),
             cluster_id: cluster_id(store.as_ref())?,
             options,
             store,

@@ -9,10 +9,20 @@ use tessera_proto::{
 };
 use tracing::{info, warn};
 
-use crate::{background::blocking, store::StoreSpec, Meta, MetaError, MetaOptions, MetaService};
+use tokio::sync::watch;
+
+use crate::{
+    background::blocking,
+    store::{Leadership, MetaStore, StoreSpec},
+    Meta, MetaError, MetaOptions, MetaService, Serving,
+};
 
 /// How often nodes silent for too long are looked for.
 const MEMBERSHIP_EVERY: Duration = Duration::from_secs(1);
+/// How often a standby asks for the lead.
+const CAMPAIGN_EVERY: Duration = Duration::from_millis(500);
+/// How often a leader checks that it still leads.
+const LEAD_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Debug)]
 pub struct MetaConfig {
@@ -28,49 +38,144 @@ pub async fn run(
 ) -> Result<(), MetaError> {
     let (spec, options) = (config.store.clone(), config.options.clone());
     info!(store = %spec, "opening the metadata store");
-    // Opening finishes what a crash cut short: store work, off the runtime.
-    let meta = blocking(move || {
+    let store = blocking(move || {
         let store = spec.open()?;
         if crate::store::copy::unfinished(store.as_ref())? {
             return Err(MetaError::Unavailable(format!(
                 "{spec} holds a `tessera meta migrate` that did not finish: empty it and migrate again"
             )));
         }
-        Meta::open(store, options)
+        Ok(store)
     })
     .await?;
-    let meta = Arc::new(meta);
-    let tasks = [
-        tokio::spawn(crate::gc::collect_forever(
-            meta.clone(),
-            config.options.gc_interval,
-        )),
-        tokio::spawn(crate::repair::repair_forever(
-            meta.clone(),
-            config.options.repair.clone(),
-        )),
-        tokio::spawn(mark_out_forever(meta.clone(), config.options.out_after)),
-    ];
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| MetaError::Unavailable(format!("listening on {}: {e}", config.listen)))?;
     let addr = listener
         .local_addr()
         .map_err(|e| MetaError::Unavailable(e.to_string()))?;
-    info!(listen = %addr, "metadata service ready");
-    let service = MetaService::new(meta);
+    // Calls are answered from the start: "standby" until this process
+    // leads.
+    let serving = Serving::default();
+    let service = MetaService::new(serving.clone());
     let grpc = transport::grpc::server().add_service(
         MetaServer::new(service.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE),
     );
-    let served = transport::serve(listener, grpc, OnThreads::new(Arc::new(service)), shutdown)
+    let (stop, stopped) = watch::channel(false);
+    let mut server_stopped = stopped.clone();
+    let server = tokio::spawn(transport::serve(
+        listener,
+        grpc,
+        OnThreads::new(Arc::new(service)),
+        async move {
+            let _ = server_stopped.wait_for(|s| *s).await;
+        },
+    ));
+    let who = format!("{addr} (pid {})", std::process::id());
+    let store_name = config.store.to_string();
+    let led = tokio::select! {
+        led = lead(store, options, &who, &store_name, &serving, stopped) => led,
+        () = shutdown => Ok(()),
+    };
+    let _ = stop.send(true);
+    serving.stand_by("stopping");
+    let served = server
         .await
+        .map_err(|e| MetaError::Unavailable(format!("metadata server on {addr}: {e}")))?
         .map_err(|e| MetaError::Unavailable(format!("metadata server on {addr}: {e}")));
-    for t in tasks {
-        t.abort();
+    led.and(served)
+}
+
+/// Waits to lead, serves while it leads (with the background tasks), and
+/// waits again when the lead is lost, until `stopped`. Returns only on an
+/// error; `run` drops it at shutdown.
+async fn lead(
+    store: Arc<dyn MetaStore>,
+    options: MetaOptions,
+    who: &str,
+    store_name: &str,
+    serving: &Serving,
+    stopped: watch::Receiver<bool>,
+) -> Result<(), MetaError> {
+    let mut waiting_said = false;
+    loop {
+        let (s, w) = (store.clone(), who.to_string());
+        let lead = match blocking(move || Ok(s.try_lead(&w)?)).await {
+            Ok(Some(lead)) => Lead(Arc::from(lead)),
+            Ok(None) => {
+                serving.stand_by("another metadata process leads");
+                if !waiting_said {
+                    info!("another metadata process leads: standing by");
+                    waiting_said = true;
+                }
+                tokio::time::sleep(CAMPAIGN_EVERY).await;
+                continue;
+            }
+            Err(e) => {
+                serving.stand_by(format!("no process can lead: {e}"));
+                warn!(error = %e, "asking for the lead failed; asking again");
+                tokio::time::sleep(CAMPAIGN_EVERY).await;
+                continue;
+            }
+        };
+        waiting_said = false;
+        // Opening finishes what a crash (or the last leader) cut short.
+        let (s, o) = (store.clone(), options.clone());
+        let meta = Arc::new(blocking(move || Meta::open(s, o)).await?);
+        let tasks = Tasks(vec![
+            tokio::spawn(crate::gc::collect_forever(
+                meta.clone(),
+                options.gc_interval,
+            )),
+            tokio::spawn(crate::repair::repair_forever(
+                meta.clone(),
+                options.repair.clone(),
+            )),
+            tokio::spawn(mark_out_forever(meta.clone(), options.out_after)),
+        ]);
+        info!(
+            leader = who,
+            cluster = meta.cluster_id(),
+            "metadata service ready"
+        );
+        serving.serve(meta);
+        while lead.0.held() && !*stopped.borrow() {
+            tokio::time::sleep(LEAD_CHECK_EVERY).await;
+        }
+        serving.stand_by(format!(
+            "this process lost the lead: {store_name} did not keep its lease alive"
+        ));
+        drop(tasks);
+        if *stopped.borrow() {
+            return Ok(());
+        }
+        warn!("lost the lead: standing by until it is this process's again");
     }
-    served
+}
+
+/// A lead given up when dropped (at shutdown, a successor need not wait
+/// for its lease to run out).
+struct Lead(Arc<dyn Leadership>);
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        let lead = self.0.clone();
+        // Resigning waits on the store: not on a runtime worker.
+        std::thread::spawn(move || lead.resign());
+    }
+}
+
+/// Background tasks, stopped when dropped.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
 }
 
 /// Marks nodes silent for `out_after` out, every second.

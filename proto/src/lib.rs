@@ -24,3 +24,8 @@ pub mod pb {
 }
 
 pub use convert::shard_key;
+
+/// How a metadata process that does not lead begins its answer to every
+/// call (as Unavailable), followed by why: a client with other addresses
+/// tries them, and one with none waits for the election.
+pub const STANDBY: &str = "metadata standby";

@@ -25,7 +25,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the node tells meta about itself.
 #[derive(Clone, Debug)]
 pub struct Registration {
-    /// Meta's address, `host:port` or a URL.
+    /// Meta's address, `host:port` or a URL, or a list of them
+    /// (`a,b,c`: the process that leads answers, the others stand by).
     pub meta: String,
     /// Address clients reach this node at.
     pub addr: String,
@@ -37,8 +38,20 @@ pub struct Registration {
 pub async fn heartbeat_loop(store: Arc<ShardStore>, reg: Registration, reports: Reports) {
     let mut backoff = MIN_BACKOFF;
     let mut failures = 0u32;
+    let metas: Vec<String> = reg
+        .meta
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(String::from)
+        .collect();
+    let mut at = 0;
     loop {
-        let e = session(&store, &reg, &reports, &mut backoff, &mut failures).await;
+        let meta = metas.get(at % metas.len().max(1)).unwrap_or(&reg.meta);
+        let e = session(&store, &reg, meta, &reports, &mut backoff, &mut failures).await;
+        // The next try goes to the next address (a standby, or a process
+        // that died, tells nothing about the others).
+        at += 1;
         // WARN once per outage, then quietly keep trying.
         if failures == 0 {
             warn!(meta = %reg.meta, error = %e, "metadata service unreachable; retrying");
@@ -47,7 +60,14 @@ pub async fn heartbeat_loop(store: Arc<ShardStore>, reg: Registration, reports: 
         }
         failures += 1;
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        // With several addresses a failover takes a lease's time: try
+        // them all at least every second.
+        let most = if metas.len() > 1 {
+            Duration::from_secs(1)
+        } else {
+            MAX_BACKOFF
+        };
+        backoff = (backoff * 2).min(most);
     }
 }
 
@@ -55,11 +75,12 @@ pub async fn heartbeat_loop(store: Arc<ShardStore>, reg: Registration, reports: 
 async fn session(
     store: &Arc<ShardStore>,
     reg: &Registration,
+    meta: &str,
     reports: &Reports,
     backoff: &mut Duration,
     failures: &mut u32,
 ) -> String {
-    let channel = match grpc::channel(&reg.meta, Some(CALL_TIMEOUT)).await {
+    let channel = match grpc::channel(meta, Some(CALL_TIMEOUT)).await {
         Ok(c) => c,
         Err(e) => return e.to_string(),
     };
@@ -69,7 +90,7 @@ async fn session(
         Err(e) => return e,
     };
     if *failures > 0 {
-        info!(node = id, "metadata service reachable again");
+        info!(node = id, meta, "metadata service reachable again");
     }
     (*backoff, *failures) = (MIN_BACKOFF, 0);
     let mut tick = tokio::time::interval(INTERVAL);

@@ -8,6 +8,7 @@ mod database;
 mod deferred;
 mod docker;
 mod etcd;
+mod failover;
 mod faults;
 mod fio;
 mod full;

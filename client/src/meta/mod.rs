@@ -9,9 +9,10 @@
 //! - [`NamesClient`] (`names.rs`): calls on names and attributes over lean
 //!   RPC, blocking the calling thread (a FUSE worker thread).
 
+mod failover;
 pub(crate) mod names;
 
-use std::{ops::Range, sync::Arc, time::Duration};
+use std::{future::Future, ops::Range, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use prost::Message;
@@ -25,7 +26,7 @@ use tessera_proto::{
     pb::{self, meta_client::MetaClient as Rpc},
     transport::{
         grpc,
-        lean_client::{LeanClient, Retry},
+        lean_client::{CallError, LeanClient, Retry},
         settings::MAX_MESSAGE,
     },
 };
@@ -34,17 +35,26 @@ use tonic::{transport::Channel, Status};
 pub use names::NamesClient;
 
 use crate::{error::malformed, ClientError, Result};
+use failover::{Attempts, Failure, Rotation};
 
-/// The metadata service. Cheap to clone: clones share one HTTP/2
-/// connection, which reconnects by itself after a failure, and one pool of
-/// lean connections.
+/// The metadata service, at one address or several (`a,b,c`: one
+/// process leads, `failover.rs`). Cheap to clone: clones share one HTTP/2
+/// connection per address, which reconnects by itself after a failure,
+/// and one pool of lean connections per address.
 #[derive(Clone)]
 pub struct MetaClient {
     addr: String,
-    rpc: Rpc<Channel>,
-    lean: Arc<LeanClient>,
+    peers: Arc<Vec<Peer>>,
+    rotation: Arc<Rotation>,
     /// Longest a lean call may take, if bounded.
     timeout: Option<Duration>,
+}
+
+/// One metadata process.
+struct Peer {
+    addr: String,
+    rpc: Rpc<Channel>,
+    lean: LeanClient,
 }
 
 /// A page of an online backup of the metadata store.
@@ -62,139 +72,210 @@ pub struct BackupEnd {
     pub cluster_id: String,
 }
 
+/// A gRPC call of `method` with `request`, at the leading process (see
+/// [`MetaClient::grpc`]).
+macro_rules! call {
+    ($client:ident, $method:ident, $request:expr) => {{
+        let request = $request;
+        $client
+            .grpc(|mut rpc| {
+                let request = request.clone();
+                async move { rpc.$method(request).await }
+            })
+            .await
+    }};
+}
+
 /// Converts an answer, or calls it malformed.
 fn answer<A, B: TryFrom<A, Error = tessera_common::Error>>(a: A) -> Result<B> {
     B::try_from(a).map_err(malformed)
 }
 
 impl MetaClient {
-    /// Connects to the metadata service at `addr` (`host:port`).
+    /// Connects to the metadata service at `addr` (`host:port`, or a list
+    /// `host:port,host:port,...`: at least one must be reachable).
     pub async fn connect(addr: &str) -> Result<MetaClient> {
-        Ok(Self::on(addr, grpc::channel(addr, None).await?, None))
+        let mut channels = Vec::new();
+        let mut reached = None;
+        for a in failover::addresses(addr) {
+            match grpc::channel(&a, None).await {
+                Ok(c) => {
+                    reached.get_or_insert(Ok(()));
+                    channels.push((a, c));
+                }
+                Err(e) => {
+                    if reached.is_none() {
+                        reached = Some(Err(e));
+                    }
+                    let lazy = grpc::lazy_channel(&a, None)?;
+                    channels.push((a, lazy));
+                }
+            }
+        }
+        match reached {
+            Some(Err(e)) => Err(e.into()),
+            _ => Ok(Self::on(addr, channels, None)),
+        }
     }
 
-    /// A client of `addr` that connects on its first call, with each call
-    /// bounded by `timeout`. Made on a runtime, whose tasks carry the
-    /// connection.
+    /// A client of `addr` (one address or a list) that connects on its
+    /// first call, with each call bounded by `timeout`. Made on a
+    /// runtime, whose tasks carry the connection.
     pub fn lazy(addr: &str, timeout: Duration) -> Result<MetaClient> {
-        Ok(Self::on(
-            addr,
-            grpc::lazy_channel(addr, Some(timeout))?,
-            Some(timeout),
-        ))
+        let channels = failover::addresses(addr)
+            .into_iter()
+            .map(|a| Ok((a.clone(), grpc::lazy_channel(&a, Some(timeout))?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::on(addr, channels, Some(timeout)))
     }
 
-    fn on(addr: &str, channel: Channel, timeout: Option<Duration>) -> MetaClient {
+    fn on(addr: &str, channels: Vec<(String, Channel)>, timeout: Option<Duration>) -> MetaClient {
+        let peers: Vec<Peer> = channels
+            .into_iter()
+            .map(|(a, channel)| Peer {
+                rpc: Rpc::new(channel)
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE),
+                lean: LeanClient::new(&a),
+                addr: a,
+            })
+            .collect();
         MetaClient {
             addr: addr.to_string(),
-            rpc: Rpc::new(channel)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-            lean: Arc::new(LeanClient::new(addr)),
+            rotation: Arc::new(Rotation::new(peers.len())),
+            peers: Arc::new(peers),
             timeout,
         }
     }
 
-    /// Calls `path` over lean RPC.
+    /// Makes a gRPC call, at the leading process (`failover.rs`).
+    async fn grpc<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: Fn(Rpc<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        let mut attempts = Attempts::new();
+        loop {
+            let i = self.rotation.current();
+            let status = match call(self.peers[i].rpc.clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(status) => status,
+            };
+            let Some(failure) = failover::of_status(&status) else {
+                return Err(status.into());
+            };
+            match attempts.after(&self.rotation, i, failure) {
+                Some(pause) => tokio::time::sleep(pause).await,
+                None => return Err(status.into()),
+            }
+        }
+    }
+
+    /// Calls `path` over lean RPC, at the leading process
+    /// (`failover.rs`).
     async fn lean<A: Message + Default>(
         &self,
         path: &str,
         request: &impl Message,
         retry: Retry,
     ) -> Result<A> {
-        let unavailable = |why: String| {
-            ClientError::from(Status::unavailable(format!(
-                "metadata service at {}: {path}: {why}",
-                self.addr
-            )))
-        };
         let (message, payload) = (request.encode_to_vec(), Bytes::new());
-        let call = self.lean.call(path, &message, &payload, retry);
-        let answered = match self.timeout {
-            Some(t) => tokio::time::timeout(t, call)
-                .await
-                .map_err(|_| unavailable(format!("no answer in {t:?}")))?,
-            None => call.await,
-        };
-        match answered {
-            Ok(Ok(message)) => {
-                A::decode(message).map_err(|e| ClientError::Malformed(format!("{path}: {e}")))
+        let mut attempts = Attempts::new();
+        loop {
+            let i = self.rotation.current();
+            let peer = &self.peers[i];
+            let unavailable = |why: String| {
+                ClientError::from(Status::unavailable(format!(
+                    "metadata service at {}: {path}: {why}",
+                    peer.addr
+                )))
+            };
+            let call = peer.lean.call(path, &message, &payload, retry);
+            let answered = match self.timeout {
+                Some(t) => match tokio::time::timeout(t, call).await {
+                    Ok(a) => a,
+                    Err(_) => Err(CallError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer in {t:?}"),
+                    ))),
+                },
+                None => call.await,
+            };
+            let (failure, error) = match answered {
+                Ok(Ok(message)) => {
+                    return A::decode(message)
+                        .map_err(|e| ClientError::Malformed(format!("{path}: {e}")))
+                }
+                Ok(Err(status)) if failover::standby(&status) => (Failure::Standby, status.into()),
+                Ok(Err(status)) => return Err(status.into()),
+                Err(CallError::Unsent(e)) => (Failure::Unsent, unavailable(e.to_string())),
+                Err(e) => (Failure::Sent, unavailable(e.to_string())),
+            };
+            match attempts.after(&self.rotation, i, failure) {
+                Some(pause) => tokio::time::sleep(pause).await,
+                None => return Err(error),
             }
-            Ok(Err(status)) => Err(status.into()),
-            Err(e) => Err(unavailable(e.to_string())),
         }
     }
 
-    /// Where the metadata service is.
+    /// Where the metadata service is (as given: one address or a list).
     pub fn addr(&self) -> &str {
         &self.addr
-    }
-
-    fn rpc(&self) -> Rpc<Channel> {
-        self.rpc.clone()
     }
 
     // ---------- volumes ----------
 
     pub async fn create_volume(&self, spec: VolumeSpec) -> Result<VolumeInfo> {
-        answer(
-            self.rpc()
-                .create_volume(pb::CreateVolumeRequest::from(spec))
-                .await?
-                .into_inner(),
-        )
+        answer(call!(
+            self,
+            create_volume,
+            pb::CreateVolumeRequest::from(spec)
+        )?)
     }
 
     pub async fn volume(&self, name: &str) -> Result<VolumeInfo> {
         let req = pb::GetVolumeRequest { name: name.into() };
-        answer(self.rpc().get_volume(req).await?.into_inner())
+        answer(call!(self, get_volume, req)?)
     }
 
     pub async fn volumes(&self) -> Result<Vec<VolumeInfo>> {
-        let r = self.rpc().list_volumes(pb::ListVolumesRequest {}).await?;
-        r.into_inner().volumes.into_iter().map(answer).collect()
+        let r = call!(self, list_volumes, pb::ListVolumesRequest {})?;
+        r.volumes.into_iter().map(answer).collect()
     }
 
     pub async fn delete_volume(&self, name: &str) -> Result<()> {
         let req = pb::DeleteVolumeRequest { name: name.into() };
-        self.rpc().delete_volume(req).await?;
+        call!(self, delete_volume, req)?;
         Ok(())
     }
 
     // ---------- the cluster ----------
 
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>> {
-        let r = self.rpc().list_nodes(pb::ListNodesRequest {}).await?;
-        r.into_inner().nodes.into_iter().map(answer).collect()
+        let r = call!(self, list_nodes, pb::ListNodesRequest {})?;
+        r.nodes.into_iter().map(answer).collect()
     }
 
     /// Drains a node; returns how many placement slots moved.
     pub async fn drain_node(&self, id: NodeId) -> Result<u64> {
-        let r = self.rpc().drain_node(pb::NodeIdRequest { id }).await?;
-        Ok(r.into_inner().moved_slots)
+        let r = call!(self, drain_node, pb::NodeIdRequest { id })?;
+        Ok(r.moved_slots)
     }
 
     pub async fn remove_node(&self, id: NodeId) -> Result<()> {
-        self.rpc().remove_node(pb::NodeIdRequest { id }).await?;
+        call!(self, remove_node, pb::NodeIdRequest { id })?;
         Ok(())
     }
 
     pub async fn cluster_status(&self) -> Result<ClusterStatus> {
-        let r = self
-            .rpc()
-            .cluster_status(pb::ClusterStatusRequest {})
-            .await?;
-        Ok(r.into_inner().into())
+        let r = call!(self, cluster_status, pb::ClusterStatusRequest {})?;
+        Ok(r.into())
     }
 
     /// Page `page` of online backup `session` (0: start one). Whole
     /// pages of key/value records, the last with the snapshot summed up.
     pub async fn backup_page(&self, session: u64, page: u64) -> Result<BackupPage> {
-        let r = self
-            .rpc()
-            .backup_page(pb::BackupPageRequest { session, page })
-            .await?
-            .into_inner();
+        let r = call!(self, backup_page, pb::BackupPageRequest { session, page })?;
         Ok(BackupPage {
             session: r.session,
             records: r
@@ -218,7 +299,7 @@ impl MetaClient {
             k: p.k.into(),
             m: p.m.into(),
         };
-        let table: PlacementTable = answer(self.rpc().get_placement(req).await?.into_inner())?;
+        let table: PlacementTable = answer(call!(self, get_placement, req)?)?;
         if table.pgs.is_empty() || table.pgs.iter().any(|pg| pg.len() != p.width()) {
             return Err(ClientError::Malformed(format!(
                 "placement table for {p} is malformed"
@@ -233,7 +314,7 @@ impl MetaClient {
             keys: keys.iter().map(|k| (*k).into()).collect(),
             node: 0,
         };
-        self.rpc().report_corrupt(req).await?;
+        call!(self, report_corrupt, req)?;
         Ok(())
     }
 
@@ -271,7 +352,7 @@ impl MetaClient {
             session,
             inos,
         };
-        self.rpc().renew_orphans(req).await?;
+        call!(self, renew_orphans, req)?;
         Ok(())
     }
 
@@ -287,7 +368,7 @@ impl MetaClient {
     /// The last handle of orphan `ino` closed: the file goes.
     pub async fn release_orphan(&self, vol: VolumeId, ino: Ino) -> Result<()> {
         let req = pb::OrphanRequest { volume: vol, ino };
-        self.rpc().release_orphan(req).await?;
+        call!(self, release_orphan, req)?;
         Ok(())
     }
 }

@@ -19,15 +19,18 @@ use tessera_common::{
 use tessera_proto::{
     lean::meta as paths,
     pb,
-    transport::lean_client::{BlockingLeanClient, Retry},
+    transport::lean_client::{BlockingLeanClient, CallError, Retry},
 };
 use tonic::Status;
 
+use super::failover::{addresses, standby, Attempts, Failure, Rotation};
 use crate::{error::malformed, ClientError, Result};
 
-/// Names and attributes of the metadata service at one address.
+/// Names and attributes of the metadata service, at one address or
+/// several (one process leads: `failover.rs`).
 pub struct NamesClient {
-    lean: BlockingLeanClient,
+    peers: Vec<BlockingLeanClient>,
+    rotation: Rotation,
 }
 
 /// What a create made: the new inode, and its parent as the change left
@@ -88,11 +91,16 @@ fn attr(a: pb::Attr) -> Result<Attr> {
 }
 
 impl NamesClient {
-    /// A client of the metadata service at `addr`; it connects on its
-    /// first call.
+    /// A client of the metadata service at `addr` (`host:port`, or a
+    /// list); it connects on its first call.
     pub fn new(addr: &str) -> NamesClient {
+        let peers: Vec<BlockingLeanClient> = addresses(addr)
+            .iter()
+            .map(|a| BlockingLeanClient::new(a))
+            .collect();
         NamesClient {
-            lean: BlockingLeanClient::new(addr),
+            rotation: Rotation::new(peers.len()),
+            peers,
         }
     }
 
@@ -106,18 +114,31 @@ impl NamesClient {
         request: &impl Message,
         retry: Retry,
     ) -> Result<A> {
-        let unreachable = |why: String| {
-            ClientError::from(Status::unavailable(format!(
-                "metadata service at {}: {why}",
-                self.lean.addr()
-            )))
-        };
-        match self.lean.call(path, &request.encode_to_vec(), retry) {
-            Ok(Ok(message)) => {
-                A::decode(message).map_err(|e| ClientError::Malformed(format!("{path}: {e}")))
+        let message = request.encode_to_vec();
+        let mut attempts = Attempts::new();
+        loop {
+            let i = self.rotation.current();
+            let lean = &self.peers[i];
+            let unreachable = |why: String| {
+                ClientError::from(Status::unavailable(format!(
+                    "metadata service at {}: {why}",
+                    lean.addr()
+                )))
+            };
+            let (failure, error) = match lean.call(path, &message, retry) {
+                Ok(Ok(message)) => {
+                    return A::decode(message)
+                        .map_err(|e| ClientError::Malformed(format!("{path}: {e}")))
+                }
+                Ok(Err(status)) if standby(&status) => (Failure::Standby, status.into()),
+                Ok(Err(status)) => return Err(status.into()),
+                Err(CallError::Unsent(e)) => (Failure::Unsent, unreachable(e.to_string())),
+                Err(e) => (Failure::Sent, unreachable(e.to_string())),
+            };
+            match attempts.after(&self.rotation, i, failure) {
+                Some(pause) => std::thread::sleep(pause),
+                None => return Err(error),
             }
-            Ok(Err(status)) => Err(status.into()),
-            Err(e) => Err(unreachable(e.to_string())),
         }
     }
 

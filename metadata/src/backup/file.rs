@@ -10,7 +10,8 @@
 //!
 //! Reading checks everything: the manifest's own CRC, the format, every
 //! record's CRC and length against what is left of the file, the totals
-//! against the manifest, and that the records hold the cluster id the
+//! against the manifest, keys in strictly increasing order and none of
+//! the store's own (`~`), and that the records hold the cluster id the
 //! manifest names (a manifest beside another cluster's records is
 //! refused).
 
@@ -33,6 +34,8 @@ pub const RECORDS: &str = "records";
 pub const MANIFEST: &str = "manifest";
 const MANIFEST_HEAD: &str = "tessera metadata backup";
 const MANIFEST_CRC: &str = "manifest-crc32";
+/// Largest manifest read.
+const MAX_MANIFEST: u64 = 64 << 10;
 /// Largest key or value a record may claim (the stores' own bound).
 const MAX_PART: u64 = 256 << 20;
 
@@ -229,7 +232,11 @@ pub fn read(
         why,
     };
     let path = dir.join(MANIFEST);
-    let text = match std::fs::read(&path) {
+    let text = match File::open(&path).and_then(|f| {
+        let mut text = Vec::new();
+        f.take(MAX_MANIFEST + 1).read_to_end(&mut text)?;
+        Ok(text)
+    }) {
         Err(e) if e.kind() == ErrorKind::NotFound => {
             return Err(refuse(
                 "it has no manifest (not a backup, or one that did not finish)".into(),
@@ -237,6 +244,9 @@ pub fn read(
         }
         r => r.map_err(io(&path))?,
     };
+    if text.len() as u64 > MAX_MANIFEST {
+        return Err(refuse("its manifest is too large to be one".into()));
+    }
     let text = String::from_utf8(text).map_err(|_| refuse("its manifest is not text".into()))?;
     let manifest = Manifest::parse(&text).map_err(refuse)?;
     let path = dir.join(RECORDS);
@@ -259,6 +269,7 @@ pub fn read(
     let (mut at, mut index) = (12u64, 0u64);
     let mut sum = Summer::default();
     let mut cluster_id = None;
+    let mut last: Option<Vec<u8>> = None;
     while at < len {
         let damaged = |why: &str| refuse(format!("record {index} at byte {at} {why}"));
         if len - at < 12 {
@@ -281,6 +292,10 @@ pub fn read(
             return Err(damaged("fails its CRC32"));
         }
         let (k, v) = kv.split_at(klen as usize);
+        if k.starts_with(b"~") || last.as_deref().is_some_and(|l| l >= k) {
+            return Err(damaged("is out of order or not the cluster's"));
+        }
+        last = Some(k.to_vec());
         if k == keys::cluster_id() {
             cluster_id = Some(String::from_utf8_lossy(v).into_owned());
         }

@@ -10,9 +10,11 @@
 //! `tessera meta restore` reads a backup whole and checks it before it
 //! writes anything, then loads it into an empty store as a migration does
 //! (`store::copy`: marked unfinished until every key is read back), and
-//! moves the block id allocator far past anything it may have handed out
-//! after the backup: blocks written since still have shards on the
-//! storage nodes, and a new block must never take one of their ids.
+//! moves the block and inode id allocators far past anything they may
+//! have handed out after the backup: blocks written since still have
+//! shards on the storage nodes, and a new block must never take one of
+//! their ids. (Nodes that joined since keep their ids: registering moves
+//! the node id allocator past them.)
 
 mod file;
 mod snapshot;
@@ -29,9 +31,9 @@ use crate::{
     store::{copy::Loader, MetaStore, StoreError, Txn},
 };
 
-/// How far a restore moves the block id allocator: more blocks than a
-/// cluster writes in its life between a backup and its restore.
-pub const BLOCK_ID_JUMP: u64 = 1 << 40;
+/// How far a restore moves the block and inode id allocators: more than a
+/// cluster hands out in its life between a backup and its restore.
+pub const ID_JUMP: u64 = 1 << 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -58,19 +60,24 @@ pub fn restore(dir: &Path, manifest: &Manifest, to: &dyn MetaStore) -> Result<()
             why: "it changed while it was restored".into(),
         });
     }
-    load.finish(manifest.summary, jump_block_ids)?;
+    load.finish(manifest.summary, jump_ids)?;
     Ok(())
 }
 
-fn jump_block_ids(t: &mut dyn Txn) -> Result<(), StoreError> {
-    let key = crate::keys::counter(ids::BLOCK);
-    let hwm = match t.get(&key)? {
-        None => 0,
-        Some(v) => u64::from_be_bytes(
-            v.as_slice()
-                .try_into()
-                .map_err(|_| StoreError::Backend("the block id counter is not 8 bytes".into()))?,
-        ),
-    };
-    t.put(&key, &hwm.saturating_add(BLOCK_ID_JUMP).to_be_bytes())
+/// Moves the block and inode id allocators `ID_JUMP` past the backup's
+/// high-water marks: ids handed out after the backup must not come again
+/// (blocks: their shards are on the nodes; inodes: a mount's kernel may
+/// still know them).
+fn jump_ids(t: &mut dyn Txn) -> Result<(), StoreError> {
+    for name in [ids::BLOCK, ids::INODE] {
+        let key = crate::keys::counter(name);
+        let hwm = match t.get(&key)? {
+            None => 0,
+            Some(v) => u64::from_be_bytes(v.as_slice().try_into().map_err(|_| {
+                StoreError::Backend(format!("the {name} id counter is not 8 bytes"))
+            })?),
+        };
+        t.put(&key, &hwm.saturating_add(ID_JUMP).to_be_bytes())?;
+    }
+    Ok(())
 }

@@ -3,13 +3,13 @@
 //! revision) and hands pages through a short queue to the backup's
 //! session, which answers one page per call. Writers carry on meanwhile.
 //!
-//! A session nobody asks for a page for `IDLE` is dropped, which ends its
-//! thread; at most `MAX_SESSIONS` run at once.
+//! A session nobody asks for a page for `IDLE` is dropped, and its thread
+//! gives up on its own; at most `MAX_SESSIONS` run at once.
 
 use std::{
     collections::HashMap,
     sync::{
-        mpsc::{sync_channel, Receiver, RecvTimeoutError},
+        mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -121,6 +121,29 @@ impl Backups {
     }
 }
 
+/// Queues a page for the session's calls, waiting while `AHEAD` are
+/// queued; a session nobody calls for `IDLE` is given up, and with it the
+/// snapshot (which holds old versions in the store).
+fn hand_over(
+    tx: &SyncSender<std::result::Result<Page, StoreError>>,
+    page: std::result::Result<Page, StoreError>,
+) -> std::result::Result<(), StoreError> {
+    let gone = || StoreError::Backend("backup abandoned".into());
+    let since = Instant::now();
+    let mut page = page;
+    loop {
+        match tx.try_send(page) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Disconnected(_)) => return Err(gone()),
+            Err(TrySendError::Full(p)) if since.elapsed() < IDLE => {
+                page = p;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(TrySendError::Full(_)) => return Err(gone()),
+        }
+    }
+}
+
 /// Starts the thread that reads the snapshot.
 fn start(store: Arc<dyn MetaStore>) -> Session {
     let (tx, rx) = sync_channel(AHEAD);
@@ -140,10 +163,15 @@ fn start(store: Arc<dyn MetaStore>) -> Session {
                 page.records.push((k.to_vec(), v.to_vec()));
                 if page.records.len() == PAGE_KEYS || bytes >= PAGE_BYTES {
                     bytes = 0;
-                    tx.send(Ok(std::mem::take(&mut page)))
-                        .map_err(|_| StoreError::Backend("backup abandoned".into()))?;
+                    hand_over(&tx, Ok(std::mem::take(&mut page)))?;
                 }
                 Ok(())
+            });
+            let read = read.map_err(|e| match e {
+                StoreError::Conflict => StoreError::Backend(
+                    "the store dropped the backup's moment (etcd compacted its revision: the backup took too long); back up again".into(),
+                ),
+                other => other,
             });
             let last = read.map(|()| {
                 page.end = Some(End {
@@ -153,7 +181,7 @@ fn start(store: Arc<dyn MetaStore>) -> Session {
                 page
             });
             // The caller may have gone: nothing is left to do either way.
-            let _ = tx.send(last);
+            let _ = hand_over(&tx, last);
         })
         .expect("spawning a backup thread");
     Session {

@@ -120,7 +120,10 @@ impl ClusterMap<'_> {
         }
         let id = match r.id {
             0 => self.meta.ids.node.alloc(self.meta.store(), 1)?,
-            id => id,
+            id => {
+                self.meta.ids.node.past(self.meta.store(), id)?;
+                id
+            }
         };
         let was = self.membership(id)?;
         if was == Membership::Removed {
@@ -195,7 +198,11 @@ impl ClusterMap<'_> {
                 let last_seen = heard.map(|(t, _)| t.elapsed());
                 Ok(NodeView {
                     stats: heard.map(|s| s.1).unwrap_or_default(),
-                    up: last_seen.is_some_and(|d| d < live.down_after),
+                    // Never heard from since this process started (it
+                    // just took over, or restarted): as if heard then, so
+                    // clients keep writing to nodes that are on their way
+                    // to it.
+                    up: last_seen.unwrap_or(live.started.elapsed()) < live.down_after,
                     membership: members
                         .get(&record.id)
                         .copied()

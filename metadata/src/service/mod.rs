@@ -16,7 +16,7 @@ mod data;
 mod tree;
 mod volumes;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use prost::Message;
@@ -33,23 +33,54 @@ use crate::{Meta, MetaError};
 /// ([`BlockingHandler`]).
 #[derive(Clone)]
 pub struct MetaService {
-    meta: Arc<Meta>,
+    serving: Serving,
 }
 
 impl MetaService {
-    pub fn new(meta: Arc<Meta>) -> Self {
-        MetaService { meta }
+    pub fn new(serving: Serving) -> Self {
+        MetaService { serving }
     }
+}
+
+/// What the service answers with: the metadata while this process leads
+/// (`run.rs`), else every call is answered [`tessera_proto::STANDBY`]
+/// and why.
+#[derive(Clone)]
+pub struct Serving(Arc<RwLock<Result<Arc<Meta>, String>>>);
+
+impl Default for Serving {
+    fn default() -> Self {
+        Serving(Arc::new(RwLock::new(Err("starting".into()))))
+    }
+}
+
+impl Serving {
+    pub fn serve(&self, meta: Arc<Meta>) {
+        *self.0.write().expect("serving lock") = Ok(meta);
+    }
+
+    /// Serves nothing, saying `why`.
+    pub fn stand_by(&self, why: impl Into<String>) {
+        *self.0.write().expect("serving lock") = Err(why.into());
+    }
+
+    fn get(&self) -> Result<Arc<Meta>, String> {
+        self.0.read().expect("serving lock").clone()
+    }
+}
+
+fn standby(why: String) -> Status {
+    Status::unavailable(format!("{}: {why}", tessera_proto::STANDBY))
 }
 
 /// Runs a handler on the blocking pool.
 async fn on_blocking_pool<Q: Send + 'static, A: Send + 'static>(
-    meta: &Arc<Meta>,
+    serving: &Serving,
     method: &'static str,
     request: Q,
     handler: fn(&Meta, Q) -> Result<A, MetaError>,
 ) -> Result<Response<A>, Status> {
-    let meta = meta.clone();
+    let meta = serving.get().map_err(standby)?;
     tokio::task::spawn_blocking(move || {
         let _span = tracing::debug_span!("rpc", method).entered();
         handler(&meta, request)
@@ -62,11 +93,15 @@ async fn on_blocking_pool<Q: Send + 'static, A: Send + 'static>(
 
 /// Runs a handler on a lean connection's thread.
 fn on_this_thread<Q: Message + Default, A: Message>(
-    meta: &Meta,
+    serving: &Serving,
     method: &'static str,
     message: Bytes,
     handler: fn(&Meta, Q) -> Result<A, MetaError>,
 ) -> Reply {
+    let meta = match serving.get() {
+        Ok(m) => m,
+        Err(why) => return Reply::status(&standby(why)),
+    };
     let _span = tracing::debug_span!("rpc", method).entered();
     let request = match Q::decode(message) {
         Ok(q) => q,
@@ -76,7 +111,7 @@ fn on_this_thread<Q: Message + Default, A: Message>(
             )))
         }
     };
-    match handler(meta, request) {
+    match handler(&meta, request) {
         Ok(answer) => Reply::message(&answer),
         Err(e) => Reply::status(&Status::from(e)),
     }
@@ -89,7 +124,7 @@ macro_rules! meta_service {
         impl MetaRpc for MetaService {
             $(
                 async fn $method(&self, r: Request<$Req>) -> Result<Response<$Resp>, Status> {
-                    on_blocking_pool(&self.meta, stringify!($method), r.into_inner(), $handler)
+                    on_blocking_pool(&self.serving, stringify!($method), r.into_inner(), $handler)
                         .await
                 }
             )*
@@ -98,7 +133,7 @@ macro_rules! meta_service {
         impl BlockingHandler for MetaService {
             fn call(&self, path: &str, message: Bytes) -> Reply {
                 match path {
-                    $(paths::$path => on_this_thread(&self.meta, stringify!($method), message, $handler),)*
+                    $(paths::$path => on_this_thread(&self.serving, stringify!($method), message, $handler),)*
                     _ => Reply::unknown_method("metadata service", path),
                 }
             }

@@ -68,7 +68,7 @@ impl Summer {
     }
 }
 
-/// Calls `each` with every key and value of `store` but the copy marker,
+/// Calls `each` with every key and value of `store` but its own (`~`),
 /// in order, all read in one transaction: one moment of the store.
 pub(crate) fn walk(
     store: &dyn MetaStore,
@@ -79,7 +79,9 @@ pub(crate) fn walk(
     loop {
         let page = t.scan(&from, &END, PAGE)?;
         for (k, v) in &page {
-            if k != COPYING {
+            // `~` keys are the store's own (the copy mark, the etcd
+            // leader key), not the cluster's.
+            if !k.starts_with(b"~") {
                 each(k, v)?;
             }
         }

@@ -22,16 +22,19 @@
 use std::{
     collections::{BTreeMap, HashMap},
     future::Future,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex,
+    },
     time::Duration,
 };
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, SortOrder, SortTarget,
-    Txn as EtcdTxnRequest, TxnOp,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, LeaseClient, SortOrder,
+    SortTarget, Txn as EtcdTxnRequest, TxnOp, TxnOpResponse,
 };
 
-use super::{KeyValue, MetaStore, StoreError, Txn};
+use super::{KeyValue, Leadership, MetaStore, StoreError, Txn};
 
 /// How long a connection to a member may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -124,10 +127,17 @@ pub struct EtcdStore {
     /// go to one member and move to the next when it cannot be reached,
     /// as etcd's own Go client does.
     members: Vec<KvClient>,
+    /// Each member's lease service (`etcd_lead.rs`).
+    pub(super) leases: Vec<LeaseClient>,
     /// The member calls go to first.
     current: AtomicUsize,
     /// The client's runtime; `None` only while dropping.
     rt: Option<tokio::runtime::Runtime>,
+    /// Set while this process leads (`etcd_lead.rs`): the leader key and
+    /// the revision that created it. Every commit then checks that the
+    /// key is still the one this process made, so a process whose lease
+    /// ran out commits nothing more.
+    pub(super) fence: Mutex<Option<(Vec<u8>, i64)>>,
 }
 
 impl EtcdStore {
@@ -140,7 +150,7 @@ impl EtcdStore {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Backend(format!("starting the etcd client: {e}")))?;
-        let mut members = Vec::new();
+        let (mut members, mut leases) = (Vec::new(), Vec::new());
         for endpoint in &target.endpoints {
             let endpoint = endpoint.clone();
             let options = ConnectOptions::new()
@@ -154,12 +164,15 @@ impl EtcdStore {
             })
             .map_err(|e| StoreError::Backend(format!("{}: {e}", target.describe())))?;
             members.push(client.kv_client().max_decoding_message_size(MAX_ANSWER));
+            leases.push(client.lease_client());
         }
         let store = EtcdStore {
             target: target.clone(),
             members,
+            leases,
             current: AtomicUsize::new(0),
             rt: Some(rt),
+            fence: Mutex::new(None),
         };
         // A first read: an unreachable cluster fails here, not at the first
         // call of a client.
@@ -173,7 +186,11 @@ impl EtcdStore {
     /// out" comes after the proposal was made), and applying it twice
     /// could undo later commits. The transaction's reads went to a member
     /// that answered, so a commit goes there too.
-    fn call<T, F>(&self, commit: bool, f: impl Fn(KvClient) -> F) -> Result<T, StoreError>
+    pub(super) fn call<T, F>(
+        &self,
+        commit: bool,
+        f: impl Fn(KvClient) -> F,
+    ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
@@ -200,6 +217,12 @@ impl EtcdStore {
         }
     }
 
+    /// Another client of the same prefix: another metadata process.
+    #[cfg(test)]
+    pub(crate) fn another(&self) -> EtcdStore {
+        EtcdStore::open(&self.target).unwrap()
+    }
+
     /// Compacts away every revision but the newest.
     #[cfg(test)]
     pub(crate) fn compact_all(&self) {
@@ -222,14 +245,27 @@ impl EtcdStore {
         }
     }
 
-    fn key(&self, k: &[u8]) -> Vec<u8> {
+    pub(super) fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.rt.as_ref().expect("etcd runtime")
+    }
+
+    /// The member calls go to first.
+    pub(super) fn current(&self) -> usize {
+        self.current.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn describe(&self) -> String {
+        self.target.describe()
+    }
+
+    pub(super) fn key(&self, k: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.target.prefix.len() + k.len());
         out.extend_from_slice(self.target.prefix.as_bytes());
         out.extend_from_slice(k);
         out
     }
 
-    fn error(&self, e: etcd_client::Error) -> StoreError {
+    pub(super) fn error(&self, e: etcd_client::Error) -> StoreError {
         if let etcd_client::Error::GRpcStatus(s) = &e {
             // A revision compacted away, or one the member has not applied
             // yet.
@@ -244,7 +280,7 @@ impl EtcdStore {
 /// Whether a read that failed with `e` may be asked of another member:
 /// any failure to get an answer (a read changes nothing, so asking twice
 /// is harmless).
-fn unreachable(e: &etcd_client::Error) -> bool {
+pub(super) fn unreachable(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         // Unknown and Internal: a connection that broke mid-call, or a
@@ -263,7 +299,7 @@ fn unreachable(e: &etcd_client::Error) -> bool {
 
 /// Runs `f` on `rt` and waits for it on this thread, whatever runtime this
 /// thread belongs to.
-fn wait<T: Send + 'static>(
+pub(super) fn wait<T: Send + 'static>(
     rt: &tokio::runtime::Runtime,
     f: impl Future<Output = T> + Send + 'static,
 ) -> T {
@@ -283,6 +319,10 @@ impl Drop for EtcdStore {
 impl MetaStore for EtcdStore {
     fn begin(&self) -> Box<dyn Txn + '_> {
         Box::new(self.txn())
+    }
+
+    fn try_lead(&self, who: &str) -> Result<Option<Box<dyn Leadership>>, StoreError> {
+        super::etcd_lead::try_lead(self, who)
     }
 }
 
@@ -529,7 +569,20 @@ impl Txn for EtcdTxn<'_> {
             })
             .collect();
         let (n_compares, n_ops) = (compares.len(), ops.len());
-        let request = EtcdTxnRequest::new().when(compares).and_then(ops);
+        let fence = s.fence.lock().expect("etcd fence lock").clone();
+        let mut compares = compares;
+        if let Some((key, created)) = &fence {
+            compares.push(Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                *created,
+            ));
+        }
+        let mut request = EtcdTxnRequest::new().when(compares).and_then(ops);
+        if let Some((key, _)) = &fence {
+            // On failure, the leader key tells a lost lead from a conflict.
+            request = request.or_else([TxnOp::get(key.clone(), None)]);
+        }
         let done = s
             .call(true, |mut kv| {
                 let request = request.clone();
@@ -542,10 +595,21 @@ impl Txn for EtcdTxn<'_> {
                 other => other,
             })?;
         if done.succeeded() {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict)
+            return Ok(());
         }
+        if let Some((_, created)) = fence {
+            let now = match done.op_responses().first() {
+                Some(TxnOpResponse::Get(g)) => g.kvs().first().map_or(0, |kv| kv.create_revision()),
+                _ => 0,
+            };
+            if now != created {
+                return Err(StoreError::Backend(format!(
+                    "{}: this metadata process no longer leads (its lease ran out); nothing committed",
+                    s.describe()
+                )));
+            }
+        }
+        Err(StoreError::Conflict)
     }
 }
 

@@ -2,6 +2,11 @@
 //! cluster map and the volumes are written once over this trait; each backend
 //! passes the same conformance suite (`conformance.rs`).
 //!
+//! A transaction's reads see the store as of one moment (RocksDB: a
+//! snapshot taken when it begins; etcd: the revision of its first read),
+//! which backups and migrations rely on; the in-memory test store's see
+//! the newest commits.
+//!
 //! Transactions are optimistic: reads through `Txn::get` are tracked, and a
 //! commit fails with `StoreError::Conflict` if another transaction wrote one
 //! of them since; `transact` retries. Range scans are not tracked (phantoms),
@@ -10,6 +15,7 @@
 
 pub mod copy;
 mod etcd;
+mod etcd_lead;
 pub mod etcd_member;
 mod memory;
 mod rocks;
@@ -84,6 +90,25 @@ impl std::fmt::Display for StoreSpec {
     }
 }
 
+/// The right to be the one metadata process that serves a store
+/// ([`MetaStore::try_lead`]).
+pub trait Leadership: Send + Sync {
+    /// Whether it still holds; once false, never true again.
+    fn held(&self) -> bool;
+    /// Gives it up now, so that a successor need not wait for it to run
+    /// out. Blocks.
+    fn resign(&self) {}
+}
+
+/// An embedded store's: its lock lets one process open it at all.
+struct Exclusive;
+
+impl Leadership for Exclusive {
+    fn held(&self) -> bool {
+        true
+    }
+}
+
 pub trait MetaStore: Send + Sync + 'static {
     /// Starts a transaction. Its commit is durable before it returns.
     fn begin(&self) -> Box<dyn Txn + '_>;
@@ -109,6 +134,15 @@ pub trait MetaStore: Send + Sync + 'static {
     /// LSM tree's tombstones) may compact the range in the background.
     /// Returns at once.
     fn deleted_many(&self, _start: &[u8], _end: &[u8]) {}
+
+    /// One attempt to become the one metadata process that serves this
+    /// store, as `who` (its address): `None` while another one leads.
+    /// Blocks. On etcd the lead is a lease kept alive in the background,
+    /// and once it is lost every commit fails; an embedded store has one
+    /// process by its lock, which always leads.
+    fn try_lead(&self, _who: &str) -> Result<Option<Box<dyn Leadership>>, StoreError> {
+        Ok(Some(Box::new(Exclusive)))
+    }
 }
 
 pub trait Txn {

@@ -39,6 +39,9 @@ pub enum CallError {
     NotLean(String),
     /// The connection failed; the call may or may not have been applied.
     Io(io::Error),
+    /// No connection could be made: nothing was sent, and the call may go
+    /// to another peer.
+    Unsent(io::Error),
 }
 
 impl From<io::Error> for CallError {
@@ -52,6 +55,7 @@ impl std::fmt::Display for CallError {
         match self {
             CallError::NotLean(why) => write!(f, "no lean RPC: {why}"),
             CallError::Io(e) => e.fmt(f),
+            CallError::Unsent(e) => write!(f, "cannot connect: {e}"),
         }
     }
 }
@@ -228,7 +232,7 @@ impl LeanClient {
         let fresh = pooled.is_none();
         let mut stream = match pooled {
             Some(s) => s,
-            None => self.connect().await?,
+            None => self.connect().await.map_err(CallError::Unsent)?,
         };
         let head = request(fresh, path, message, payload.len())?;
         write_parts(&mut stream, &head, payload.clone()).await?;
@@ -302,7 +306,7 @@ impl BlockingLeanClient {
         let fresh = pooled.is_none();
         let mut stream = match pooled {
             Some(s) => s,
-            None => BufReader::new(self.connect()?),
+            None => BufReader::new(self.connect().map_err(CallError::Unsent)?),
         };
         let head = request(fresh, path, message, 0)?;
         write_parts_blocking(stream.get_mut(), &head, &[])?;
@@ -505,7 +509,7 @@ mod tests {
         let c = BlockingLeanClient::new(&addr);
         assert!(matches!(
             c.call("/x/A", b"", Retry::Once),
-            Err(CallError::Io(_))
+            Err(CallError::Unsent(_))
         ));
         let (addr, _closed) = fake_service(vec![Then::NoHello]);
         let c = BlockingLeanClient::new(&addr);

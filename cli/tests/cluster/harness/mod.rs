@@ -79,8 +79,11 @@ pub struct NodeProc {
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
+    /// Every metadata process's address, `a[,b...]`: what clients get.
     pub meta_addr: String,
-    meta: Option<Child>,
+    /// Each metadata process's address and process (several over one
+    /// etcd store: one leads).
+    metas: Vec<(String, Option<Child>)>,
     /// Extra flags for `tessera meta` (e.g. shorter down/out periods).
     meta_args: Vec<String>,
     /// Extra flags for every `tessera node`.
@@ -112,13 +115,36 @@ impl Cluster {
         node_args: &[&str],
         prepare: impl FnOnce(&Cluster),
     ) -> Cluster {
+        Self::start_full(n, 1, meta_args, node_args, prepare)
+    }
+
+    /// `metas` metadata processes over one store (`--store etcd://...`
+    /// among `meta_args`), one of which leads, and `n` storage nodes.
+    pub fn start_metas(n: usize, metas: usize, meta_args: &[&str]) -> Cluster {
+        Self::start_full(n, metas, meta_args, &[], |_| {})
+    }
+
+    fn start_full(
+        n: usize,
+        metas: usize,
+        meta_args: &[&str],
+        node_args: &[&str],
+        prepare: impl FnOnce(&Cluster),
+    ) -> Cluster {
         init_logs();
         let dir = tempfile::Builder::new()
             .prefix("tessera-test")
             .tempdir_in(test_root())
             .unwrap();
         fs::create_dir_all(dir.path().join("logs")).unwrap();
-        let meta_addr = format!("127.0.0.1:{}", free_port());
+        let metas: Vec<(String, Option<Child>)> = (0..metas)
+            .map(|_| (format!("127.0.0.1:{}", free_port()), None))
+            .collect();
+        let meta_addr = metas
+            .iter()
+            .map(|(a, _)| a.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         let nodes = (1..=n)
             .map(|i| NodeProc {
                 port: free_port(),
@@ -129,7 +155,7 @@ impl Cluster {
         let mut c = Cluster {
             dir,
             meta_addr,
-            meta: None,
+            metas,
             meta_args: meta_args.iter().map(|a| a.to_string()).collect(),
             node_args: node_args.iter().map(|a| a.to_string()).collect(),
             nodes,
@@ -152,7 +178,17 @@ impl Cluster {
         self.meta_args = args.iter().map(|a| a.to_string()).collect();
     }
 
+    /// Starts every metadata process that is not running.
     pub fn start_meta(&mut self) {
+        for i in 0..self.metas.len() {
+            if self.metas[i].1.is_none() {
+                self.start_meta_at(i);
+            }
+        }
+    }
+
+    /// Starts metadata process `i` (its log: `meta`, `meta-2`, ...).
+    pub fn start_meta_at(&mut self, i: usize) {
         // A `--store` among the extra flags (etcd) replaces the directory.
         let store = match self.meta_args.iter().any(|a| a == "--store") {
             true => vec![],
@@ -164,14 +200,18 @@ impl Cluster {
         let args = vec![
             "meta".into(),
             "--listen".into(),
-            self.meta_addr.clone(),
+            self.metas[i].0.clone(),
             "--gc-interval-ms".into(),
             "500".into(),
             "--repair-interval-ms".into(),
             "500".into(),
         ];
         let args = [args, store, self.meta_args.clone()].concat();
-        self.meta = Some(spawn(&args, &self.log("meta")));
+        let log = match i {
+            0 => self.log("meta"),
+            i => self.log(&format!("meta-{}", i + 1)),
+        };
+        self.metas[i].1 = Some(spawn(&args, &log));
     }
 
     pub fn start_node(&mut self, i: usize) {
@@ -252,17 +292,42 @@ impl Cluster {
     pub fn stop_meta(&mut self) -> Duration {
         info!("--- SIGTERM metadata service");
         let start = Instant::now();
-        if let Some(mut c) = self.meta.take() {
-            sigterm_and_wait(&mut c);
+        for (_, m) in self.metas.iter_mut() {
+            if let Some(mut c) = m.take() {
+                sigterm_and_wait(&mut c);
+            }
         }
         start.elapsed()
     }
 
     pub fn kill_meta(&mut self) {
         info!("--- SIGKILL metadata service");
-        if let Some(mut c) = self.meta.take() {
+        for i in 0..self.metas.len() {
+            self.kill_meta_at(i);
+        }
+    }
+
+    /// SIGKILLs metadata process `i`.
+    pub fn kill_meta_at(&mut self, i: usize) {
+        if let Some(mut c) = self.metas[i].1.take() {
             sigkill(&mut c);
         }
+    }
+
+    /// Which running metadata process says (in its log) that it leads.
+    pub fn leading_meta(&self) -> Option<usize> {
+        self.metas.iter().enumerate().position(|(i, (_, child))| {
+            let log = match i {
+                0 => self.log("meta"),
+                i => self.log(&format!("meta-{}", i + 1)),
+            };
+            let text = fs::read_to_string(log).unwrap_or_default();
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| l.contains("metadata service ready") || l.contains("standing by"));
+            child.is_some() && last.is_some_and(|l| l.contains("metadata service ready"))
+        })
     }
 
     pub fn kill_node(&mut self, i: usize) {
@@ -299,8 +364,10 @@ impl Cluster {
                 sigterm_and_wait(&mut c);
             }
         }
-        if let Some(mut m) = self.meta.take() {
-            sigterm_and_wait(&mut m);
+        for (_, m) in self.metas.iter_mut() {
+            if let Some(mut c) = m.take() {
+                sigterm_and_wait(&mut c);
+            }
         }
     }
 
@@ -444,6 +511,16 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            // TESSERA_TEST_LOGS=DIR keeps every log of a failed test.
+            if let Ok(to) = std::env::var("TESSERA_TEST_LOGS") {
+                let _ = Command::new("cp")
+                    .args([
+                        "-r",
+                        &self.dir.path().join("logs").display().to_string(),
+                        &to,
+                    ])
+                    .status();
+            }
             // Show how each process saw the failure.
             if let Ok(entries) = fs::read_dir(self.dir.path().join("logs")) {
                 for e in entries.flatten() {
@@ -461,8 +538,10 @@ impl Drop for Cluster {
                 sigkill(&mut c);
             }
         }
-        if let Some(mut m) = self.meta.take() {
-            sigkill(&mut m);
+        for (_, m) in self.metas.iter_mut() {
+            if let Some(mut c) = m.take() {
+                sigkill(&mut c);
+            }
         }
     }
 }
