@@ -110,6 +110,11 @@ mod libc_errno {
 /// The one place metadata errors become gRPC statuses.
 impl From<MetaError> for Status {
     fn from(e: MetaError) -> Status {
+        if let MetaError::Store(StoreError::Deposed(why)) = &e {
+            // Nothing was committed: a standby's answer, which clients
+            // take to the process that leads now.
+            return Status::unavailable(format!("{}: {why}", tessera_proto::STANDBY));
+        }
         let code = match &e {
             MetaError::NotFound { .. } | MetaError::NoXattr { .. } => Code::NotFound,
             MetaError::Exists { .. } => Code::AlreadyExists,

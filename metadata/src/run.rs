@@ -23,6 +23,8 @@ const MEMBERSHIP_EVERY: Duration = Duration::from_secs(1);
 const CAMPAIGN_EVERY: Duration = Duration::from_millis(500);
 /// How often a leader checks that it still leads.
 const LEAD_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// Pause before a process that failed to open the service tries again.
+const OPEN_AGAIN_AFTER: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct MetaConfig {
@@ -75,35 +77,64 @@ pub async fn run(
     ));
     let who = format!("{addr} (pid {})", std::process::id());
     let store_name = config.store.to_string();
+    let held = HeldLead::default();
     let led = tokio::select! {
-        led = lead(store, options, &who, &store_name, &serving, stopped) => led,
+        led = lead(store.clone(), options, &who, &store_name, &serving, &held, stopped) => led,
         () = shutdown => Ok(()),
     };
-    let _ = stop.send(true);
+    // New calls are turned away, the ones under way finish, then the lead
+    // is given up (while the store is still open): a successor need not
+    // wait for the lease to run out.
     serving.stand_by("stopping");
+    let _ = stop.send(true);
     let served = server
         .await
         .map_err(|e| MetaError::Unavailable(format!("metadata server on {addr}: {e}")))?
         .map_err(|e| MetaError::Unavailable(format!("metadata server on {addr}: {e}")));
+    held.resign().await;
+    drop(store);
     led.and(served)
 }
 
+/// The lead this process holds, if any: given up at shutdown.
+#[derive(Default)]
+struct HeldLead(std::sync::Mutex<Option<Arc<dyn Leadership>>>);
+
+impl HeldLead {
+    fn set(&self, lead: Option<Arc<dyn Leadership>>) {
+        *self.0.lock().expect("lead lock") = lead;
+    }
+
+    /// Gives the lead up (on a blocking thread: it waits on the store).
+    async fn resign(&self) {
+        let lead = self.0.lock().expect("lead lock").take();
+        if let Some(lead) = lead {
+            let _ = blocking(move || {
+                lead.resign();
+                Ok(())
+            })
+            .await;
+        }
+    }
+}
+
 /// Waits to lead, serves while it leads (with the background tasks), and
-/// waits again when the lead is lost, until `stopped`. Returns only on an
-/// error; `run` drops it at shutdown.
+/// waits again when the lead is lost, until `stopped`. `run` drops it at
+/// shutdown.
 async fn lead(
     store: Arc<dyn MetaStore>,
     options: MetaOptions,
     who: &str,
     store_name: &str,
     serving: &Serving,
+    held: &HeldLead,
     stopped: watch::Receiver<bool>,
 ) -> Result<(), MetaError> {
     let mut waiting_said = false;
     loop {
         let (s, w) = (store.clone(), who.to_string());
-        let lead = match blocking(move || Ok(s.try_lead(&w)?)).await {
-            Ok(Some(lead)) => Lead(Arc::from(lead)),
+        let lead: Arc<dyn Leadership> = match blocking(move || Ok(s.try_lead(&w)?)).await {
+            Ok(Some(lead)) => Arc::from(lead),
             Ok(None) => {
                 serving.stand_by("another metadata process leads");
                 if !waiting_said {
@@ -121,9 +152,22 @@ async fn lead(
             }
         };
         waiting_said = false;
+        held.set(Some(lead.clone()));
         // Opening finishes what a crash (or the last leader) cut short.
         let (s, o) = (store.clone(), options.clone());
-        let meta = Arc::new(blocking(move || Meta::open(s, o)).await?);
+        let meta = match blocking(move || Meta::open(s, o)).await {
+            Ok(m) => Arc::new(m),
+            Err(e) => {
+                // A store error now (etcd unreachable a moment, the lead
+                // lost while opening) need not end the process: give the
+                // lead up and try again.
+                warn!(error = %e, "opening the metadata service failed; trying again");
+                serving.stand_by(format!("opening the metadata service failed: {e}"));
+                held.resign().await;
+                tokio::time::sleep(OPEN_AGAIN_AFTER).await;
+                continue;
+            }
+        };
         let tasks = Tasks(vec![
             tokio::spawn(crate::gc::collect_forever(
                 meta.clone(),
@@ -140,30 +184,26 @@ async fn lead(
             cluster = meta.cluster_id(),
             "metadata service ready"
         );
-        serving.serve(meta);
-        while lead.0.held() && !*stopped.borrow() {
+        // Every call checks the lead too (`Serving`).
+        serving.serve(meta.clone(), lead.clone());
+        while lead.held() && !*stopped.borrow() {
             tokio::time::sleep(LEAD_CHECK_EVERY).await;
+        }
+        if *stopped.borrow() {
+            return Ok(());
         }
         serving.stand_by(format!(
             "this process lost the lead: {store_name} did not keep its lease alive"
         ));
+        held.set(None);
         drop(tasks);
-        if *stopped.borrow() {
-            return Ok(());
-        }
         warn!("lost the lead: standing by until it is this process's again");
-    }
-}
-
-/// A lead given up when dropped (at shutdown, a successor need not wait
-/// for its lease to run out).
-struct Lead(Arc<dyn Leadership>);
-
-impl Drop for Lead {
-    fn drop(&mut self) {
-        let lead = self.0.clone();
-        // Resigning waits on the store: not on a runtime worker.
-        std::thread::spawn(move || lead.resign());
+        // The lost service's last calls and background work (fenced: their
+        // commits fail) end before this process may lead again under a
+        // new fence, which they would share.
+        while Arc::strong_count(&meta) > 1 {
+            tokio::time::sleep(LEAD_CHECK_EVERY).await;
+        }
     }
 }
 

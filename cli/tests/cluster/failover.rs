@@ -19,7 +19,7 @@ use tracing::info;
 
 use crate::{
     etcd::start_members,
-    harness::{docker::blob, test_root, Cluster},
+    harness::{docker::blob, test_root, Cluster, Mount},
 };
 
 /// What the workload acknowledged: each name and its bytes.
@@ -219,4 +219,65 @@ fn a_workload_rides_out_the_leader_an_etcd_member_and_a_node_dying() {
     let m = c.mount("v");
     check(&m.dir.clone());
     m.unmount();
+}
+
+/// A leader paused past its lease (SIGSTOP: a long pause, a frozen VM)
+/// while the standby takes over, then woken: nothing it does commits (the
+/// leader key fences its commits), it stands by, and a mount that knows
+/// only its address gets errors, never an acknowledgement; the cluster
+/// carries on under the new leader.
+#[test]
+fn a_leader_paused_past_its_lease_commits_nothing_when_it_wakes() {
+    let etcd_dir = tempfile::Builder::new()
+        .prefix("tessera-etcd")
+        .tempdir_in(test_root())
+        .unwrap();
+    let (addrs, _members) = start_members(etcd_dir.path());
+    let url = store_url(&addrs, "paused");
+    let c = Cluster::start_metas(6, 2, &["--store", &url]);
+    c.wait_for("a metadata process to lead", 30, |c| {
+        c.leading_meta().is_some()
+    });
+    c.create_volume("v", "1GiB", "ec:4+2");
+    let old = c.leading_meta().unwrap();
+    let new = 1 - old;
+    let dir = c.dir.path().join("mnt-old");
+    fs::create_dir_all(&dir).unwrap();
+    let only_old = Mount::start_on(&c.meta_addr_of(old), c.log("mount-old"), "v", dir);
+    let write_synced = |path: &Path, data: &[u8]| -> std::io::Result<()> {
+        let mut f = fs::File::create(path)?;
+        f.write_all(data)?;
+        f.sync_all()
+    };
+    write_synced(&only_old.dir.join("before"), b"before").unwrap();
+
+    info!(old, "--- SIGSTOP the leader past its lease");
+    c.signal_meta_at(old, libc::SIGSTOP);
+    c.wait_for("the standby to lead", 30, |c| c.meta_says_it_leads(new));
+    // (A mount that knew the old leader too would wait on its calls to
+    // the paused process for the call timeout.)
+    let dir = c.dir.path().join("mnt-new");
+    fs::create_dir_all(&dir).unwrap();
+    let on_new = Mount::start_on(&c.meta_addr_of(new), c.log("mount-new"), "v", dir);
+    write_synced(&on_new.dir.join("under-new"), b"new").unwrap();
+
+    info!("--- SIGCONT: the old leader wakes");
+    c.signal_meta_at(old, libc::SIGCONT);
+    let r = write_synced(&only_old.dir.join("from-old"), b"old");
+    assert!(r.is_err(), "a deposed leader acknowledged a write");
+    c.wait_for("the old leader to stand by", 30, |c| {
+        !c.meta_says_it_leads(old)
+    });
+    assert!(c.meta_says_it_leads(new), "the new leader lost the lead");
+    assert!(
+        !on_new.dir.join("from-old").exists(),
+        "a write through the deposed leader arrived"
+    );
+    assert_eq!(fs::read(on_new.dir.join("before")).unwrap(), b"before");
+    assert_eq!(fs::read(on_new.dir.join("under-new")).unwrap(), b"new");
+    write_synced(&on_new.dir.join("after"), b"after").unwrap();
+    // Its writes are kept for a retry that cannot succeed: not unmounted
+    // cleanly.
+    drop(only_old);
+    on_new.unmount();
 }

@@ -9,8 +9,8 @@
 //! some address stands by (an election is under way: the leader died),
 //! up to `WAIT`; with no standby anywhere it fails with the last error,
 //! as a single address does. A call that was sent and got no answer is
-//! not sent again anywhere, as it may have been applied; the next call
-//! starts at the next address.
+//! not sent again anywhere, as it may have been applied, unless it only
+//! reads; the next call starts at the next address.
 
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
@@ -46,8 +46,21 @@ pub(crate) enum Failure {
     Standby,
     /// No connection: nothing was sent.
     Unsent,
-    /// Sent, with no answer: it may have been applied.
+    /// Sent, with no answer: it may have been applied (a call that reads
+    /// only may be sent again: [`Failure::of_call`]).
     Sent,
+}
+
+impl Failure {
+    /// `self`, for a call that changes nothing when sent twice (a read)
+    /// if `idempotent`: such a call may go to the next address even
+    /// after it was sent.
+    pub(crate) fn of_call(self, idempotent: bool) -> Failure {
+        match self {
+            Failure::Sent if idempotent => Failure::Unsent,
+            f => f,
+        }
+    }
 }
 
 /// What a gRPC error says of the attempt; `None`: it is the service's
@@ -171,12 +184,24 @@ mod tests {
         assert_eq!(r.current(), 1, "the next call starts at the next address");
     }
 
-    #[test]
-    fn statuses_are_told_apart() {
-        let standby = Status::unavailable(tessera_proto::STANDBY);
+    /// A call to a port nobody listens on, through a real tonic channel,
+    /// is told apart as never sent; a standby's answer as such; the
+    /// service's own answers are not failures.
+    #[tokio::test]
+    async fn statuses_are_told_apart() {
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let channel = tessera_proto::transport::grpc::lazy_channel(&closed, None).unwrap();
+        let mut rpc = tessera_proto::pb::meta_client::MetaClient::new(channel);
+        let refused = rpc
+            .cluster_status(tessera_proto::pb::ClusterStatusRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(of_status(&refused), Some(Failure::Unsent), "{refused:?}");
+        let standby = Status::unavailable(format!("{}: another leads", tessera_proto::STANDBY));
         assert_eq!(of_status(&standby), Some(Failure::Standby));
-        let refused = Status::unavailable("tcp connect error");
-        assert_eq!(of_status(&refused), Some(Failure::Unsent));
         assert_eq!(
             of_status(&Status::unavailable("reset")),
             Some(Failure::Sent)

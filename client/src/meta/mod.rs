@@ -96,24 +96,22 @@ impl MetaClient {
     /// `host:port,host:port,...`: at least one must be reachable).
     pub async fn connect(addr: &str) -> Result<MetaClient> {
         let mut channels = Vec::new();
-        let mut reached = None;
+        let (mut reached, mut first_error) = (false, None);
         for a in failover::addresses(addr) {
             match grpc::channel(&a, None).await {
                 Ok(c) => {
-                    reached.get_or_insert(Ok(()));
+                    reached = true;
                     channels.push((a, c));
                 }
                 Err(e) => {
-                    if reached.is_none() {
-                        reached = Some(Err(e));
-                    }
+                    first_error.get_or_insert(e);
                     let lazy = grpc::lazy_channel(&a, None)?;
                     channels.push((a, lazy));
                 }
             }
         }
-        match reached {
-            Some(Err(e)) => Err(e.into()),
+        match first_error {
+            Some(e) if !reached => Err(e.into()),
             _ => Ok(Self::on(addr, channels, None)),
         }
     }
@@ -211,6 +209,7 @@ impl MetaClient {
                 Err(CallError::Unsent(e)) => (Failure::Unsent, unavailable(e.to_string())),
                 Err(e) => (Failure::Sent, unavailable(e.to_string())),
             };
+            let failure = failure.of_call(retry == Retry::Idempotent);
             match attempts.after(&self.rotation, i, failure) {
                 Some(pause) => tokio::time::sleep(pause).await,
                 None => return Err(error),

@@ -27,7 +27,7 @@ use tessera_proto::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::{Meta, MetaError};
+use crate::{store::Leadership, Meta, MetaError};
 
 /// The `Meta` service over gRPC ([`MetaRpc`]) and lean RPC
 /// ([`BlockingHandler`]).
@@ -46,7 +46,15 @@ impl MetaService {
 /// (`run.rs`), else every call is answered [`tessera_proto::STANDBY`]
 /// and why.
 #[derive(Clone)]
-pub struct Serving(Arc<RwLock<Result<Arc<Meta>, String>>>);
+pub struct Serving(Arc<RwLock<Result<Leading, String>>>);
+
+/// The service of a process that leads, and its lead, checked on every
+/// call: a lead lost between the serving loop's checks answers at once.
+#[derive(Clone)]
+struct Leading {
+    meta: Arc<Meta>,
+    lead: Arc<dyn Leadership>,
+}
 
 impl Default for Serving {
     fn default() -> Self {
@@ -55,8 +63,9 @@ impl Default for Serving {
 }
 
 impl Serving {
-    pub fn serve(&self, meta: Arc<Meta>) {
-        *self.0.write().expect("serving lock") = Ok(meta);
+    /// Serves `meta` while `lead` holds.
+    pub fn serve(&self, meta: Arc<Meta>, lead: Arc<dyn Leadership>) {
+        *self.0.write().expect("serving lock") = Ok(Leading { meta, lead });
     }
 
     /// Serves nothing, saying `why`.
@@ -65,7 +74,11 @@ impl Serving {
     }
 
     fn get(&self) -> Result<Arc<Meta>, String> {
-        self.0.read().expect("serving lock").clone()
+        match &*self.0.read().expect("serving lock") {
+            Ok(l) if l.lead.held() => Ok(l.meta.clone()),
+            Ok(_) => Err("this process lost the lead".into()),
+            Err(why) => Err(why.clone()),
+        }
     }
 }
 

@@ -603,7 +603,7 @@ impl Txn for EtcdTxn<'_> {
                 _ => 0,
             };
             if now != created {
-                return Err(StoreError::Backend(format!(
+                return Err(StoreError::Deposed(format!(
                     "{}: this metadata process no longer leads (its lease ran out); nothing committed",
                     s.describe()
                 )));

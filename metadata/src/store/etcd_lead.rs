@@ -10,11 +10,13 @@
 //! fence, `etcd.rs`): a process that was paused or cut off past its lease
 //! commits nothing more, whatever it still believes. It stops believing
 //! `LOST_AFTER` after the last keep-alive etcd acknowledged was sent,
-//! before etcd can have expired the lease, and its callers stop serving.
+//! before etcd can have expired the lease: `held` is computed from that
+//! time on every call, not set by the keep-alive task, so a task that runs
+//! late (a paused process) cannot make it late.
 
 use std::{
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -43,6 +45,10 @@ pub(super) fn try_lead(
     s: &EtcdStore,
     who: &str,
 ) -> Result<Option<Box<dyn Leadership>>, StoreError> {
+    Ok(lead(s, who)?.map(|l| Box::new(l) as Box<dyn Leadership>))
+}
+
+fn lead(s: &EtcdStore, who: &str) -> Result<Option<EtcdLead>, StoreError> {
     // A cheap look first: standbys ask every half second.
     if super::MetaStore::begin(s).get(LEADER)?.is_some() {
         return Ok(None);
@@ -70,27 +76,27 @@ pub(super) fn try_lead(
     };
     let created = done.header().map_or(0, |h| h.revision());
     *s.fence.lock().expect("etcd fence lock") = Some((key, created));
-    let held = Arc::new(AtomicBool::new(true));
-    let task = s.runtime().spawn(keep_alive(
-        s.leases.clone(),
-        member,
-        id,
-        asked,
-        held.clone(),
-    ));
+    let alive = Arc::new(Alive {
+        base: asked,
+        last_ok_ms: AtomicU64::new(0),
+        gone: AtomicBool::new(false),
+    });
+    let task = s
+        .runtime()
+        .spawn(keep_alive(s.leases.clone(), member, id, alive.clone()));
     tracing::info!(
         lease = id,
         revision = created,
         "leading the metadata in {}",
         s.describe()
     );
-    Ok(Some(Box::new(EtcdLead {
-        held,
+    Ok(Some(EtcdLead {
+        alive,
         task,
         lease: s.leases[member].clone(),
         id,
         rt: s.runtime().handle().clone(),
-    })))
+    }))
 }
 
 /// A lease from the first member that answers, and that member.
@@ -118,19 +124,34 @@ fn revoke_later(s: &EtcdStore, member: usize, id: i64) {
     s.runtime().spawn(async move { lease.revoke(id).await });
 }
 
-/// Keeps lease `id` (asked for at `granted`) alive through any member
-/// that answers, until `LOST_AFTER` passes without an acknowledgement or
-/// etcd says the lease is gone; then clears `held`.
-async fn keep_alive(
-    leases: Vec<LeaseClient>,
-    first: usize,
-    id: i64,
-    granted: Instant,
-    held: Arc<AtomicBool>,
-) {
-    let mut last_ok = granted;
+/// When a lead's lease was last known alive.
+struct Alive {
+    /// When the lease was asked for.
+    base: Instant,
+    /// When (ms after `base`) the last keep-alive etcd acknowledged was
+    /// sent.
+    last_ok_ms: AtomicU64,
+    /// etcd said the lease is gone, or the lead was given up.
+    gone: AtomicBool,
+}
+
+impl Alive {
+    fn since_ok(&self) -> Duration {
+        let ok = Duration::from_millis(self.last_ok_ms.load(Ordering::SeqCst));
+        self.base.elapsed().saturating_sub(ok)
+    }
+
+    fn held(&self) -> bool {
+        !self.gone.load(Ordering::SeqCst) && self.since_ok() < LOST_AFTER
+    }
+}
+
+/// Keeps lease `id` alive through any member that answers, recording in
+/// `alive` when each acknowledged keep-alive was sent, until `LOST_AFTER`
+/// passes without one or etcd says the lease is gone.
+async fn keep_alive(leases: Vec<LeaseClient>, first: usize, id: i64, alive: Arc<Alive>) {
     let mut i = first;
-    'members: while last_ok.elapsed() < LOST_AFTER {
+    'members: while alive.held() {
         let mut client = leases[i % leases.len()].clone();
         let Ok(Ok((mut keeper, mut stream))) =
             tokio::time::timeout(KEEP_ALIVE_EVERY, client.keep_alive(id)).await
@@ -139,17 +160,22 @@ async fn keep_alive(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        while last_ok.elapsed() < LOST_AFTER {
-            let sent = Instant::now();
+        while alive.held() {
+            let sent = alive.base.elapsed();
             let answer = tokio::time::timeout(KEEP_ALIVE_EVERY, async {
                 keeper.keep_alive().await?;
                 stream.message().await
             })
             .await;
             match answer {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => last_ok = sent,
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                    alive
+                        .last_ok_ms
+                        .fetch_max(sent.as_millis() as u64, Ordering::SeqCst);
+                }
                 Ok(Ok(Some(_))) => {
                     tracing::warn!(lease = id, "etcd says the lead's lease is gone");
+                    alive.gone.store(true, Ordering::SeqCst);
                     break 'members;
                 }
                 _ => {
@@ -164,11 +190,10 @@ async fn keep_alive(
         lease = id,
         "lost the lead: no keep-alive acknowledged in time"
     );
-    held.store(false, Ordering::SeqCst);
 }
 
 struct EtcdLead {
-    held: Arc<AtomicBool>,
+    alive: Arc<Alive>,
     task: tokio::task::JoinHandle<()>,
     lease: LeaseClient,
     id: i64,
@@ -177,11 +202,11 @@ struct EtcdLead {
 
 impl Leadership for EtcdLead {
     fn held(&self) -> bool {
-        self.held.load(Ordering::SeqCst)
+        self.alive.held()
     }
 
     fn resign(&self) {
-        self.held.store(false, Ordering::SeqCst);
+        self.alive.gone.store(true, Ordering::SeqCst);
         self.task.abort();
         let (mut lease, id) = (self.lease.clone(), self.id);
         let revoked = self.rt.spawn(async move {
@@ -193,7 +218,7 @@ impl Leadership for EtcdLead {
 
 impl Drop for EtcdLead {
     fn drop(&mut self) {
-        self.held.store(false, Ordering::SeqCst);
+        self.alive.gone.store(true, Ordering::SeqCst);
         self.task.abort();
         let (mut lease, id) = (self.lease.clone(), self.id);
         self.rt.spawn(async move { lease.revoke(id).await });
@@ -226,12 +251,44 @@ mod tests {
         assert!(!lead_a.held());
         let lead_b = b.try_lead("b").unwrap().expect("b did not take over");
         match put(&a, b"2") {
-            Err(StoreError::Backend(why)) => assert!(why.contains("no longer leads"), "{why}"),
+            Err(StoreError::Deposed(why)) => assert!(why.contains("no longer leads"), "{why}"),
             other => panic!("a deposed leader's commit: {other:?}"),
         }
         assert_eq!(b.begin().get(b"Ux").unwrap(), Some(b"1".to_vec()));
         put(&b, b"3").unwrap();
         assert!(lead_b.held());
         assert!(a.try_lead("a").unwrap().is_none(), "b still leads");
+    }
+
+    /// A leader whose keep-alives stop (a paused or cut-off process)
+    /// stops leading by itself `LOST_AFTER` later, before etcd expires
+    /// the lease; once it has, another process leads.
+    #[test]
+    fn a_lead_whose_keep_alives_stop_is_lost_before_its_lease() {
+        let a = test_etcd::store();
+        let b = a.another();
+        let lead = lead(&a, "a").unwrap().expect("a leads");
+        // As a paused process: the task that keeps the lease alive stops,
+        // and nothing revokes it.
+        lead.task.abort();
+        let started = Instant::now();
+        while lead.held() {
+            assert!(started.elapsed() < LOST_AFTER + KEEP_ALIVE_EVERY * 2);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            b.try_lead("b").unwrap().is_none(),
+            "the lease is still etcd's"
+        );
+        let deadline = Instant::now() + Duration::from_secs(LEASE_TTL as u64 + 5);
+        let lead_b = loop {
+            if let Some(l) = b.try_lead("b").unwrap() {
+                break l;
+            }
+            assert!(Instant::now() < deadline, "the lease never ran out");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(lead_b.held());
+        assert!(matches!(put(&a, b"x"), Err(StoreError::Deposed(_))));
     }
 }

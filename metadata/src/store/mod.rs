@@ -39,6 +39,10 @@ pub enum StoreError {
     Conflict,
     #[error("metadata store: {0}")]
     Backend(String),
+    /// This process no longer leads (`try_lead`): nothing was committed,
+    /// and the call may go to the process that leads now.
+    #[error("{0}")]
+    Deposed(String),
 }
 
 pub type KeyValue = (Vec<u8>, Vec<u8>);

@@ -316,18 +316,36 @@ impl Cluster {
 
     /// Which running metadata process says (in its log) that it leads.
     pub fn leading_meta(&self) -> Option<usize> {
-        self.metas.iter().enumerate().position(|(i, (_, child))| {
-            let log = match i {
-                0 => self.log("meta"),
-                i => self.log(&format!("meta-{}", i + 1)),
-            };
-            let text = fs::read_to_string(log).unwrap_or_default();
-            let last = text
-                .lines()
-                .rev()
-                .find(|l| l.contains("metadata service ready") || l.contains("standing by"));
-            child.is_some() && last.is_some_and(|l| l.contains("metadata service ready"))
-        })
+        (0..self.metas.len()).find(|&i| self.metas[i].1.is_some() && self.meta_says_it_leads(i))
+    }
+
+    /// Whether metadata process `i`'s log says it leads (its last word on
+    /// the lead is "ready", not "standing by").
+    pub fn meta_says_it_leads(&self, i: usize) -> bool {
+        let log = match i {
+            0 => self.log("meta"),
+            i => self.log(&format!("meta-{}", i + 1)),
+        };
+        let text = fs::read_to_string(log).unwrap_or_default();
+        text.lines()
+            .rev()
+            .find(|l| l.contains("metadata service ready") || l.contains("standing by"))
+            .is_some_and(|l| l.contains("metadata service ready"))
+    }
+
+    /// Metadata process `i`'s address.
+    pub fn meta_addr_of(&self, i: usize) -> String {
+        self.metas[i].0.clone()
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT) to metadata process `i`.
+    pub fn signal_meta_at(&self, i: usize, signal: i32) {
+        let child = self.metas[i]
+            .1
+            .as_ref()
+            .expect("a running metadata process");
+        // SAFETY: a signal to a child process of ours.
+        unsafe { libc::kill(child.id() as i32, signal) };
     }
 
     pub fn kill_node(&mut self, i: usize) {
