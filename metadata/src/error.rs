@@ -111,8 +111,10 @@ mod libc_errno {
 impl From<MetaError> for Status {
     fn from(e: MetaError) -> Status {
         if let MetaError::Store(StoreError::Deposed(why)) = &e {
-            // Nothing was committed: a standby's answer, which clients
-            // take to the process that leads now.
+            // Nothing of this transaction was committed: a standby's
+            // answer, which clients take to the process that leads now
+            // (a call whose earlier steps committed, a truncation's cut,
+            // is sent again whole: ARCHITECTURE.md).
             return Status::unavailable(format!("{}: {why}", tessera_proto::STANDBY));
         }
         let code = match &e {

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::{
     background::blocking,
-    store::{Leadership, MetaStore, StoreSpec},
+    store::{Leadership, MetaStore, StoreError, StoreSpec},
     Meta, MetaError, MetaOptions, MetaService, Serving,
 };
 
@@ -65,8 +65,7 @@ pub async fn run(
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE),
     );
-    let (stop, stopped) = watch::channel(false);
-    let mut server_stopped = stopped.clone();
+    let (stop, mut server_stopped) = watch::channel(false);
     let server = tokio::spawn(transport::serve(
         listener,
         grpc,
@@ -79,7 +78,7 @@ pub async fn run(
     let store_name = config.store.to_string();
     let held = HeldLead::default();
     let led = tokio::select! {
-        led = lead(store.clone(), options, &who, &store_name, &serving, &held, stopped) => led,
+        led = lead(store.clone(), options, &who, &store_name, &serving, &held) => led,
         () = shutdown => Ok(()),
     };
     // New calls are turned away, the ones under way finish, then the lead
@@ -119,8 +118,8 @@ impl HeldLead {
 }
 
 /// Waits to lead, serves while it leads (with the background tasks), and
-/// waits again when the lead is lost, until `stopped`. `run` drops it at
-/// shutdown.
+/// waits again when the lead is lost. Returns only on an error that
+/// another try would not mend; `run` drops it at shutdown.
 async fn lead(
     store: Arc<dyn MetaStore>,
     options: MetaOptions,
@@ -128,7 +127,6 @@ async fn lead(
     store_name: &str,
     serving: &Serving,
     held: &HeldLead,
-    stopped: watch::Receiver<bool>,
 ) -> Result<(), MetaError> {
     let mut waiting_said = false;
     loop {
@@ -157,15 +155,23 @@ async fn lead(
         let (s, o) = (store.clone(), options.clone());
         let meta = match blocking(move || Meta::open(s, o)).await {
             Ok(m) => Arc::new(m),
-            Err(e) => {
-                // A store error now (etcd unreachable a moment, the lead
-                // lost while opening) need not end the process: give the
-                // lead up and try again.
+            Err(e) if lead.exclusive() => return Err(e),
+            // A store that cannot be reached a moment, or a lead lost while
+            // opening, need not end the process (with other processes
+            // over the store): give the lead up and try again. Anything
+            // else (a corrupt record), or an embedded store, ends it.
+            Err(e @ MetaError::Store(StoreError::Backend(_) | StoreError::Deposed(_)))
+                if !lead.exclusive() =>
+            {
                 warn!(error = %e, "opening the metadata service failed; trying again");
                 serving.stand_by(format!("opening the metadata service failed: {e}"));
                 held.resign().await;
                 tokio::time::sleep(OPEN_AGAIN_AFTER).await;
                 continue;
+            }
+            Err(e) => {
+                held.resign().await;
+                return Err(e);
             }
         };
         let tasks = Tasks(vec![
@@ -186,17 +192,15 @@ async fn lead(
         );
         // Every call checks the lead too (`Serving`).
         serving.serve(meta.clone(), lead.clone());
-        while lead.held() && !*stopped.borrow() {
+        while lead.held() {
             tokio::time::sleep(LEAD_CHECK_EVERY).await;
-        }
-        if *stopped.borrow() {
-            return Ok(());
         }
         serving.stand_by(format!(
             "this process lost the lead: {store_name} did not keep its lease alive"
         ));
-        held.set(None);
         drop(tasks);
+        // Revoked at once, if etcd still has it: a successor need not wait.
+        held.resign().await;
         warn!("lost the lead: standing by until it is this process's again");
         // The lost service's last calls and background work (fenced: their
         // commits fail) end before this process may lead again under a

@@ -11,7 +11,10 @@ use std::{
 
 use tracing::info;
 
-use crate::harness::{docker::blob, Cluster};
+use crate::{
+    data::{check_tree, write_tree},
+    harness::{docker::blob, Cluster},
+};
 
 /// Longer than the test: blocks freed after the backup keep their shards.
 const GC_DELAY: &str = "3600";
@@ -22,21 +25,8 @@ fn during(n: u64) -> Vec<u8> {
 }
 
 fn check_before(d: &Path) {
-    for dir in 0..4 {
-        for i in 0..500u64 {
-            if (dir, i) == (2, 9) {
-                continue; // renamed to d3/moved
-            }
-            let got = fs::read_to_string(d.join(format!("d{dir}/f{i}"))).unwrap();
-            assert_eq!(got, format!("{dir}-{i}"));
-        }
-    }
-    let mut f = fs::File::open(d.join("big")).unwrap();
-    let mut buf = vec![0u8; 16 << 20];
-    for i in 0..16u64 {
-        std::io::Read::read_exact(&mut f, &mut buf).unwrap();
-        assert!(buf == blob(i, 16 << 20), "block {i} of big differs");
-    }
+    // d2/f9 was renamed to d3/moved.
+    check_tree(d, 4, 500, 16, &[(2, 9)]);
     assert_eq!(fs::read(d.join("link")).unwrap(), b"0-7");
     assert_eq!(fs::read_link(d.join("sym")).unwrap(), Path::new("d1/f3"));
     assert!(!d.join("d2/f9").exists());
@@ -58,30 +48,11 @@ fn check_before(d: &Path) {
 #[test]
 fn a_backup_taken_while_writing_restores_a_lost_metadata_disk() {
     let mut c = Cluster::start_with(6, &["--gc-delay-secs", GC_DELAY]);
-    c.cli_ok(&[
-        "volume",
-        "create",
-        "v",
-        "--size",
-        "4GiB",
-        "--protection",
-        "ec:4+2",
-    ]);
+    c.create_volume("v", "4GiB", "ec:4+2");
     let m = c.mount("v");
     let d = m.dir.clone();
     info!("--- 2,000 small files, a 256 MiB file, a link, a rename, a symlink");
-    for dir in 0..4 {
-        fs::create_dir(d.join(format!("d{dir}"))).unwrap();
-        for i in 0..500u64 {
-            fs::write(d.join(format!("d{dir}/f{i}")), format!("{dir}-{i}")).unwrap();
-        }
-    }
-    let mut big = fs::File::create(d.join("big")).unwrap();
-    for i in 0..16u64 {
-        big.write_all(&blob(i, 16 << 20)).unwrap();
-    }
-    big.sync_all().unwrap();
-    drop(big);
+    write_tree(&d, 4, 500, 16);
     fs::hard_link(d.join("d0/f7"), d.join("link")).unwrap();
     fs::rename(d.join("d2/f9"), d.join("d3/moved")).unwrap();
     std::os::unix::fs::symlink("d1/f3", d.join("sym")).unwrap();
@@ -139,14 +110,11 @@ fn a_backup_taken_while_writing_restores_a_lost_metadata_disk() {
     let at = bytes.len() / 2;
     bytes[at] ^= 1;
     fs::write(bad.join("records"), bytes).unwrap();
-    let refused = c.cli(&[
-        "meta",
-        "restore",
-        "--from",
-        &bad.display().to_string(),
-        "--data",
-        &meta.display().to_string(),
-    ]);
+    let restore = |from: &Path| {
+        let (from, to) = (from.display().to_string(), meta.display().to_string());
+        c.cli(&["meta", "restore", "--from", &from, "--data", &to])
+    };
+    let refused = restore(&bad);
     assert!(!refused.status.success());
     let why = String::from_utf8_lossy(&refused.stderr);
     assert!(why.contains("fails its CRC32"), "{why}");
@@ -156,15 +124,9 @@ fn a_backup_taken_while_writing_restores_a_lost_metadata_disk() {
     );
 
     info!("--- restore into a fresh directory");
-    let out = c.cli_ok(&[
-        "meta",
-        "restore",
-        "--from",
-        &backup.display().to_string(),
-        "--data",
-        &meta.display().to_string(),
-    ]);
-    assert!(out.contains("restored"), "{out}");
+    let out = restore(&backup);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("restored"), "{said}");
     c.start_meta();
     c.wait_nodes_up(6);
     let m = c.mount("v");

@@ -10,7 +10,7 @@ use std::{
 
 use tracing::info;
 
-use crate::harness::{pattern, Cluster};
+use crate::harness::{docker::blob, pattern, Cluster};
 
 const MIB: u64 = 1 << 20;
 
@@ -52,6 +52,39 @@ pub fn check_big(path: &Path, seed: u64, size: u64) -> std::io::Result<()> {
         off += n as u64;
     }
     Ok(())
+}
+
+/// A tree of `dirs` directories of `files` small files each (`dD/fI`
+/// holds "D-I") and `big`, `blocks` blocks of 16 MiB, fsynced.
+pub fn write_tree(d: &Path, dirs: u64, files: u64, blocks: u64) {
+    for dir in 0..dirs {
+        fs::create_dir(d.join(format!("d{dir}"))).unwrap();
+        for i in 0..files {
+            fs::write(d.join(format!("d{dir}/f{i}")), format!("{dir}-{i}")).unwrap();
+        }
+    }
+    let mut big = File::create(d.join("big")).unwrap();
+    for i in 0..blocks {
+        big.write_all(&blob(i, 16 << 20)).unwrap();
+    }
+    big.sync_all().unwrap();
+}
+
+/// Checks a tree [`write_tree`] wrote, but for the files `skip` names
+/// (moved since).
+pub fn check_tree(d: &Path, dirs: u64, files: u64, blocks: u64, skip: &[(u64, u64)]) {
+    for dir in 0..dirs {
+        for i in (0..files).filter(|i| !skip.contains(&(dir, *i))) {
+            let got = fs::read_to_string(d.join(format!("d{dir}/f{i}"))).unwrap();
+            assert_eq!(got, format!("{dir}-{i}"));
+        }
+    }
+    let mut f = File::open(d.join("big")).unwrap();
+    let mut buf = vec![0u8; 16 << 20];
+    for i in 0..blocks {
+        f.read_exact(&mut buf).unwrap();
+        assert!(buf == blob(i, 16 << 20), "block {i} of big differs");
+    }
 }
 
 fn small_size(i: u64) -> usize {

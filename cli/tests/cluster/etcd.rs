@@ -10,7 +10,10 @@ use std::{
 use tessera_metadata::store::etcd_member::{store_url, EtcdMember, MemberAddr};
 use tracing::info;
 
-use crate::harness::{docker::blob, free_port, spawn, test_root, Cluster, Mount, BIN};
+use crate::{
+    data::{check_tree, write_tree},
+    harness::{docker::blob, free_port, spawn, test_root, Cluster, Mount, BIN},
+};
 
 /// Three members on free ports, with their data under `dir`.
 pub(crate) fn start_members(dir: &std::path::Path) -> (Vec<MemberAddr>, Vec<EtcdMember>) {
@@ -294,30 +297,10 @@ fn tessera_dev_with_store_etcd_runs_and_resumes_a_cluster() {
 #[test]
 fn a_cluster_moves_from_rocksdb_onto_etcd_with_every_file_intact() {
     let mut c = Cluster::start(6);
-    c.cli_ok(&[
-        "volume",
-        "create",
-        "v",
-        "--size",
-        "4GiB",
-        "--protection",
-        "ec:4+2",
-    ]);
+    c.create_volume("v", "4GiB", "ec:4+2");
     let m = c.mount("v");
-    let d = m.dir.clone();
     info!("--- 10,000 small files and a 1 GiB file on RocksDB");
-    for dir in 0..10 {
-        fs::create_dir(d.join(format!("d{dir}"))).unwrap();
-        for i in 0..1000u64 {
-            fs::write(d.join(format!("d{dir}/f{i}")), format!("{dir}-{i}")).unwrap();
-        }
-    }
-    let mut big = fs::File::create(d.join("big")).unwrap();
-    for i in 0..64u64 {
-        big.write_all(&blob(i, 16 << 20)).unwrap();
-    }
-    big.sync_all().unwrap();
-    drop(big);
+    write_tree(&m.dir, 10, 1000, 64);
     m.unmount();
     c.stop_meta();
 
@@ -357,19 +340,7 @@ fn a_cluster_moves_from_rocksdb_onto_etcd_with_every_file_intact() {
     c.wait_nodes_up(6);
     let m = c.mount("v");
     let d = m.dir.clone();
-    for dir in 0..10 {
-        for i in 0..1000u64 {
-            let got = fs::read_to_string(d.join(format!("d{dir}/f{i}"))).unwrap();
-            assert_eq!(got, format!("{dir}-{i}"));
-        }
-    }
-    let mut f = fs::File::open(d.join("big")).unwrap();
-    let mut buf = vec![0u8; 16 << 20];
-    for i in 0..64u64 {
-        std::io::Read::read_exact(&mut f, &mut buf).unwrap();
-        assert!(buf == blob(i, 16 << 20), "block {i} of big differs");
-    }
-    drop(f);
+    check_tree(&d, 10, 1000, 64, &[]);
     fs::write(d.join("new-on-etcd"), b"yes").unwrap();
     assert_eq!(fs::read(d.join("new-on-etcd")).unwrap(), b"yes");
     m.unmount();

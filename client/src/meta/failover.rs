@@ -52,15 +52,36 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
-    /// `self`, for a call that changes nothing when sent twice (a read)
-    /// if `idempotent`: such a call may go to the next address even
-    /// after it was sent.
-    pub(crate) fn of_call(self, idempotent: bool) -> Failure {
+    /// `self`, for a call of `path`: one that only reads (or only renews
+    /// a lease) may go to the next address even after it was sent.
+    pub(crate) fn of_call(self, path: &str) -> Failure {
         match self {
-            Failure::Sent if idempotent => Failure::Unsent,
+            Failure::Sent if reads_only(path) => Failure::Unsent,
             f => f,
         }
     }
+}
+
+/// Whether a call of `path` changes nothing a second sending could undo:
+/// reads, and renewals of leases to "now plus the lease". Not a lock
+/// request: a late one could bring back a lock since released.
+fn reads_only(path: &str) -> bool {
+    use tessera_proto::lean::meta as p;
+    [
+        p::LOOKUP,
+        p::LOOKUP_PAGE,
+        p::GET_ATTR,
+        p::READ_DIR,
+        p::READ_LINK,
+        p::GET_XATTR,
+        p::LIST_XATTR,
+        p::STAT_FS,
+        p::TEST_LOCK,
+        p::GET_SLICES,
+        p::RENEW_LOCKS,
+        p::RENEW_ORPHANS,
+    ]
+    .contains(&path)
 }
 
 /// What a gRPC error says of the attempt; `None`: it is the service's

@@ -209,7 +209,7 @@ impl MetaClient {
                 Err(CallError::Unsent(e)) => (Failure::Unsent, unavailable(e.to_string())),
                 Err(e) => (Failure::Sent, unavailable(e.to_string())),
             };
-            let failure = failure.of_call(retry == Retry::Idempotent);
+            let failure = failure.of_call(path);
             match attempts.after(&self.rotation, i, failure) {
                 Some(pause) => tokio::time::sleep(pause).await,
                 None => return Err(error),

@@ -135,7 +135,7 @@ impl NamesClient {
                 Err(CallError::Unsent(e)) => (Failure::Unsent, unreachable(e.to_string())),
                 Err(e) => (Failure::Sent, unreachable(e.to_string())),
             };
-            let failure = failure.of_call(retry == Retry::Idempotent);
+            let failure = failure.of_call(path);
             match attempts.after(&self.rotation, i, failure) {
                 Some(pause) => std::thread::sleep(pause),
                 None => return Err(error),

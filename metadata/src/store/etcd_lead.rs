@@ -74,7 +74,13 @@ fn lead(s: &EtcdStore, who: &str) -> Result<Option<EtcdLead>, StoreError> {
             return other.map(|_| None);
         }
     };
-    let created = done.header().map_or(0, |h| h.revision());
+    let Some(created) = done.header().map(|h| h.revision()).filter(|r| *r > 0) else {
+        revoke_later(s, member, id);
+        return Err(StoreError::Backend(format!(
+            "{}: the leader key's revision was not in etcd's answer",
+            s.describe()
+        )));
+    };
     *s.fence.lock().expect("etcd fence lock") = Some((key, created));
     let alive = Arc::new(Alive {
         base: asked,

@@ -102,6 +102,10 @@ pub trait Leadership: Send + Sync {
     /// Gives it up now, so that a successor need not wait for it to run
     /// out. Blocks.
     fn resign(&self) {}
+    /// Whether no other process can ever lead (an embedded store's lock).
+    fn exclusive(&self) -> bool {
+        false
+    }
 }
 
 /// An embedded store's: its lock lets one process open it at all.
@@ -109,6 +113,10 @@ struct Exclusive;
 
 impl Leadership for Exclusive {
     fn held(&self) -> bool {
+        true
+    }
+
+    fn exclusive(&self) -> bool {
         true
     }
 }
