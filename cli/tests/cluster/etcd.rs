@@ -15,28 +15,61 @@ use crate::{
     harness::{docker::blob, free_port, spawn, test_root, Cluster, Mount, BIN},
 };
 
-/// Three members on free ports, with their data under `dir`.
-pub(crate) fn start_members(dir: &std::path::Path) -> (Vec<MemberAddr>, Vec<EtcdMember>) {
-    let addrs: Vec<MemberAddr> = (1..=3)
-        .map(|i| MemberAddr {
-            name: format!("etcd-{i}"),
-            client_port: free_port(),
-            peer_port: free_port(),
-        })
-        .collect();
-    let members = (0..3)
-        .map(|i| {
-            EtcdMember::start(
-                &addrs,
-                i,
-                dir,
-                &dir.join(format!("etcd-{}.log", i + 1)),
-                true,
-            )
-        })
-        .collect::<std::io::Result<Vec<_>>>()
-        .expect("starting etcd members (scripts/setup.sh installs etcd-server)");
-    (addrs, members)
+/// Three etcd members on free ports, with their data in a directory of
+/// their own. Members go first when dropped, then the directory.
+pub(crate) struct Etcd {
+    pub members: Vec<EtcdMember>,
+    pub addrs: Vec<MemberAddr>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let dir = tempfile::Builder::new()
+            .prefix("tessera-etcd")
+            .tempdir_in(test_root())
+            .unwrap();
+        let addrs: Vec<MemberAddr> = (1..=3)
+            .map(|i| MemberAddr {
+                name: format!("etcd-{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+            })
+            .collect();
+        let members = (0..3)
+            .map(|i| Self::member(&addrs, dir.path(), i))
+            .collect::<std::io::Result<Vec<_>>>()
+            .expect("starting etcd members (scripts/setup.sh installs etcd-server)");
+        Etcd {
+            members,
+            addrs,
+            dir,
+        }
+    }
+
+    fn member(
+        addrs: &[MemberAddr],
+        dir: &std::path::Path,
+        i: usize,
+    ) -> std::io::Result<EtcdMember> {
+        EtcdMember::start(
+            addrs,
+            i,
+            dir,
+            &dir.join(format!("etcd-{}.log", i + 1)),
+            true,
+        )
+    }
+
+    /// Starts member `i` again (after it was killed).
+    pub fn restart(&mut self, i: usize) {
+        self.members[i] = Self::member(&self.addrs, self.dir.path(), i).unwrap();
+    }
+
+    /// `etcd://` of every member, under `prefix`.
+    pub fn url(&self, prefix: &str) -> String {
+        store_url(&self.addrs, prefix)
+    }
 }
 
 /// Files, a directory, a rename, a hard link, an unlink and an fsynced
@@ -47,12 +80,8 @@ pub(crate) fn start_members(dir: &std::path::Path) -> (Vec<MemberAddr>, Vec<Etcd
 /// a member is back, the same mount carries on without a remount.
 #[test]
 fn a_volume_on_etcd_survives_its_metadata_service_and_a_lost_quorum() {
-    let etcd_dir = tempfile::Builder::new()
-        .prefix("tessera-etcd")
-        .tempdir_in(test_root())
-        .unwrap();
-    let (addrs, mut members) = start_members(etcd_dir.path());
-    let url = store_url(&addrs, "cluster-a");
+    let mut etcd = Etcd::start();
+    let url = etcd.url("cluster-a");
     let mut c = Cluster::start_with(6, &["--store", &url]);
     c.cli_ok(&[
         "volume",
@@ -100,7 +129,7 @@ fn a_volume_on_etcd_survives_its_metadata_service_and_a_lost_quorum() {
 
     // The member calls go to first: they must move.
     info!("--- one of three etcd members down: calls move to the others");
-    members[0].kill();
+    etcd.members[0].kill();
     for i in 0..5 {
         let mut f = fs::File::create(d.join(format!("one-down-{i}"))).unwrap();
         f.write_all(b"still").unwrap();
@@ -111,7 +140,7 @@ fn a_volume_on_etcd_survives_its_metadata_service_and_a_lost_quorum() {
     }
 
     info!("--- two of three etcd members down: EIO, never a wrong answer");
-    members[1].kill();
+    etcd.members[1].kill();
     let start = Instant::now();
     let r = fs::write(d.join("during"), b"x");
     let took = start.elapsed();
@@ -135,14 +164,7 @@ fn a_volume_on_etcd_survives_its_metadata_service_and_a_lost_quorum() {
     );
 
     info!("--- one member back: the same mount carries on");
-    members[1] = EtcdMember::start(
-        &addrs,
-        1,
-        etcd_dir.path(),
-        &etcd_dir.path().join("etcd-2.log"),
-        true,
-    )
-    .unwrap();
+    etcd.restart(1);
     let deadline = Instant::now() + Duration::from_secs(60);
     // An fsync that returns is the acknowledgement (a close's error is
     // lost by `fs::write`).
@@ -304,12 +326,8 @@ fn a_cluster_moves_from_rocksdb_onto_etcd_with_every_file_intact() {
     m.unmount();
     c.stop_meta();
 
-    let etcd_dir = tempfile::Builder::new()
-        .prefix("tessera-etcd")
-        .tempdir_in(test_root())
-        .unwrap();
-    let (addrs, _members) = start_members(etcd_dir.path());
-    let url = store_url(&addrs, "moved");
+    let etcd = Etcd::start();
+    let url = etcd.url("moved");
     let data = c.dir.path().join("meta").display().to_string();
     info!("--- migrate");
     let out = c.cli(&["meta", "migrate", "--from", &data, "--to", &url]);
@@ -329,7 +347,7 @@ fn a_cluster_moves_from_rocksdb_onto_etcd_with_every_file_intact() {
         "--from",
         &nowhere,
         "--to",
-        &store_url(&addrs, "other"),
+        &etcd.url("other"),
     ]);
     assert!(!none.status.success());
     assert!(String::from_utf8_lossy(&none.stderr).contains("holds no metadata store"));
@@ -356,7 +374,7 @@ fn a_cluster_moves_from_rocksdb_onto_etcd_with_every_file_intact() {
             .expect("a key count");
         words[at - 1].to_string()
     };
-    let restored_url = store_url(&addrs, "restored");
+    let restored_url = etcd.url("restored");
     c.cli_ok(&[
         "meta",
         "restore",

@@ -14,12 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tessera_metadata::store::etcd_member::store_url;
 use tracing::info;
 
 use crate::{
-    etcd::start_members,
-    harness::{docker::blob, test_root, Cluster, Mount},
+    etcd::Etcd,
+    harness::{docker::blob, Cluster, Mount},
 };
 
 /// What the workload acknowledged: each name and its bytes.
@@ -76,12 +75,8 @@ fn step(d: &Path, i: u64, model: &Mutex<Model>) -> std::io::Result<()> {
 /// was lost; calls are not yet made safe to send again): at most two.
 #[test]
 fn a_workload_rides_out_the_leader_an_etcd_member_and_a_node_dying() {
-    let etcd_dir = tempfile::Builder::new()
-        .prefix("tessera-etcd")
-        .tempdir_in(test_root())
-        .unwrap();
-    let (addrs, mut members) = start_members(etcd_dir.path());
-    let url = store_url(&addrs, "ha");
+    let mut etcd = Etcd::start();
+    let url = etcd.url("ha");
     let mut c = Cluster::start_metas(
         7,
         2,
@@ -163,7 +158,7 @@ fn a_workload_rides_out_the_leader_an_etcd_member_and_a_node_dying() {
         });
         wait_steps(40);
         info!("--- SIGKILL an etcd member");
-        members[0].kill();
+        etcd.members[0].kill();
         wait_steps(40);
         info!("--- SIGKILL a storage node for good");
         c.kill_node(6);
@@ -228,12 +223,8 @@ fn a_workload_rides_out_the_leader_an_etcd_member_and_a_node_dying() {
 /// carries on under the new leader.
 #[test]
 fn a_leader_paused_past_its_lease_commits_nothing_when_it_wakes() {
-    let etcd_dir = tempfile::Builder::new()
-        .prefix("tessera-etcd")
-        .tempdir_in(test_root())
-        .unwrap();
-    let (addrs, _members) = start_members(etcd_dir.path());
-    let url = store_url(&addrs, "paused");
+    let etcd = Etcd::start();
+    let url = etcd.url("paused");
     let c = Cluster::start_metas(6, 2, &["--store", &url]);
     c.wait_for("a metadata process to lead", 30, |c| {
         c.leading_meta().is_some()

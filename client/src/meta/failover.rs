@@ -17,7 +17,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prost::Message;
+use tessera_proto::transport::lean_client::{Answer, CallError};
 use tonic::{Code, Status};
+
+use crate::ClientError;
 
 /// Longest a call waits for a new leader.
 pub(crate) const WAIT: Duration = Duration::from_secs(20);
@@ -100,6 +104,33 @@ pub(crate) fn of_status(s: &Status) -> Option<Failure> {
     } else {
         Some(Failure::Sent)
     }
+}
+
+/// What one lean call at `addr` came to: its answer decoded, the
+/// service's error (final), or a failure to try elsewhere with the error
+/// to give if there is nowhere left.
+pub(crate) fn of_lean<A: Message + Default>(
+    path: &str,
+    addr: &str,
+    answered: Result<Answer, CallError>,
+) -> Result<Result<A, ClientError>, (Failure, ClientError)> {
+    let unavailable = |why: String| {
+        ClientError::from(Status::unavailable(format!(
+            "metadata service at {addr}: {path}: {why}"
+        )))
+    };
+    let (failure, error) = match answered {
+        Ok(Ok(message)) => {
+            return Ok(
+                A::decode(message).map_err(|e| ClientError::Malformed(format!("{path}: {e}")))
+            )
+        }
+        Ok(Err(status)) if standby(&status) => (Failure::Standby, status.into()),
+        Ok(Err(status)) => return Ok(Err(status.into())),
+        Err(CallError::Unsent(e)) => (Failure::Unsent, unavailable(e.to_string())),
+        Err(e) => (Failure::Sent, unavailable(e.to_string())),
+    };
+    Err((failure.of_call(path), error))
 }
 
 /// Whether `s` is a standby's answer.

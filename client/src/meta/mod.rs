@@ -35,7 +35,7 @@ use tonic::{transport::Channel, Status};
 pub use names::NamesClient;
 
 use crate::{error::malformed, ClientError, Result};
-use failover::{Attempts, Failure, Rotation};
+use failover::{Attempts, Rotation};
 
 /// The metadata service, at one address or several (`a,b,c`: one
 /// process leads, `failover.rs`). Cheap to clone: clones share one HTTP/2
@@ -182,12 +182,6 @@ impl MetaClient {
         loop {
             let i = self.rotation.current();
             let peer = &self.peers[i];
-            let unavailable = |why: String| {
-                ClientError::from(Status::unavailable(format!(
-                    "metadata service at {}: {path}: {why}",
-                    peer.addr
-                )))
-            };
             let call = peer.lean.call(path, &message, &payload, retry);
             let answered = match self.timeout {
                 Some(t) => match tokio::time::timeout(t, call).await {
@@ -199,17 +193,10 @@ impl MetaClient {
                 },
                 None => call.await,
             };
-            let (failure, error) = match answered {
-                Ok(Ok(message)) => {
-                    return A::decode(message)
-                        .map_err(|e| ClientError::Malformed(format!("{path}: {e}")))
-                }
-                Ok(Err(status)) if failover::standby(&status) => (Failure::Standby, status.into()),
-                Ok(Err(status)) => return Err(status.into()),
-                Err(CallError::Unsent(e)) => (Failure::Unsent, unavailable(e.to_string())),
-                Err(e) => (Failure::Sent, unavailable(e.to_string())),
+            let (failure, error) = match failover::of_lean(path, &peer.addr, answered) {
+                Ok(done) => return done,
+                Err(failed) => failed,
             };
-            let failure = failure.of_call(path);
             match attempts.after(&self.rotation, i, failure) {
                 Some(pause) => tokio::time::sleep(pause).await,
                 None => return Err(error),

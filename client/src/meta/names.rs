@@ -19,11 +19,10 @@ use tessera_common::{
 use tessera_proto::{
     lean::meta as paths,
     pb,
-    transport::lean_client::{BlockingLeanClient, CallError, Retry},
+    transport::lean_client::{BlockingLeanClient, Retry},
 };
-use tonic::Status;
 
-use super::failover::{addresses, standby, Attempts, Failure, Rotation};
+use super::failover::{addresses, of_lean, Attempts, Rotation};
 use crate::{error::malformed, ClientError, Result};
 
 /// Names and attributes of the metadata service, at one address or
@@ -119,23 +118,11 @@ impl NamesClient {
         loop {
             let i = self.rotation.current();
             let lean = &self.peers[i];
-            let unreachable = |why: String| {
-                ClientError::from(Status::unavailable(format!(
-                    "metadata service at {}: {why}",
-                    lean.addr()
-                )))
+            let answered = lean.call(path, &message, retry);
+            let (failure, error) = match of_lean(path, lean.addr(), answered) {
+                Ok(done) => return done,
+                Err(failed) => failed,
             };
-            let (failure, error) = match lean.call(path, &message, retry) {
-                Ok(Ok(message)) => {
-                    return A::decode(message)
-                        .map_err(|e| ClientError::Malformed(format!("{path}: {e}")))
-                }
-                Ok(Err(status)) if standby(&status) => (Failure::Standby, status.into()),
-                Ok(Err(status)) => return Err(status.into()),
-                Err(CallError::Unsent(e)) => (Failure::Unsent, unreachable(e.to_string())),
-                Err(e) => (Failure::Sent, unreachable(e.to_string())),
-            };
-            let failure = failure.of_call(path);
             match attempts.after(&self.rotation, i, failure) {
                 Some(pause) => std::thread::sleep(pause),
                 None => return Err(error),

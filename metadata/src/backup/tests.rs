@@ -237,3 +237,24 @@ fn backup_sessions_take_pages_in_order_and_are_bounded() {
     let unknown = fx.m.backup_page(99, 0);
     assert!(matches!(unknown, Err(MetaError::NotFound { .. })));
 }
+
+/// A backup damaged after it was verified (between `verify` and the
+/// load) stops the restore midway: the store keeps its unfinished mark,
+/// which the metadata service refuses to start on.
+#[test]
+fn a_restore_cut_short_leaves_the_store_marked_unfinished() {
+    let store: Arc<dyn MetaStore> = Arc::new(MemoryStore::new());
+    let fx = Fx::new(store.clone(), 1 << 30);
+    fill(store.as_ref(), 5_000);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = back_up(&fx.m, dir.path());
+    let path = dir.path().join(RECORDS);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let to = MemoryStore::new();
+    let cut = restore(dir.path(), &manifest, &to);
+    assert!(matches!(cut, Err(BackupError::Refused { .. })), "{cut:?}");
+    assert!(crate::store::copy::unfinished(&to).unwrap());
+}
